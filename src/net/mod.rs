@@ -1,0 +1,1 @@
+//! The tokio driver: sockets, timers and the clock. Everything protocol-shaped lives in the sans-IO modules.

@@ -1,0 +1,1 @@
+//! SDP parse and build, and RFC 3264 offer/answer.
