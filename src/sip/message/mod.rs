@@ -15,7 +15,8 @@
 //!   ends at Content-Length (extra octets dropped; no Content-Length means "the rest"); over TCP Content-Length is
 //!   mandatory and the buffer is capped.
 //! - **Parsing** ([`Message::parse`] and the above): start line (SIP/2.0 only), Request-URI, header lines (folding
-//!   undone, compact names mapped, names case-insensitive). Header *values* are kept as raw `Bytes` slices.
+//!   undone, compact names mapped, names case-insensitive). Header *values* are kept as raw `Bytes` slices; only
+//!   folded values are copied. Lines must end in CRLF (RFC 3261 §7); a bare CR or LF is an error.
 //! - **Typed views** ([`Headers::via`], [`Headers::from`], [`Headers::cseq`], ...): parse values on demand;
 //!   comma-separated lines are split into separate values.
 //! - **Checking** ([`Message::check`]): parses every header rappel understands and enforces single-valued headers:
