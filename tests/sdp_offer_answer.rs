@@ -43,7 +43,14 @@ fn offer_answer_round_trip_between_two_sessions() {
         .answer(&offer_rx, &supported, Direction::SendRecv)
         .unwrap();
     assert_eq!(nb.codec, Codec::pcma());
-    assert_eq!(nb.telephone_event_pt, Some(101));
+    assert_eq!(
+        (
+            nb.telephone_event_pt,
+            nb.telephone_event_recv_pt,
+            nb.recv_pt
+        ),
+        (Some(101), Some(101), 8)
+    );
     assert_eq!(nb.remote_rtp, addr("10.0.0.1:4000"));
     assert_eq!(nb.remote_rtcp, addr("10.0.0.1:4000"), "rtcp-mux agreed");
     assert!(nb.rtcp_mux);
@@ -274,4 +281,23 @@ fn direction_algebra() {
     }
     assert_eq!(SendOnly.reverse(), RecvOnly);
     assert_eq!(SendOnly.intersect(RecvOnly), Inactive);
+}
+
+#[test]
+fn answer_renumbering_dynamic_types_keeps_both_numbers() {
+    let mut a = LocalSession::new(3, addr("10.0.0.1:4000"));
+    let offer = a.offer(
+        &[Codec::opus(111), Codec::pcmu(), Codec::telephone_event(101)],
+        Direction::SendRecv,
+    );
+    let ans = remote("m=audio 7000 RTP/AVP 96 100\r\na=rtpmap:96 OPUS/48000/2\r\na=rtpmap:100 telephone-event/8000\r\n");
+    let n = a.accept_answer(&offer, &ans).unwrap();
+    assert_eq!(
+        (n.codec.name, n.codec.pt, n.recv_pt),
+        (CodecName::Opus, 96, 111)
+    );
+    assert_eq!(
+        (n.telephone_event_pt, n.telephone_event_recv_pt),
+        (Some(100), Some(101))
+    );
 }

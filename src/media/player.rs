@@ -4,6 +4,7 @@
 //! (`epoch + k * tick`, 20 ms by default). The driver keeps one timer on [`PlayerSet::poll_timeout`], calls
 //! [`PlayerSet::handle_timeout`] when it fires, then drains [`PlayerSet::poll_frame`] and
 //! [`PlayerSet::poll_event`]. There is no task or timer per player: 1 000 players cost one wake-up per tick.
+//! Within a tick, frames come out in [`PlayerId`] order (deterministic).
 //!
 //! Pacing rules:
 //! - A player started at `now` sends its first frame at the first tick at or after `now` (at most one
@@ -19,7 +20,7 @@
 //! e.g. an announcement then looped music. When the last item ends, the frame holding its last samples is
 //! padded with silence and [`PlayerEvent::Finished`] follows.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -316,7 +317,7 @@ pub struct PlayerSet {
     tick: Duration,
     /// Index of the next tick not yet processed.
     next_tick: u64,
-    players: HashMap<PlayerId, Player>,
+    players: BTreeMap<PlayerId, Player>,
     frames: VecDeque<(PlayerId, Frame)>,
     events: VecDeque<PlayerEvent>,
     max_catch_up: u64,
@@ -335,7 +336,7 @@ impl PlayerSet {
             epoch,
             tick: tick.max(Duration::from_millis(1)),
             next_tick: 0,
-            players: HashMap::new(),
+            players: BTreeMap::new(),
             frames: VecDeque::new(),
             events: VecDeque::new(),
             max_catch_up: 5,

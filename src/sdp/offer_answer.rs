@@ -208,10 +208,15 @@ pub struct Negotiated {
     pub remote_rtp: SocketAddr,
     /// Where to send RTCP (same as `remote_rtp` with rtcp-mux).
     pub remote_rtcp: SocketAddr,
-    /// The audio codec, with the payload type used on this leg.
+    /// The audio codec; its `pt` is the payload type to *send* with (the number in the peer's SDP).
     pub codec: Codec,
-    /// The telephone-event payload type on this leg, if both sides support it.
+    /// The payload type the peer sends the codec with (the number in our SDP). Equal to `codec.pt` unless
+    /// an answer renumbered a dynamic payload type.
+    pub recv_pt: u8,
+    /// The telephone-event payload type to send with on this leg, if both sides support it.
     pub telephone_event_pt: Option<u8>,
+    /// The telephone-event payload type the peer sends with (the number in our SDP).
+    pub telephone_event_recv_pt: Option<u8>,
     /// What *we* may do: send if it `sends()`, expect media if it `receives()`.
     pub direction: Direction,
     /// Packetisation time the peer asked for (ms; 20 if it did not say).
@@ -425,6 +430,8 @@ impl LocalSession {
             remote_rtp,
             remote_rtcp: remote_rtcp(m, remote_rtp, rtcp_mux),
             telephone_event_pt: te.as_ref().map(|t| t.pt),
+            telephone_event_recv_pt: te.as_ref().map(|t| t.pt),
+            recv_pt: codec.pt,
             direction: our_dir,
             ptime: m.ptime().unwrap_or(20),
             rtcp_mux,
@@ -475,13 +482,16 @@ impl LocalSession {
                 a.name != CodecName::TelephoneEvent && offered.iter().any(|o| o.same_codec(a))
             })
             .ok_or(SdpError::NoCommonCodec)?;
-        let te = answered
+        let recv_pt = offered
             .iter()
-            .find(|a| {
-                a.name == CodecName::TelephoneEvent
-                    && offered.iter().any(|o| o.name == CodecName::TelephoneEvent)
-            })
-            .map(|t| t.pt);
+            .find(|o| o.same_codec(codec))
+            .map_or(codec.pt, |o| o.pt);
+        let te = answered.iter().find_map(|a| {
+            let ours = offered
+                .iter()
+                .find(|o| o.name == CodecName::TelephoneEvent && o.clock == a.clock)?;
+            (a.name == CodecName::TelephoneEvent).then_some((a.pt, ours.pt))
+        });
         let (remote_rtp, hold) = remote_addr(answer, index)?;
         let mut answer_dir = answer.direction(index);
         if hold {
@@ -494,7 +504,9 @@ impl LocalSession {
             remote_rtp,
             remote_rtcp: remote_rtcp(am, remote_rtp, rtcp_mux),
             codec: codec.clone(),
-            telephone_event_pt: te,
+            recv_pt,
+            telephone_event_pt: te.map(|t| t.0),
+            telephone_event_recv_pt: te.map(|t| t.1),
             direction: our_dir,
             ptime: am.ptime().unwrap_or(20),
             rtcp_mux,
