@@ -1,6 +1,5 @@
 //! PlayerSet pacing in simulated time.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rappel::media::g711::{self, Law};
@@ -32,9 +31,10 @@ fn thousand_players_one_timer_fifty_frames_per_second() {
         set.start(start, PlayerId(i), pl, PlayerOptions::new(law))
             .unwrap();
     }
-    let mut counts: HashMap<PlayerId, u32> = HashMap::new();
+    let mut counts = vec![0u32; 1000];
     let mut wakeups = 0u32;
-    let end = epoch + Duration::from_secs(10) + MS20 / 2;
+    // 4 s simulated keeps this debug-build test short; the 10-minute drift test below uses fewer players.
+    let end = epoch + Duration::from_secs(4) + MS20 / 2;
     while let Some(t) = set.poll_timeout() {
         if t > end {
             break;
@@ -48,14 +48,13 @@ fn thousand_players_one_timer_fifty_frames_per_second() {
             assert_eq!(f.due, t);
             assert_eq!(f.timestamp, (wakeups - 1) * 160);
             assert_eq!(f.new_item, wakeups == 1);
-            *counts.entry(id).or_default() += 1;
+            counts[id.0 as usize] += 1;
         }
     }
-    // 10 s: ticks 1..=500 (the first tick after start is tick 1).
-    assert_eq!(wakeups, 500);
-    assert_eq!(counts.len(), 1000);
+    // 4 s: ticks 1..=200 (the first tick after start is tick 1).
+    assert_eq!(wakeups, 200);
     assert!(
-        counts.values().all(|&c| c == 500),
+        counts.iter().all(|&c| c == 200),
         "every player sends exactly 50 frames per second"
     );
     assert_eq!(set.poll_event(), None);
@@ -130,8 +129,15 @@ fn announcement_then_music_then_finish() {
     .render_pcm();
     let mut ann_alaw = Vec::new();
     Law::Alaw.encode_into(&ann_pcm, &mut ann_alaw);
-    let file = build_wav(WavFormat::G711(Law::Alaw), 1, 8000, &ann_alaw);
-    let ann = Clip::from_wav(&Wav::parse(&file).unwrap()).unwrap();
+    let path = std::env::temp_dir().join(format!("rappel-{}-announcement.wav", std::process::id()));
+    std::fs::write(
+        &path,
+        build_wav(WavFormat::G711(Law::Alaw), 1, 8000, &ann_alaw),
+    )
+    .unwrap();
+    let wav = Wav::read_from(std::fs::File::open(&path).unwrap()).unwrap();
+    std::fs::remove_file(&path).ok();
+    let ann = Clip::from_wav(&wav).unwrap();
     assert_eq!(ann.duration(), Duration::from_millis(250));
     let music = ToneSpec {
         frequencies: vec![1000.0],

@@ -53,7 +53,11 @@ impl Law {
 
     /// Encodes `pcm` and appends the codes to `out`.
     pub fn encode_into(self, pcm: &[i16], out: &mut Vec<u8>) {
-        out.extend(pcm.iter().map(|&s| self.encode(s)));
+        out.reserve(pcm.len());
+        match self {
+            Law::Ulaw => pcm.iter().for_each(|&s| out.push(ulaw_encode(s))),
+            Law::Alaw => pcm.iter().for_each(|&s| out.push(alaw_encode(s))),
+        }
     }
 
     /// Decodes `codes` and appends the samples to `out`.

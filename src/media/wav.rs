@@ -398,6 +398,37 @@ mod tests {
     }
 
     #[test]
+    fn reads_wave_format_extensible() {
+        // fmt chunk of 40 bytes: tag 0xFFFE, then cbSize 22, valid bits, channel mask, sub-format GUID
+        // starting with 0x0007 (μ-law).
+        let mut fmt = Vec::new();
+        fmt.extend_from_slice(&0xFFFEu16.to_le_bytes());
+        fmt.extend_from_slice(&1u16.to_le_bytes());
+        fmt.extend_from_slice(&8000u32.to_le_bytes());
+        fmt.extend_from_slice(&8000u32.to_le_bytes());
+        fmt.extend_from_slice(&1u16.to_le_bytes());
+        fmt.extend_from_slice(&8u16.to_le_bytes());
+        fmt.extend_from_slice(&22u16.to_le_bytes());
+        fmt.extend_from_slice(&8u16.to_le_bytes());
+        fmt.extend_from_slice(&4u32.to_le_bytes());
+        fmt.extend_from_slice(&7u16.to_le_bytes());
+        fmt.extend_from_slice(&[0; 14]);
+        let data = [0xFFu8, 0x80];
+        let mut file = Vec::new();
+        file.extend_from_slice(b"RIFF");
+        file.extend_from_slice(&(4 + 8 + fmt.len() as u32 + 8 + 2).to_le_bytes());
+        file.extend_from_slice(b"WAVEfmt ");
+        file.extend_from_slice(&(fmt.len() as u32).to_le_bytes());
+        file.extend_from_slice(&fmt);
+        file.extend_from_slice(b"data");
+        file.extend_from_slice(&2u32.to_le_bytes());
+        file.extend_from_slice(&data);
+        let w = Wav::parse(&file).unwrap();
+        assert_eq!(w.format, WavFormat::G711(Law::Ulaw));
+        assert_eq!(w.to_telephony_pcm().unwrap(), vec![0, 32124]);
+    }
+
+    #[test]
     fn data_size_larger_than_file_is_clamped() {
         let mut file = build_wav(WavFormat::Pcm16, 1, 8000, &pcm_bytes(&[1, 2, 3]));
         file[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
