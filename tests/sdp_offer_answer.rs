@@ -301,3 +301,17 @@ fn answer_renumbering_dynamic_types_keeps_both_numbers() {
         (Some(100), Some(101))
     );
 }
+
+#[test]
+fn answer_with_old_style_hold_means_we_do_not_send() {
+    let mut a = LocalSession::new(3, addr("10.0.0.1:4000"));
+    let offer = a.offer(&g711_te(), Direction::SendRecv);
+    let hold = Sdp::parse(
+        b"v=0\r\no=- 5 6 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 7000 RTP/AVP 8\r\n",
+    )
+    .unwrap();
+    let n = a.accept_answer(&offer, &hold).unwrap();
+    assert_eq!(n.direction, Direction::RecvOnly);
+    assert!(n.remote_rtp.ip().is_unspecified());
+    assert_eq!(n.codec, Codec::pcma());
+}

@@ -19,6 +19,30 @@
 //! A [`Playlist`] is a sequence of [`PlayItem`]s (clip once, clip looped forever or for a duration, silence),
 //! e.g. an announcement then looped music. When the last item ends, the frame holding its last samples is
 //! padded with silence and [`PlayerEvent::Finished`] follows.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use rappel::media::g711::Law;
+//! use rappel::media::player::{PlayItem, PlayerEvent, PlayerId, PlayerOptions, PlayerSet, Playlist};
+//! use rappel::media::tone::{Country, ToneSpec};
+//!
+//! let epoch = Instant::now(); // the driver's clock; tests pass simulated instants
+//! let mut players = PlayerSet::new(epoch);
+//! let ringback = ToneSpec::ringback(Country::Fr).render();
+//! let playlist =
+//!     Playlist::new().then(PlayItem::Loop { clip: ringback, duration: Some(Duration::from_secs(1)) });
+//! players.start(epoch, PlayerId(1), playlist, PlayerOptions::new(Law::Alaw)).unwrap();
+//! let mut frames = 0;
+//! while let Some(at) = players.poll_timeout() {
+//!     players.handle_timeout(at); // a driver sleeps until `at` first
+//!     while let Some((_id, frame)) = players.poll_frame() {
+//!         assert_eq!(frame.payload.len(), 160);
+//!         frames += 1;
+//!     }
+//! }
+//! assert_eq!(frames, 50);
+//! assert_eq!(players.poll_event(), Some(PlayerEvent::Finished(PlayerId(1))));
+//! ```
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

@@ -17,6 +17,25 @@
 //! - `o=` version: the first SDP we send uses the initial version; each later one is bumped when its
 //!   content differs from the previous one we sent, and kept when identical (RFC 3264 §8: a session refresh
 //!   must not change the version).
+//!
+//! ```
+//! use rappel::sdp::{Codec, Direction, LocalSession, Sdp};
+//!
+//! let mut leg = LocalSession::new(42, "192.0.2.1:20000".parse().unwrap());
+//! let offer = leg.offer(&[Codec::pcma(), Codec::pcmu(), Codec::telephone_event(101)], Direction::SendRecv);
+//! let _invite_body: Vec<u8> = offer.to_bytes();
+//! // The 200 OK's body:
+//! let answer = Sdp::parse(
+//!     b"v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\n\
+//!       m=audio 30000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n",
+//! )
+//! .unwrap();
+//! let n = leg.accept_answer(&offer, &answer).unwrap();
+//! assert_eq!(n.codec, Codec::pcma());
+//! assert_eq!(n.telephone_event_pt, Some(101));
+//! assert_eq!(n.remote_rtp, "198.51.100.2:30000".parse().unwrap());
+//! assert_eq!(n.direction, Direction::SendRecv);
+//! ```
 
 use std::net::SocketAddr;
 
