@@ -300,3 +300,43 @@ fn start_stop_and_errors() {
     assert_eq!(set.poll_timeout(), None);
     assert_eq!(set.poll_event(), None);
 }
+
+/// The full-scale version: 1 000 players for 10 simulated minutes (30 M frames). Too slow for a debug
+/// build; run with `cargo test --release --test media_player -- --ignored`.
+#[test]
+#[ignore]
+fn thousand_players_ten_minutes_full_scale() {
+    let epoch = Instant::now();
+    let mut set = PlayerSet::new(epoch);
+    let music = ToneSpec::ringback(Country::Uk).render();
+    for i in 0..1000u64 {
+        let pl = Playlist::new().then(PlayItem::Loop {
+            clip: music.clone(),
+            duration: None,
+        });
+        set.start(
+            epoch + Duration::from_micros(1 + 7 * i),
+            PlayerId(i),
+            pl,
+            PlayerOptions::new(Law::Ulaw),
+        )
+        .unwrap();
+    }
+    let mut counts = vec![0u32; 1000];
+    let mut wakeups = 0u32;
+    let end = epoch + Duration::from_secs(600);
+    while let Some(t) = set.poll_timeout() {
+        if t > end {
+            break;
+        }
+        wakeups += 1;
+        assert_eq!(t, epoch + MS20 * wakeups);
+        set.handle_timeout(t);
+        while let Some((id, f)) = set.poll_frame() {
+            assert_eq!((f.due, f.timestamp), (t, (wakeups - 1) * 160));
+            counts[id.0 as usize] += 1;
+        }
+    }
+    assert_eq!(wakeups, 30_000);
+    assert!(counts.iter().all(|&c| c == 30_000));
+}
