@@ -1,1 +1,8 @@
 //! The media plane: RTP relay, per-leg stream continuity, media sources, DTMF and recording.
+
+pub mod dtmf;
+pub mod g711;
+pub mod player;
+pub mod record;
+pub mod tone;
+pub mod wav;

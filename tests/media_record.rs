@@ -1,0 +1,146 @@
+//! Recorder: two sides with different tones, gaps and jitter, written to a temp file and read back.
+
+use std::fs::OpenOptions;
+use std::time::{Duration, Instant};
+
+use rappel::media::g711::Law;
+use rappel::media::record::{Recorder, Side};
+use rappel::media::tone::{goertzel_power, ToneSpec};
+use rappel::media::wav::{Wav, WavFormat};
+
+fn tone(freq: f64, secs: u64) -> Vec<i16> {
+    ToneSpec {
+        frequencies: vec![freq],
+        amplitude: 0.4,
+        cadence: vec![Duration::from_secs(secs)],
+    }
+    .render_pcm()
+}
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("rappel-{}-{}-{name}", std::process::id(), line!()))
+}
+
+#[test]
+fn stereo_recording_left_visitor_right_agent() {
+    let path = temp_path("rec.wav");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let t0 = Instant::now();
+    let mut rec = Recorder::new(file, t0, Law::Ulaw, Law::Alaw).unwrap();
+    let visitor = tone(440.0, 3);
+    let agent = tone(1000.0, 3);
+    // 3 s of packets; the agent starts 1 s later; visitor packet 50 is lost; arrival jitter up to 30 ms;
+    // visitor timestamps start at a random-looking base near the wrap.
+    let vbase = u32::MAX - 5000;
+    let abase = 123_456u32;
+    let mut events = Vec::new();
+    for k in 0..150u32 {
+        let jitter = Duration::from_millis((k as u64 * 7) % 30);
+        if k != 50 {
+            events.push((
+                MS(20 * k) + jitter,
+                Side::Visitor,
+                vbase.wrapping_add(k * 160),
+                k as usize,
+            ));
+        }
+        if k >= 50 {
+            events.push((
+                MS(20 * k) + jitter,
+                Side::Agent,
+                abase.wrapping_add(k * 160),
+                k as usize,
+            ));
+        }
+    }
+    events.sort_by_key(|e| e.0);
+    for (at, side, ts, k) in events {
+        let (pcm, law) = match side {
+            Side::Visitor => (&visitor, Law::Ulaw),
+            Side::Agent => (&agent, Law::Alaw),
+        };
+        let mut payload = Vec::new();
+        law.encode_into(&pcm[k * 160..(k + 1) * 160], &mut payload);
+        rec.push(t0 + at, side, ts, &payload).unwrap();
+    }
+    rec.advance(t0 + MS(3100)).unwrap();
+    drop(rec.finish().unwrap());
+
+    let wav = Wav::read_from(std::fs::File::open(&path).unwrap()).unwrap();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(
+        (wav.channels, wav.sample_rate, wav.format),
+        (2, 8000, WavFormat::Pcm16)
+    );
+    let pcm = wav.to_pcm();
+    let left: Vec<i16> = pcm.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = pcm.iter().skip(1).step_by(2).copied().collect();
+    // The visitor's first packet is anchored at its arrival (t = 0), so the file holds ~3 s.
+    assert!(
+        (24000..=24000 + 800).contains(&left.len()),
+        "length {}",
+        left.len()
+    );
+    let l = &left[..24000];
+    let r = &right[..24000];
+    assert!(goertzel_power(l, 440.0) > 100.0 * goertzel_power(l, 1000.0));
+    assert!(goertzel_power(&r[8000..], 1000.0) > 100.0 * goertzel_power(&r[8000..], 440.0));
+    // Agent silent for the first second (up to its first packet's arrival jitter).
+    assert!(r[..8000].iter().all(|&s| s == 0));
+    assert!(r[8000 + 240..8000 + 400].iter().any(|&s| s != 0));
+    // The lost visitor packet is a 20 ms hole of silence; audio either side of it is in place.
+    assert!(l[50 * 160..51 * 160].iter().all(|&s| s == 0));
+    assert!(
+        l[49 * 160..50 * 160].iter().any(|&s| s != 0)
+            && l[51 * 160..52 * 160].iter().any(|&s| s != 0)
+    );
+    // Jittered arrival did not move samples: left equals the source (within G.711 error) outside the hole.
+    let err = (0..24000)
+        .filter(|i| !(8000..8160).contains(i))
+        .map(|i| (l[i] as i32 - visitor[i] as i32).abs())
+        .max()
+        .unwrap();
+    assert!(err <= 13107 / 16 + 16, "max error {err}");
+}
+
+#[test]
+fn timestamp_jump_reanchors_and_late_packets_drop() {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let t0 = Instant::now();
+    {
+        let mut rec = Recorder::new(&mut out, t0, Law::Ulaw, Law::Ulaw).unwrap();
+        let loud = vec![0x80u8; 160]; // μ-law max positive
+        rec.push(t0, Side::Visitor, 1000, &loud).unwrap();
+        // New SSRC: timestamp jumps by hours; placed at its arrival (500 ms), not hours away.
+        rec.push(t0 + MS(500), Side::Visitor, 1000 + 8000 * 3600, &loud)
+            .unwrap();
+        // A packet for a position already written (older than the jitter window) is dropped.
+        rec.advance(t0 + MS(2000)).unwrap();
+        rec.push(t0 + MS(2000), Side::Agent, 5, &loud).unwrap();
+        rec.push(t0 + MS(2000), Side::Agent, 5u32.wrapping_sub(8000), &loud)
+            .unwrap();
+        assert_eq!(rec.samples_written(), 2000 * 8 - 1600);
+        rec.finish().unwrap();
+    }
+    let wav = Wav::parse(out.get_ref()).unwrap();
+    let pcm = wav.to_pcm();
+    let left: Vec<i16> = pcm.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = pcm.iter().skip(1).step_by(2).copied().collect();
+    assert_eq!(left.len(), 16000 + 160);
+    assert!(left[..160].iter().all(|&s| s == 32124));
+    assert!(left[160..4000].iter().all(|&s| s == 0));
+    assert!(left[4000..4160].iter().all(|&s| s == 32124));
+    assert!(right[..16000].iter().all(|&s| s == 0));
+    assert!(right[16000..].iter().all(|&s| s == 32124));
+}
+
+#[allow(non_snake_case)]
+fn MS(n: u32) -> Duration {
+    Duration::from_millis(n as u64)
+}
