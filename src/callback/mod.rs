@@ -7,7 +7,7 @@
 //! - [`schedule`]: business hours (time zone, weekly schedule, closed dates) and DST-safe wished times.
 //! - [`agents`]: the agents pool (sign in/out, pause, busy, wrap-up, longest idle first, auto-pause, wait estimate).
 //! - [`flow`]: one request's state machine (visitor-first, confirmation, agent-first).
-//! - [`queue`]: the [`Dispatcher`](queue::Dispatcher) over all requests (order, cap, hours gating, agent offers).
+//! - [`queue`]: the [`Dispatcher`] over all requests (order, cap, hours gating, agent offers).
 //! - [`event`]: states and the typed events of a request's history.
 //! - [`store`]: the storage trait, its SQLite backend and restart recovery.
 //! - [`metrics`]: Prometheus text exposition.
