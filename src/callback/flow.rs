@@ -457,8 +457,7 @@ impl Flow {
         if self.call_agent(agents, now) {
             return true;
         }
-        // Everyone eligible was tried during this hold: start a new round at the next look.
-        self.tried.clear();
+        // Nobody free who was not tried in this round: look again later (a new round then).
         if self.timers[Timer::Recheck as usize].is_none() {
             self.set_timer(Timer::Recheck, Some(add(now, self.cfg().agent_recheck)));
         }
@@ -850,6 +849,7 @@ impl Flow {
                 self.attempt_failed(agents, CallFailure::NotConfirmed, now);
             }
             RC => {
+                self.tried.clear();
                 self.try_assign(agents, now);
             }
             AP if self.apologizing => self.end_apology(),
