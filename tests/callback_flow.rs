@@ -373,8 +373,8 @@ fn confirmation_without_key_never_calls_an_agent() {
     assert_eq!(sim.last_state(id), Some(State::Scheduled));
     // Run the two retries out: no agent is ever called.
     let mut all = Vec::new();
-    for _ in 0..2 {
-        all.extend(sim.advance_for(id, secs(600)));
+    for backoff in [120, 240] {
+        assert_eq!(sim.advance_for(id, secs(backoff)), vec![call_visitor()]);
         sim.input(id, Input::VisitorAnswered);
         all.extend(sim.advance_for(id, secs(20)));
     }
