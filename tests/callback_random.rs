@@ -57,8 +57,10 @@ fn run(seed: u64) -> BTreeMap<State, usize> {
         .with_ymd_and_hms(2026, 6, 9, 10, 0, 0)
         .single()
         .expect("valid");
-    let mut cfg = CallbackConfig::default();
-    cfg.max_concurrent = 4;
+    let cfg = CallbackConfig {
+        max_concurrent: 4,
+        ..CallbackConfig::default()
+    };
     let names = ["alice", "bob", "carol"];
     let agents = names
         .iter()
