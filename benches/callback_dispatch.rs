@@ -6,13 +6,37 @@ use chrono::{TimeDelta, TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rappel::callback::{AgentConfig, CallbackConfig, Dispatcher, Input, NewRequest};
 
-fn setup(live: usize) -> (Dispatcher, Vec<rappel::callback::RequestId>, chrono::DateTime<Utc>) {
-    let now = Utc.with_ymd_and_hms(2026, 6, 9, 10, 0, 0).single().expect("valid");
-    let agents = (0..20).map(|i| AgentConfig::new(&format!("a{i}"), "sip:a@x", &[])).collect();
-    let cfg = CallbackConfig { max_concurrent: live, ..CallbackConfig::default() };
+fn setup(
+    live: usize,
+) -> (
+    Dispatcher,
+    Vec<rappel::callback::RequestId>,
+    chrono::DateTime<Utc>,
+) {
+    let now = Utc
+        .with_ymd_and_hms(2026, 6, 9, 10, 0, 0)
+        .single()
+        .expect("valid");
+    let agents = (0..20)
+        .map(|i| AgentConfig::new(&format!("a{i}"), "sip:a@x", &[]))
+        .collect();
+    let cfg = CallbackConfig {
+        max_concurrent: live,
+        ..CallbackConfig::default()
+    };
     let mut d = Dispatcher::new(cfg, agents, 1, now).expect("agents");
     let ids = (0..live)
-        .map(|_| d.submit(NewRequest { phone: "0612345678".into(), ..NewRequest::default() }, now).expect("ok").id)
+        .map(|_| {
+            d.submit(
+                NewRequest {
+                    phone: "0612345678".into(),
+                    ..NewRequest::default()
+                },
+                now,
+            )
+            .expect("ok")
+            .id
+        })
         .collect();
     while d.poll_event().is_some() {}
     while d.poll_command().is_some() {}
@@ -29,7 +53,8 @@ fn bench(c: &mut Criterion) {
                 // A ringing notice: no state change, so the cost is the dispatcher's bookkeeping per event.
                 let id = ids[i % ids.len()];
                 i += 1;
-                d.handle_input(id, Input::VisitorRinging, now + TimeDelta::seconds(1)).expect("live");
+                d.handle_input(id, Input::VisitorRinging, now + TimeDelta::seconds(1))
+                    .expect("live");
                 black_box(d.poll_event());
             });
         });

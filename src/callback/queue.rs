@@ -6,11 +6,15 @@
 //! estimated wait. Outputs are tagged with the request id. [`Dispatcher::poll_timeout`] is the earliest of every
 //! flow's timers, scheduled due times and (when someone waits for an agent) the next end of wrap-up.
 //!
+//! Flows are indexed by (state, due time, id) and by next deadline, and only the flows touched by a call are
+//! re-indexed and drained, so one event costs O(log n) plus the requests it actually moves (see
+//! `benches/callback_dispatch.rs`).
+//!
 //! The driver loop that keeps "persist before act": after any `handle_*`/`submit`/`cancel` call, drain
 //! [`Dispatcher::poll_event`] into the [`Store`](super::store::Store) first, then execute
 //! [`Dispatcher::poll_command`]s.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +25,8 @@ use super::metrics::Metrics;
 use super::request::{CallbackRequest, NewRequest, RequestError, RequestId, Strategy};
 use super::schedule::BusinessHours;
 use super::{add, Time};
+
+use chrono::{DateTime, Utc};
 
 /// Service configuration.
 #[derive(Debug, Clone)]
@@ -99,6 +105,15 @@ pub struct RequestStatus {
     pub estimated_wait: Option<Duration>,
 }
 
+/// Where a flow sits in the indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Indexed {
+    state: State,
+    due: Time,
+    deadline: Option<Time>,
+    legs: bool,
+}
+
 /// The set of requests of the service.
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -108,6 +123,14 @@ pub struct Dispatcher {
     default_strategy: Strategy,
     agents: Agents,
     flows: BTreeMap<RequestId, Flow>,
+    /// Live flows by (state, due, id): queue order within each state.
+    by_state: BTreeSet<(State, Time, RequestId)>,
+    /// Live flows by next deadline (flow timer, or due time when scheduled).
+    deadlines: BTreeSet<(Time, RequestId)>,
+    indexed: HashMap<RequestId, Indexed>,
+    /// Flows with a call leg up (the cap counts these).
+    active: usize,
+    touched: BTreeSet<RequestId>,
     next_id: u64,
     now: Option<Time>,
     commands: VecDeque<(RequestId, Command)>,
@@ -130,6 +153,11 @@ impl Dispatcher {
             default_strategy: config.default_strategy,
             agents: Agents::new(agents, config.agents, now)?,
             flows: BTreeMap::new(),
+            by_state: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            indexed: HashMap::new(),
+            active: 0,
+            touched: BTreeSet::new(),
             next_id: first_id,
             now: Some(now),
             commands: VecDeque::new(),
@@ -154,6 +182,7 @@ impl Dispatcher {
         let flow = Flow::submit(self.flow_cfg.clone(), req.clone(), due, reason, now);
         let state = flow.state();
         self.flows.insert(id, flow);
+        self.touched.insert(id);
         self.pump(now);
         Ok(Submitted {
             id,
@@ -178,6 +207,7 @@ impl Dispatcher {
             id,
             Flow::restore(self.flow_cfg.clone(), req, state, due, attempts),
         );
+        self.touched.insert(id);
         self.pump(now);
     }
 
@@ -187,6 +217,7 @@ impl Dispatcher {
         if !flow.cancel(&mut self.agents, now) {
             return Err(DispatchError::Final(id));
         }
+        self.touched.insert(id);
         self.pump(now);
         Ok(())
     }
@@ -204,6 +235,7 @@ impl Dispatcher {
         self.pump(now);
         if let Some(flow) = self.flows.get_mut(&id) {
             flow.handle_input(input, &mut self.agents, now);
+            self.touched.insert(id);
         }
         self.pump(now);
         Ok(())
@@ -213,14 +245,17 @@ impl Dispatcher {
     pub fn handle_timeout(&mut self, now: Time) {
         self.pump(now);
         let due: Vec<RequestId> = self
-            .flows
+            .deadlines
             .iter()
-            .filter(|(_, f)| f.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| *id)
             .collect();
         for id in due {
             if let Some(flow) = self.flows.get_mut(&id) {
-                flow.handle_timeout(&mut self.agents, now);
+                if flow.poll_timeout().is_some_and(|t| t <= now) {
+                    flow.handle_timeout(&mut self.agents, now);
+                    self.touched.insert(id);
+                }
             }
         }
         self.pump(now);
@@ -228,19 +263,15 @@ impl Dispatcher {
 
     /// The earliest instant something is due.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let flows = self.flows.values().filter_map(|f| {
-            let due = (f.state() == State::Scheduled).then_some(f.due());
-            [f.poll_timeout(), due].into_iter().flatten().min()
-        });
-        let waiting = self
-            .flows
-            .values()
-            .any(|f| f.wants_agent() || f.state() == State::Queued);
+        let first = self.deadlines.first().map(|(t, _)| *t);
+        let waiting = [State::Holding, State::Queued]
+            .iter()
+            .any(|s| self.in_state(*s).next().is_some());
         let wrap_up = self
             .now
             .filter(|_| waiting)
             .and_then(|now| self.agents.next_wrap_up_end(now));
-        flows.chain(wrap_up).min()
+        first.into_iter().chain(wrap_up).min()
     }
 
     /// Next command for the call layer, with its request.
@@ -296,34 +327,42 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Live requests, in queue order.
+    /// Live requests, in queue order (due time, then arrival).
     pub fn live(&self) -> Vec<RequestId> {
-        self.ordered(|_| true)
-    }
-
-    fn ordered(&self, pred: impl Fn(&Flow) -> bool) -> Vec<RequestId> {
         let mut v: Vec<(Time, RequestId)> = self
-            .flows
+            .by_state
             .iter()
-            .filter(|(_, f)| pred(f))
-            .map(|(id, f)| (f.due(), *id))
+            .map(|(_, due, id)| (*due, *id))
             .collect();
         v.sort();
         v.into_iter().map(|(_, id)| id).collect()
     }
 
-    fn in_line(f: &Flow) -> bool {
-        matches!(
-            f.state(),
-            State::Queued | State::CallingVisitor | State::Confirming | State::Holding
-        ) && f.agent().is_none()
+    fn in_state(&self, state: State) -> impl Iterator<Item = (Time, RequestId)> + '_ {
+        let lo = (state, DateTime::<Utc>::MIN_UTC, RequestId(0));
+        let hi = (state, DateTime::<Utc>::MAX_UTC, RequestId(u64::MAX));
+        self.by_state.range(lo..=hi).map(|(_, due, id)| (*due, *id))
     }
 
     /// A live request's state, queue position and estimated wait.
+    ///
+    /// The line for an agent holds due requests without an agent (queued, calling the visitor, confirming,
+    /// holding) in queue order.
     pub fn status(&self, id: RequestId, now: Time) -> Option<RequestStatus> {
         let flow = self.flows.get(&id)?;
-        let (queue_position, estimated_wait) = if Self::in_line(flow) {
-            let pos = self.ordered(Self::in_line).iter().position(|x| *x == id);
+        let line_states = [
+            State::Queued,
+            State::CallingVisitor,
+            State::Confirming,
+            State::Holding,
+        ];
+        let (queue_position, estimated_wait) = if line_states.contains(&flow.state())
+            && flow.agent().is_none()
+        {
+            let mut line: Vec<(Time, RequestId)> =
+                line_states.iter().flat_map(|s| self.in_state(*s)).collect();
+            line.sort();
+            let pos = line.iter().position(|(_, x)| *x == id);
             let wait = pos.and_then(|p| self.agents.estimated_wait(&flow.request().skills, p, now));
             (pos, wait)
         } else {
@@ -342,48 +381,120 @@ impl Dispatcher {
 
     fn pump(&mut self, now: Time) {
         self.now = Some(self.now.map_or(now, |n| n.max(now)));
+        self.settle();
         // 1. Scheduled requests that are due: queue them if open, else move them to the next opening.
-        for id in self.ordered(|f| f.state() == State::Scheduled && f.due() <= now) {
+        let due: Vec<RequestId> = self
+            .in_state(State::Scheduled)
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| id)
+            .collect();
+        for id in due {
             self.gate(id, now);
         }
+        self.settle();
         // 2. Free agents go to held visitors, in queue order.
-        for id in self.ordered(Flow::wants_agent) {
+        let holding: Vec<RequestId> = self.in_state(State::Holding).map(|(_, id)| id).collect();
+        for id in holding {
             if let Some(f) = self.flows.get_mut(&id) {
-                f.try_assign(&mut self.agents, now);
+                if f.try_assign(&mut self.agents, now) {
+                    self.touched.insert(id);
+                }
+            }
+            // A recheck timer may have been set.
+            self.touched.insert(id);
+            if self
+                .agents
+                .select(&BTreeSet::new(), &BTreeSet::new(), now)
+                .is_none()
+            {
+                break;
             }
         }
+        self.settle();
         // 3. Start queued requests up to the cap.
-        let mut active = self.flows.values().filter(|f| f.has_legs()).count();
-        for id in self.ordered(|f| f.state() == State::Queued) {
-            if active >= self.max_concurrent {
+        let queued: Vec<RequestId> = self.in_state(State::Queued).map(|(_, id)| id).collect();
+        for id in queued {
+            if self.active >= self.max_concurrent {
                 break;
             }
             if !self.hours.is_open(now) {
                 self.gate(id, now);
-                continue;
+            } else if let Some(f) = self.flows.get_mut(&id) {
+                f.start(&mut self.agents, now);
             }
-            if let Some(f) = self.flows.get_mut(&id) {
-                if f.start(&mut self.agents, now) {
-                    active += 1;
+            self.touched.insert(id);
+            // Re-index now so that `active` counts this start.
+            self.settle();
+        }
+        self.settle();
+        #[cfg(debug_assertions)]
+        self.check_indexes();
+    }
+
+    /// Debug builds: the indexes agree with the flows (exercised by the random-walk test).
+    #[cfg(debug_assertions)]
+    fn check_indexes(&self) {
+        debug_assert_eq!(self.indexed.len(), self.flows.len());
+        debug_assert_eq!(self.by_state.len(), self.flows.len());
+        debug_assert_eq!(
+            self.active,
+            self.flows.values().filter(|f| f.has_legs()).count()
+        );
+        for (id, f) in &self.flows {
+            let due = (f.state() == State::Scheduled).then_some(f.due());
+            let deadline = [f.poll_timeout(), due].into_iter().flatten().min();
+            let ix = Indexed {
+                state: f.state(),
+                due: f.due(),
+                deadline,
+                legs: f.has_legs(),
+            };
+            debug_assert_eq!(self.indexed.get(id), Some(&ix), "request {id}");
+        }
+    }
+
+    /// Drains the touched flows' outputs and re-indexes them; forgets finished flows (the store has them).
+    fn settle(&mut self) {
+        for id in std::mem::take(&mut self.touched) {
+            if let Some(old) = self.indexed.remove(&id) {
+                self.by_state.remove(&(old.state, old.due, id));
+                if let Some(t) = old.deadline {
+                    self.deadlines.remove(&(t, id));
+                }
+                if old.legs {
+                    self.active = self.active.saturating_sub(1);
                 }
             }
-        }
-        // 4. Collect outputs; forget finished flows (the store has them).
-        let mut done = Vec::new();
-        for (id, f) in &mut self.flows {
+            let Some(f) = self.flows.get_mut(&id) else {
+                continue;
+            };
             while let Some(ev) = f.poll_event() {
                 self.metrics.observe(&ev);
-                self.events.push_back((*id, ev));
+                self.events.push_back((id, ev));
             }
             while let Some(c) = f.poll_command() {
-                self.commands.push_back((*id, c));
+                self.commands.push_back((id, c));
             }
             if f.state().is_final() && !f.has_legs() {
-                done.push(*id);
+                self.flows.remove(&id);
+                continue;
             }
-        }
-        for id in done {
-            self.flows.remove(&id);
+            let due = (f.state() == State::Scheduled).then_some(f.due());
+            let deadline = [f.poll_timeout(), due].into_iter().flatten().min();
+            let ix = Indexed {
+                state: f.state(),
+                due: f.due(),
+                deadline,
+                legs: f.has_legs(),
+            };
+            self.by_state.insert((ix.state, ix.due, id));
+            if let Some(t) = deadline {
+                self.deadlines.insert((t, id));
+            }
+            if ix.legs {
+                self.active += 1;
+            }
+            self.indexed.insert(id, ix);
         }
     }
 
@@ -401,5 +512,6 @@ impl Dispatcher {
                 now,
             ),
         }
+        self.touched.insert(id);
     }
 }
