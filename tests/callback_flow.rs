@@ -307,6 +307,12 @@ fn visitor_busy_retries_with_backoff_then_succeeds() {
         .kinds(id)
         .contains(&EventKind::CallingVisitor { attempt: 2 }));
     connect(&mut sim, id, "alice");
+    // Time to connect counts from the first due time, across the retry.
+    assert!(sim.kinds(id).contains(&EventKind::Connected {
+        agent: "alice".into(),
+        hold: Duration::ZERO,
+        time_to_connect: secs(120)
+    }));
     assert_eq!(
         sim.input(id, Input::VisitorHungUp),
         vec![Command::HangUp { leg: Leg::Agent }]

@@ -13,6 +13,15 @@
 //! Due times are owned by the [`Dispatcher`](super::queue::Dispatcher): a flow in `scheduled` waits until the
 //! dispatcher calls [`Flow::make_due`], and a flow in `queued` until it calls [`Flow::start`].
 //!
+//! ```text
+//! scheduled ──due──▶ queued ──start──▶ calling_visitor ──answer──▶ holding ◀──agent failed──┐
+//!     ▲                 ▲                 │   (confirmation: confirming ──"1"──▶ holding)   │
+//!     └──retry backoff──┴──busy/no answer─┘                         holding ──▶ calling_agent ──whisper──▶ connected
+//!                        (attempts left; else missed)    max hold / visitor left ──▶ missed      hang-up ──▶ completed
+//! agent-first: queued ──▶ calling_agent ──answer, whisper──▶ calling_visitor ──answer──▶ connected
+//! any non-final ──cancel──▶ cancelled
+//! ```
+//!
 //! Visitor-first: call the visitor → greeting, hold music → call the longest-idle agent with the skills → whisper to
 //! the agent → bridge. A failed agent → the next one. Max hold → apology, hang up, `missed`. Visitor failures →
 //! retry with exponential backoff, then `missed`. Confirmation: after answer the visitor must press the confirmation
@@ -212,6 +221,8 @@ pub struct Flow {
     req: CallbackRequest,
     state: State,
     due: Time,
+    /// Due time at submission (or restore): time to connect counts from here, across retries.
+    origin: Time,
     attempts: u32,
     agent: Option<AgentLeg>,
     tried: BTreeSet<String>,
@@ -263,6 +274,7 @@ impl Flow {
             req,
             state,
             due,
+            origin: due,
             attempts,
             agent: None,
             tried: BTreeSet::new(),
@@ -594,7 +606,7 @@ impl Flow {
             EventKind::Connected {
                 agent,
                 hold,
-                time_to_connect: since(self.due, now),
+                time_to_connect: since(self.origin, now),
             },
             now,
         );

@@ -167,6 +167,8 @@ impl Dispatcher {
     }
 
     /// Accepts a request. Due at the wished time or now, moved to the next opening if the centre is closed then.
+    ///
+    /// Store [`Submitted::request`] (`Store::insert_request`) before draining the events: they refer to it.
     pub fn submit(&mut self, new: NewRequest, now: Time) -> Result<Submitted, DispatchError> {
         let id = RequestId(self.next_id);
         let req = new.validate(id, now, self.default_strategy)?;

@@ -65,10 +65,10 @@ impl BusinessHours {
         }
     }
 
-    /// Open every day, all day (00:00 to 23:59:59.999), in UTC: the default when no hours are configured.
+    /// Open every day, all day (00:00 to the last nanosecond), in UTC: the default when no hours are configured.
     pub fn always_open() -> Self {
         let mut h = Self::closed(Tz::UTC);
-        let end = NaiveTime::from_hms_milli_opt(23, 59, 59, 999).unwrap_or(NaiveTime::MIN);
+        let end = NaiveTime::from_hms_nano_opt(23, 59, 59, 999_999_999).unwrap_or(NaiveTime::MIN);
         for day in &mut h.weekly {
             day.push((NaiveTime::MIN, end));
         }
