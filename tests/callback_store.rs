@@ -329,3 +329,50 @@ fn recovery_can_mark_interrupted_calls_missed() {
         .iter()
         .all(|r| r.summary.request.id == scheduled));
 }
+
+/// The same script against both backends gives the same records, lists and recovery.
+#[test]
+fn memory_and_sqlite_backends_agree() {
+    use rappel::callback::store::MemoryStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sql = SqliteStore::open(dir.path().join("parity.sqlite")).expect("open");
+    let mut mem = MemoryStore::new();
+    let mut ids = Vec::new();
+    for store in [&mut sql as &mut dyn Store, &mut mem as &mut dyn Store] {
+        let now = t0();
+        let mut d = dispatcher(1, now);
+        let a = submit(store, &mut d, request(), now);
+        input(
+            store,
+            &mut d,
+            a,
+            Input::VisitorFailed(rappel::callback::CallFailure::Busy),
+            now,
+        );
+        let b = submit(store, &mut d, request(), now + TimeDelta::seconds(5));
+        input(
+            store,
+            &mut d,
+            b,
+            Input::VisitorAnswered,
+            now + TimeDelta::seconds(9),
+        );
+        ids = vec![a, b];
+        let resumed =
+            recover(store, RecoveryPolicy::Retry, 3, now + TimeDelta::minutes(1)).expect("recover");
+        assert_eq!(resumed.len(), 2);
+    }
+    for id in &ids {
+        let (x, y) = (sql.load(*id).expect("sql"), mem.load(*id).expect("mem"));
+        assert!(x.is_some());
+        assert_eq!(x, y);
+    }
+    for state in [None, Some(State::Queued), Some(State::Scheduled)] {
+        let f = ListFilter {
+            state,
+            ..ListFilter::default()
+        };
+        assert_eq!(sql.list(&f).expect("sql"), mem.list(&f).expect("mem"));
+    }
+    assert_eq!(sql.max_id().expect("sql"), mem.max_id().expect("mem"));
+}

@@ -104,6 +104,10 @@ pub enum Command {
 }
 
 /// An event from the call layer.
+///
+/// Contract for the driver: once the flow has said [`Command::CancelAgentCall`] or [`Command::HangUp`] for a leg,
+/// that call is over for the flow; drop any late event of it (a 487 after a cancel, say). Agent events carry no call
+/// identity, so a late one would be taken for the agent call in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Input {

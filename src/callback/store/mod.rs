@@ -12,8 +12,10 @@ use super::event::{EventKind, MissReason, RecoveryAction, RequestEvent, State};
 use super::request::{CallbackRequest, RequestId};
 use super::Time;
 
+pub mod memory;
 pub mod sqlite;
 
+pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
 /// Cap on rows returned by [`Store::list`].
