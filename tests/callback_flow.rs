@@ -992,3 +992,46 @@ fn bad_input_is_refused_not_panicking() {
     assert_eq!(sim.input(id, Input::DtmfReceived('1')), vec![]);
     assert_eq!(sim.last_state(id), Some(State::CallingVisitor));
 }
+
+#[test]
+fn visitor_hangs_up_while_holding_without_agent_is_missed_for_manual_callback() {
+    let mut sim = Sim::new(config(), &["alice"]);
+    sim.d.pause("alice", sim.now).expect("known");
+    let (id, _) = sim.submit(request());
+    assert_eq!(
+        sim.input(id, Input::VisitorAnswered),
+        vec![Command::Play {
+            leg: Leg::Visitor,
+            prompt: Prompt::Greeting
+        }]
+    );
+    assert_eq!(sim.last_state(id), Some(State::Holding));
+    assert_eq!(sim.input(id, Input::VisitorHungUp), vec![]);
+    assert_eq!(
+        sim.kinds(id).last(),
+        Some(&EventKind::Missed {
+            reason: MissReason::VisitorHungUp
+        })
+    );
+    assert_eq!(sim.d.poll_timeout(), None, "no timer left behind");
+}
+
+#[test]
+fn agent_first_agent_leaves_while_visitor_rings_requeues() {
+    let mut sim = Sim::new(config(), &["alice", "bob"]);
+    let (id, _) = sim.submit(NewRequest {
+        strategy: Some(Strategy::AgentFirst),
+        ..request()
+    });
+    sim.input(id, Input::AgentAnswered);
+    sim.input(id, Input::PlaybackFinished(Leg::Agent));
+    assert_eq!(sim.last_state(id), Some(State::CallingVisitor));
+    // Alice hangs up: the visitor call is cancelled and the request starts again with the next agent.
+    let c = sim.input(id, Input::AgentHungUp);
+    assert_eq!(
+        c,
+        vec![Command::HangUp { leg: Leg::Visitor }, call_agent("bob")]
+    );
+    assert_eq!(sim.states(id).last(), Some(&State::CallingAgent));
+    assert!(sim.kinds(id).contains(&EventKind::Queued));
+}
