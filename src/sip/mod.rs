@@ -2,4 +2,5 @@
 //!
 //! Nothing in this module reads the clock or touches a socket: every entry point takes `now: Instant`.
 
+pub mod auth;
 pub mod message;
