@@ -29,10 +29,12 @@
 
 use crate::sip::auth::{Credentials, DigestClient};
 use crate::sip::dialog::{glare_retry_delay, hdr, Dialog};
-use crate::sip::message::{HeaderName, Headers, Message, Method, Request, Response, StatusCode, Uri, Via};
+use crate::sip::message::{
+    HeaderName, Headers, Message, Method, Request, Response, StatusCode, Uri, Via,
+};
 use crate::sip::transaction::{
-    ClientDisposition, ClientTransaction, ServerDisposition, ServerTransaction, TimerConfig, Transmit, Transport,
-    TxEvent, TxKind, BRANCH_COOKIE,
+    ClientDisposition, ClientTransaction, ServerDisposition, ServerTransaction, TimerConfig,
+    Transmit, Transport, TxEvent, TxKind, BRANCH_COOKIE,
 };
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -277,8 +279,19 @@ struct ClientEntry {
 /// RFC 3261 §17.2.3 server transaction key, or the RFC 2543 fallback when the branch lacks the cookie.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ServerKey {
-    Branch { branch: String, sent_by: String, method: Method },
-    Legacy { ruri: String, from_tag: Bytes, call_id: Bytes, cseq: u32, via: Bytes, method: Method },
+    Branch {
+        branch: String,
+        sent_by: String,
+        method: Method,
+    },
+    Legacy {
+        ruri: String,
+        from_tag: Bytes,
+        call_id: Bytes,
+        cseq: u32,
+        via: Bytes,
+        method: Method,
+    },
 }
 
 #[derive(Debug)]
@@ -312,7 +325,6 @@ struct Retrans2xx {
 #[derive(Debug)]
 struct Call {
     is_uac: bool,
-    call_id: Bytes,
     local_tag: Bytes,
     next_hop: SocketAddr,
     auth: Option<DigestClient>,
@@ -342,10 +354,9 @@ struct Call {
 }
 
 impl Call {
-    fn new(is_uac: bool, call_id: Bytes, local_tag: Bytes, next_hop: SocketAddr) -> Self {
+    fn new(is_uac: bool, local_tag: Bytes, next_hop: SocketAddr) -> Self {
         Self {
             is_uac,
-            call_id,
             local_tag,
             next_hop,
             auth: None,
@@ -371,7 +382,10 @@ impl Call {
     }
 
     fn hop(&self) -> SocketAddr {
-        self.dialog.as_ref().and_then(Dialog::next_hop).unwrap_or(self.next_hop)
+        self.dialog
+            .as_ref()
+            .and_then(Dialog::next_hop)
+            .unwrap_or(self.next_hop)
     }
 
     fn confirmed(&self) -> bool {
@@ -406,7 +420,9 @@ fn cseq_of(h: &Headers) -> Option<(u32, Method)> {
 }
 
 fn to_tag(h: &Headers) -> Option<Bytes> {
-    h.get(&HeaderName::To).and_then(|v| hdr::tag(v)).map(Bytes::copy_from_slice)
+    h.get(&HeaderName::To)
+        .and_then(|v| hdr::tag(v))
+        .map(Bytes::copy_from_slice)
 }
 
 impl Endpoint {
@@ -502,7 +518,13 @@ impl Endpoint {
     // ---------------------------------------------------------------------------------------------------------
     // Transaction plumbing
 
-    fn start_client(&mut self, now: Instant, request: Request, destination: SocketAddr, owner: Owner) -> TxId {
+    fn start_client(
+        &mut self,
+        now: Instant,
+        request: Request,
+        destination: SocketAddr,
+        owner: Owner,
+    ) -> TxId {
         let branch = request
             .headers
             .values(&HeaderName::Via)
@@ -510,7 +532,11 @@ impl Endpoint {
             .and_then(|v| hdr::via(&v).and_then(|p| p.branch.map(str::to_owned)))
             .unwrap_or_default();
         let key = (branch, request.method.clone());
-        let kind = if request.method == Method::Invite { TxKind::Invite } else { TxKind::NonInvite };
+        let kind = if request.method == Method::Invite {
+            TxKind::Invite
+        } else {
+            TxKind::NonInvite
+        };
         let tx = ClientTransaction::new(
             now,
             kind,
@@ -521,13 +547,23 @@ impl Endpoint {
         );
         let id = self.id();
         self.client_index.insert(key.clone(), id);
-        self.clients.insert(id, ClientEntry { tx, owner, request, key });
+        self.clients.insert(
+            id,
+            ClientEntry {
+                tx,
+                owner,
+                request,
+                key,
+            },
+        );
         self.drain_client(now, id);
         id
     }
 
     fn drain_client(&mut self, now: Instant, id: TxId) {
-        let Some(e) = self.clients.get_mut(&id) else { return };
+        let Some(e) = self.clients.get_mut(&id) else {
+            return;
+        };
         while let Some(t) = e.tx.poll_transmit() {
             self.outbox.push_back(t);
         }
@@ -551,7 +587,9 @@ impl Endpoint {
     }
 
     fn drain_server(&mut self, id: TxId) {
-        let Some(e) = self.servers.get_mut(&id) else { return };
+        let Some(e) = self.servers.get_mut(&id) else {
+            return;
+        };
         while let Some(t) = e.tx.poll_transmit() {
             self.outbox.push_back(t);
         }
@@ -590,7 +628,10 @@ impl Endpoint {
                         c.update_tx = None;
                     }
                     if !c.terminated {
-                        self.events.push_back(Event::TransactionTimeout { call: CallHandle(h), method });
+                        self.events.push_back(Event::TransactionTimeout {
+                            call: CallHandle(h),
+                            method,
+                        });
                     }
                 }
             }
@@ -606,13 +647,20 @@ impl Endpoint {
                 c.glare_retry = None;
                 c.cancel_deadline = None;
                 c.expire_at = Some(now + linger);
-                self.events.push_back(Event::Terminated { call: CallHandle(h), reason });
+                self.events.push_back(Event::Terminated {
+                    call: CallHandle(h),
+                    reason,
+                });
             }
         }
     }
 
     fn send_raw(&mut self, destination: SocketAddr, payload: Bytes) {
-        self.outbox.push_back(Transmit { destination, transport: self.config.transport, payload });
+        self.outbox.push_back(Transmit {
+            destination,
+            transport: self.config.transport,
+            payload,
+        });
     }
 
     // ---------------------------------------------------------------------------------------------------------
@@ -629,7 +677,11 @@ impl Endpoint {
             Err(_) => {
                 if let Some(resp) = stateless_400(&data) {
                     let dest = response_destination(&data, remote, transport);
-                    self.outbox.push_back(Transmit { destination: dest, transport, payload: resp });
+                    self.outbox.push_back(Transmit {
+                        destination: dest,
+                        transport,
+                        payload: resp,
+                    });
                 }
             }
         }
@@ -637,16 +689,24 @@ impl Endpoint {
 
     /// Call when `now` has reached [`Self::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<TxId> =
-            self.clients.iter().filter(|(_, e)| e.tx.poll_timeout().is_some_and(|t| t <= now)).map(|(k, _)| *k).collect();
+        let due: Vec<TxId> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.tx.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
         for id in due {
             if let Some(e) = self.clients.get_mut(&id) {
                 e.tx.handle_timeout(now);
             }
             self.drain_client(now, id);
         }
-        let due: Vec<TxId> =
-            self.servers.iter().filter(|(_, e)| e.tx.poll_timeout().is_some_and(|t| t <= now)).map(|(k, _)| *k).collect();
+        let due: Vec<TxId> = self
+            .servers
+            .iter()
+            .filter(|(_, e)| e.tx.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
         for id in due {
             if let Some(e) = self.servers.get_mut(&id) {
                 e.tx.handle_timeout(now);
@@ -661,7 +721,9 @@ impl Endpoint {
 
     fn call_timeout(&mut self, now: Instant, h: u64) {
         let timers = self.config.timers;
-        let Some(c) = self.calls.get_mut(&h) else { return };
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
         if c.expire_at.is_some_and(|t| t <= now) {
             self.calls.remove(&h);
             self.dialog_index.retain(|_, v| *v != h);
@@ -679,18 +741,26 @@ impl Endpoint {
             if r.next <= now {
                 r.sent = r.sent.saturating_add(1);
                 r.next = now + timers.retransmit_interval(r.sent, true);
-                let t = Transmit { destination: r.destination, transport: r.transport, payload: r.payload.clone() };
+                let t = Transmit {
+                    destination: r.destination,
+                    transport: r.transport,
+                    payload: r.payload.clone(),
+                };
                 self.outbox.push_back(t);
             }
         }
-        let Some(c) = self.calls.get_mut(&h) else { return };
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
         if let Some((at, _)) = &c.glare_retry {
             if *at <= now {
                 let sdp = c.glare_retry.take().map(|g| g.1).unwrap_or_default();
                 let _ = self.send_reinvite(now, CallHandle(h), sdp);
             }
         }
-        let Some(c) = self.calls.get_mut(&h) else { return };
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
         if c.cancel_deadline.is_some_and(|t| t <= now) {
             // §9.1: no final response 64·T1 after CANCEL: consider the INVITE cancelled, destroy its transaction.
             c.cancel_deadline = None;
@@ -707,14 +777,22 @@ impl Endpoint {
     // Responses
 
     fn handle_response(&mut self, now: Instant, resp: Response) {
-        let Some(top) = resp.headers.values(&HeaderName::Via).next() else { return };
-        let Some(branch) = hdr::via(&top).and_then(|v| v.branch.map(str::to_owned)) else { return };
-        let Some((_, method)) = cseq_of(&resp.headers) else { return };
+        let Some(top) = resp.headers.values(&HeaderName::Via).next() else {
+            return;
+        };
+        let Some(branch) = hdr::via(&top).and_then(|v| v.branch.map(str::to_owned)) else {
+            return;
+        };
+        let Some((_, method)) = cseq_of(&resp.headers) else {
+            return;
+        };
         let Some(&id) = self.client_index.get(&(branch, method)) else {
             tracing::debug!("response matches no client transaction");
             return;
         };
-        let Some(e) = self.clients.get_mut(&id) else { return };
+        let Some(e) = self.clients.get_mut(&id) else {
+            return;
+        };
         let code = resp.status.as_u16();
         let disp = e.tx.handle_response(now, code);
         let owner = e.owner;
@@ -736,18 +814,34 @@ impl Endpoint {
     }
 
     /// Answers a 401/407 by re-sending `request` with credentials. Returns false when we cannot or should not.
-    fn retry_with_auth(&mut self, now: Instant, h: u64, request: &Request, resp: &Response, owner: Owner) -> bool {
+    fn retry_with_auth(
+        &mut self,
+        now: Instant,
+        h: u64,
+        request: &Request,
+        resp: &Response,
+        owner: Owner,
+    ) -> bool {
         let code = resp.status.as_u16();
         let (chal, answer_hdr) = match code {
             401 => (HeaderName::WwwAuthenticate, HeaderName::Authorization),
-            407 => (HeaderName::ProxyAuthenticate, HeaderName::ProxyAuthorization),
+            407 => (
+                HeaderName::ProxyAuthenticate,
+                HeaderName::ProxyAuthorization,
+            ),
             _ => return false,
         };
         let cnonce = self.token();
         let via = self.new_via();
-        let Some(c) = self.calls.get_mut(&h) else { return false };
-        let Some(auth) = c.auth.as_mut() else { return false };
-        let Some(challenge) = resp.headers.get(&chal) else { return false };
+        let Some(c) = self.calls.get_mut(&h) else {
+            return false;
+        };
+        let Some(auth) = c.auth.as_mut() else {
+            return false;
+        };
+        let Some(challenge) = resp.headers.get(&chal) else {
+            return false;
+        };
         let uri = request.uri.to_string();
         let value = match auth.answer(challenge, request.method.as_str(), &uri, &cnonce) {
             Ok(v) => v,
@@ -759,7 +853,9 @@ impl Endpoint {
         };
         let seq = match (&mut c.dialog, owner) {
             (Some(d), Owner::ReInvite(_) | Owner::InDialog(_)) => d.next_seq(),
-            _ => cseq_of(&request.headers).map(|(n, _)| n.wrapping_add(1)).unwrap_or(1),
+            _ => cseq_of(&request.headers)
+                .map(|(n, _)| n.wrapping_add(1))
+                .unwrap_or(1),
         };
         let mut req = request.clone();
         let others: Vec<Bytes> = req.headers.values(&HeaderName::Via).skip(1).collect();
@@ -768,7 +864,10 @@ impl Endpoint {
         for v in others {
             req.headers.push(HeaderName::Via, v);
         }
-        req.headers.set(HeaderName::CSeq, Bytes::from(format!("{seq} {}", req.method.as_str())));
+        req.headers.set(
+            HeaderName::CSeq,
+            Bytes::from(format!("{seq} {}", req.method.as_str())),
+        );
         req.headers.set(answer_hdr, Bytes::from(value));
         let dest = c.hop();
         if let Owner::Invite(_) = owner {
@@ -794,9 +893,18 @@ impl Endpoint {
         }
     }
 
-    fn on_invite_response(&mut self, now: Instant, h: u64, tx: TxId, request: &Request, resp: Response) {
+    fn on_invite_response(
+        &mut self,
+        now: Instant,
+        h: u64,
+        tx: TxId,
+        request: &Request,
+        resp: Response,
+    ) {
         let code = resp.status.as_u16();
-        let Some(c) = self.calls.get_mut(&h) else { return };
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
         if c.invite_tx != Some(tx) {
             // A response to an INVITE we replaced (auth retry): only a 2xx matters (it would create a dialog).
             if !resp.status.is_success() {
@@ -818,7 +926,11 @@ impl Endpoint {
             let cancel_now = c.cancel == CancelState::Pending;
             let report = code > 100 && !c.terminated && c.cancel == CancelState::None;
             if report {
-                self.events.push_back(Event::Provisional { call: CallHandle(h), status: resp.status, body: resp.body });
+                self.events.push_back(Event::Provisional {
+                    call: CallHandle(h),
+                    status: resp.status,
+                    body: resp.body,
+                });
             }
             if cancel_now {
                 self.send_cancel_now(now, h);
@@ -827,8 +939,12 @@ impl Endpoint {
         }
         if resp.status.is_success() {
             self.auth_done(h);
-            let Some(tag) = to_tag(&resp.headers) else { return };
-            let Some(c) = self.calls.get_mut(&h) else { return };
+            let Some(tag) = to_tag(&resp.headers) else {
+                return;
+            };
+            let Some(c) = self.calls.get_mut(&h) else {
+                return;
+            };
             if let Some(d) = &c.dialog {
                 if d.id.remote_tag == tag {
                     // 2xx retransmission: re-ACK.
@@ -846,7 +962,9 @@ impl Endpoint {
                 self.ack_and_bye_fork(now, h, request, &resp, tag);
                 return;
             }
-            let Some(mut d) = Dialog::uac(request, &resp.headers, false) else { return };
+            let Some(mut d) = Dialog::uac(request, &resp.headers, false) else {
+                return;
+            };
             d.state = crate::sip::dialog::DialogState::Confirmed;
             c.early.clear();
             c.dialog = Some(d);
@@ -859,7 +977,10 @@ impl Endpoint {
                 self.send_bye_now(now, h);
                 self.terminate(now, h, TerminationReason::Cancelled);
             } else {
-                self.events.push_back(Event::Answered { call: CallHandle(h), body: resp.body });
+                self.events.push_back(Event::Answered {
+                    call: CallHandle(h),
+                    body: resp.body,
+                });
             }
             return;
         }
@@ -867,7 +988,10 @@ impl Endpoint {
             return;
         }
         self.auth_done(h);
-        let cancelled = self.calls.get(&h).is_some_and(|c| c.cancel != CancelState::None);
+        let cancelled = self
+            .calls
+            .get(&h)
+            .is_some_and(|c| c.cancel != CancelState::None);
         let reason = if cancelled && code == 487 {
             TerminationReason::Cancelled
         } else {
@@ -881,9 +1005,13 @@ impl Endpoint {
         let via = self.new_via();
         let contact = self.contact();
         let mf = self.config.max_forwards;
-        let Some(c) = self.calls.get_mut(&h) else { return };
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
         let Some(d) = &c.dialog else { return };
-        let Some(mut ack) = d.request(Method::Ack, seq, via, &contact, mf) else { return };
+        let Some(mut ack) = d.request(Method::Ack, seq, via, &contact, mf) else {
+            return;
+        };
         for name in [HeaderName::Authorization, HeaderName::ProxyAuthorization] {
             if let Some(v) = invite.headers.get(&name) {
                 ack.headers.push(name, v.clone());
@@ -895,19 +1023,35 @@ impl Endpoint {
         self.send_raw(hop, bytes);
     }
 
-    fn ack_and_bye_fork(&mut self, now: Instant, h: u64, request: &Request, resp: &Response, tag: Bytes) {
+    fn ack_and_bye_fork(
+        &mut self,
+        now: Instant,
+        h: u64,
+        request: &Request,
+        resp: &Response,
+        tag: Bytes,
+    ) {
         let Some(c) = self.calls.get(&h) else { return };
         if let Some((_, ack)) = c.forks.iter().find(|(t, _)| *t == tag) {
             let (hop, ack) = (c.next_hop, ack.clone());
             self.send_raw(hop, ack);
             return;
         }
-        let Some(mut d) = Dialog::uac(request, &resp.headers, false) else { return };
+        let Some(mut d) = Dialog::uac(request, &resp.headers, false) else {
+            return;
+        };
         let fallback = c.next_hop;
-        let (via, via2, contact, mf) = (self.new_via(), self.new_via(), self.contact(), self.config.max_forwards);
+        let (via, via2, contact, mf) = (
+            self.new_via(),
+            self.new_via(),
+            self.contact(),
+            self.config.max_forwards,
+        );
         let seq = cseq_of(&request.headers).map(|x| x.0).unwrap_or(1);
         let hop = d.next_hop().unwrap_or(fallback);
-        let Some(ack) = d.request(Method::Ack, seq, via, &contact, mf) else { return };
+        let Some(ack) = d.request(Method::Ack, seq, via, &contact, mf) else {
+            return;
+        };
         let ack = ack.to_bytes();
         self.send_raw(hop, ack.clone());
         let bye_seq = d.next_seq();
@@ -919,16 +1063,28 @@ impl Endpoint {
         }
     }
 
-    fn on_reinvite_response(&mut self, now: Instant, h: u64, tx: TxId, request: &Request, resp: Response) {
+    fn on_reinvite_response(
+        &mut self,
+        now: Instant,
+        h: u64,
+        tx: TxId,
+        request: &Request,
+        resp: Response,
+    ) {
         if resp.status.is_provisional() {
             return;
         }
         let code = resp.status.as_u16();
         let seq = cseq_of(&request.headers).map(|x| x.0).unwrap_or(0);
-        let Some(c) = self.calls.get_mut(&h) else { return };
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
         if resp.status.is_success() {
             if c.ack.as_ref().is_some_and(|(s, _)| *s == seq) {
-                let (hop, ack) = (c.hop(), c.ack.as_ref().map(|a| a.1.clone()).unwrap_or_default());
+                let (hop, ack) = (
+                    c.hop(),
+                    c.ack.as_ref().map(|a| a.1.clone()).unwrap_or_default(),
+                );
                 self.send_raw(hop, ack);
                 return;
             }
@@ -988,7 +1144,9 @@ impl Endpoint {
             return;
         }
         self.auth_done(h);
-        let Some(c) = self.calls.get_mut(&h) else { return };
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
         if request.method == Method::Update {
             c.update_tx = None;
             if resp.status.is_success() {
@@ -1017,30 +1175,48 @@ impl Endpoint {
     // ---------------------------------------------------------------------------------------------------------
     // Requests
 
-    fn handle_request(&mut self, now: Instant, remote: SocketAddr, transport: Transport, mut req: Request) {
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        transport: Transport,
+        mut req: Request,
+    ) {
         let vias: Vec<Bytes> = req.headers.values(&HeaderName::Via).collect();
-        let Some(top) = vias.first().cloned() else { return };
+        let Some(top) = vias.first().cloned() else {
+            return;
+        };
         let Some(vp) = hdr::via(&top) else { return };
-        let (Some(call_id), Some((cseq, cseq_method)), Some(from)) =
-            (req.headers.get(&HeaderName::CallId).cloned(), cseq_of(&req.headers), req.headers.get(&HeaderName::From))
-        else {
+        let (Some(call_id), Some((cseq, cseq_method)), Some(from)) = (
+            req.headers.get(&HeaderName::CallId).cloned(),
+            cseq_of(&req.headers),
+            req.headers.get(&HeaderName::From),
+        ) else {
             return;
         };
         if !req.headers.contains(&HeaderName::To) || (cseq_method != req.method) {
             return;
         }
-        let from_tag = hdr::tag(from).map(Bytes::copy_from_slice).unwrap_or_default();
+        let from_tag = hdr::tag(from)
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default();
         // RFC 3581 / §18.2.1.
         let destination = if transport.is_reliable() || vp.rport {
             remote
         } else {
             SocketAddr::new(remote.ip(), vp.port.unwrap_or(5060))
         };
-        let key_method = if req.method == Method::Ack { Method::Invite } else { req.method.clone() };
+        let key_method = if req.method == Method::Ack {
+            Method::Invite
+        } else {
+            req.method.clone()
+        };
         let key = match vp.branch {
-            Some(b) if b.starts_with(BRANCH_COOKIE) => {
-                ServerKey::Branch { branch: b.to_owned(), sent_by: vp.sent_by(), method: key_method }
-            }
+            Some(b) if b.starts_with(BRANCH_COOKIE) => ServerKey::Branch {
+                branch: b.to_owned(),
+                sent_by: vp.sent_by(),
+                method: key_method,
+            },
             _ => ServerKey::Legacy {
                 ruri: req.uri.to_string(),
                 from_tag,
@@ -1067,7 +1243,9 @@ impl Endpoint {
         }
         let is_ack = req.method == Method::Ack;
         if let Some(&id) = self.server_index.get(&key) {
-            let Some(e) = self.servers.get_mut(&id) else { return };
+            let Some(e) = self.servers.get_mut(&id) else {
+                return;
+            };
             let disp = e.tx.handle_request(now, is_ack);
             self.drain_server(id);
             if disp == ServerDisposition::PassUp {
@@ -1079,11 +1257,22 @@ impl Endpoint {
             self.on_dialog_ack(now, &req);
             return;
         }
-        let kind = if req.method == Method::Invite { TxKind::Invite } else { TxKind::NonInvite };
+        let kind = if req.method == Method::Invite {
+            TxKind::Invite
+        } else {
+            TxKind::NonInvite
+        };
         let tx = ServerTransaction::new(kind, self.config.timers, destination, transport);
         let id = self.id();
         self.server_index.insert(key.clone(), id);
-        self.servers.insert(id, ServerEntry { tx, request: req.clone(), key: key.clone() });
+        self.servers.insert(
+            id,
+            ServerEntry {
+                tx,
+                request: req.clone(),
+                key: key.clone(),
+            },
+        );
 
         if req.method == Method::Cancel {
             self.on_cancel(now, id, key);
@@ -1096,15 +1285,26 @@ impl Endpoint {
     }
 
     /// Builds and sends a response through server transaction `id`. `to_tag` is added when To has none.
-    fn respond(&mut self, now: Instant, id: TxId, code: u16, to_tag: Option<&Bytes>, f: impl FnOnce(&mut Response)) {
-        let Some(st) = StatusCode::new(code) else { return };
+    fn respond(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        code: u16,
+        tag: Option<&Bytes>,
+        f: impl FnOnce(&mut Response),
+    ) {
+        let Some(st) = StatusCode::new(code) else {
+            return;
+        };
         let contact = self.contact();
         let random_tag = self.token();
         let server = self.config.user_agent.clone();
-        let Some(e) = self.servers.get_mut(&id) else { return };
+        let Some(e) = self.servers.get_mut(&id) else {
+            return;
+        };
         let mut r = Response::for_request(&e.request, st);
         if code > 100 && to_tag(&r.headers).is_none() {
-            match to_tag {
+            match tag {
                 Some(t) => r.set_to_tag(&String::from_utf8_lossy(t)),
                 None => r.set_to_tag(&random_tag),
             }
@@ -1123,28 +1323,41 @@ impl Endpoint {
         self.drain_server(id);
     }
 
-    fn out_of_dialog_request(&mut self, now: Instant, id: TxId, req: &Request, destination: SocketAddr) {
+    fn out_of_dialog_request(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        req: &Request,
+        destination: SocketAddr,
+    ) {
         match &req.method {
             Method::Options => self.respond(now, id, 200, None, |r| {
-                r.headers.push(HeaderName::Allow, Bytes::from_static(ALLOW.as_bytes()));
-                r.headers.push(HeaderName::Accept, Bytes::from_static(b"application/sdp"));
+                r.headers
+                    .push(HeaderName::Allow, Bytes::from_static(ALLOW.as_bytes()));
+                r.headers
+                    .push(HeaderName::Accept, Bytes::from_static(b"application/sdp"));
             }),
-            Method::Invite if self.config.accept_invites => self.incoming_call(now, id, req, destination),
+            Method::Invite if self.config.accept_invites => {
+                self.incoming_call(now, id, req, destination)
+            }
             Method::Invite => self.respond(now, id, 403, None, |_| {}),
             Method::Bye | Method::Update | Method::Info | Method::Prack | Method::Cancel => {
                 self.respond(now, id, 481, None, |_| {})
             }
             Method::Other(_) => self.respond(now, id, 501, None, |_| {}),
             _ => self.respond(now, id, 405, None, |r| {
-                r.headers.push(HeaderName::Allow, Bytes::from_static(ALLOW.as_bytes()));
+                r.headers
+                    .push(HeaderName::Allow, Bytes::from_static(ALLOW.as_bytes()));
             }),
         }
     }
 
     fn incoming_call(&mut self, now: Instant, id: TxId, req: &Request, destination: SocketAddr) {
-        let Some(call_id) = req.headers.get(&HeaderName::CallId).cloned() else { return };
+        let Some(call_id) = req.headers.get(&HeaderName::CallId).cloned() else {
+            return;
+        };
         let local_tag = Bytes::from(self.token());
-        let mut call = Call::new(false, call_id.clone(), local_tag.clone(), destination);
+        let mut call = Call::new(false, local_tag.clone(), destination);
         call.pending_invite = Some(id);
         let h = self.id();
         self.calls.insert(h, call);
@@ -1152,8 +1365,16 @@ impl Endpoint {
         self.respond(now, id, 100, None, |_| {});
         self.events.push_back(Event::IncomingCall {
             call: CallHandle(h),
-            from: req.headers.get(&HeaderName::From).cloned().unwrap_or_default(),
-            to: req.headers.get(&HeaderName::To).cloned().unwrap_or_default(),
+            from: req
+                .headers
+                .get(&HeaderName::From)
+                .cloned()
+                .unwrap_or_default(),
+            to: req
+                .headers
+                .get(&HeaderName::To)
+                .cloned()
+                .unwrap_or_default(),
             body: req.body.clone(),
         });
     }
@@ -1172,9 +1393,19 @@ impl Endpoint {
         let Some(&h) = self.dialog_index.get(&(call_id, tag)) else {
             return self.respond(now, id, 481, None, |_| {});
         };
-        let Some(c) = self.calls.get_mut(&h) else { return self.respond(now, id, 481, None, |_| {}) };
-        let remote_tag = req.headers.get(&HeaderName::From).and_then(|f| hdr::tag(f)).map(Bytes::copy_from_slice);
-        let Some(d) = c.dialog.as_mut().filter(|d| Some(&d.id.remote_tag) == remote_tag.as_ref()) else {
+        let Some(c) = self.calls.get_mut(&h) else {
+            return self.respond(now, id, 481, None, |_| {});
+        };
+        let remote_tag = req
+            .headers
+            .get(&HeaderName::From)
+            .and_then(|f| hdr::tag(f))
+            .map(Bytes::copy_from_slice);
+        let Some(d) = c
+            .dialog
+            .as_mut()
+            .filter(|d| Some(&d.id.remote_tag) == remote_tag.as_ref())
+        else {
             return self.respond(now, id, 481, None, |_| {});
         };
         if d.check_remote_cseq(cseq).is_err() {
@@ -1194,14 +1425,17 @@ impl Endpoint {
             }
             _ if c.terminated => self.respond(now, id, 481, None, |_| {}),
             Method::Invite => {
-                let ours_pending = c.reinvite_tx.is_some_and(|t| self.clients.get(&t).is_some_and(|e| !e.tx.has_final()));
+                let ours_pending = c
+                    .reinvite_tx
+                    .is_some_and(|t| self.clients.get(&t).is_some_and(|e| !e.tx.has_final()));
                 if ours_pending {
                     // §14.2 glare.
                     return self.respond(now, id, 491, None, |_| {});
                 }
                 if c.pending_invite.is_some() || c.retrans.is_some() {
                     return self.respond(now, id, 500, None, |r| {
-                        r.headers.push(HeaderName::RetryAfter, Bytes::from_static(b"1"));
+                        r.headers
+                            .push(HeaderName::RetryAfter, Bytes::from_static(b"1"));
                     });
                 }
                 d.refresh_target(&req.headers);
@@ -1227,11 +1461,17 @@ impl Endpoint {
             }
             Method::Info => {
                 self.respond(now, id, 200, None, |_| {});
-                self.events.push_back(Event::Request { call: CallHandle(h), method: Method::Info, body: req.body.clone() });
+                self.events.push_back(Event::Request {
+                    call: CallHandle(h),
+                    method: Method::Info,
+                    body: req.body.clone(),
+                });
             }
             Method::Options => self.respond(now, id, 200, None, |r| {
-                r.headers.push(HeaderName::Allow, Bytes::from_static(ALLOW.as_bytes()));
-                r.headers.push(HeaderName::Accept, Bytes::from_static(b"application/sdp"));
+                r.headers
+                    .push(HeaderName::Allow, Bytes::from_static(ALLOW.as_bytes()));
+                r.headers
+                    .push(HeaderName::Accept, Bytes::from_static(b"application/sdp"));
             }),
             _ => self.respond(now, id, 501, None, |_| {}),
         }
@@ -1239,10 +1479,28 @@ impl Endpoint {
 
     fn on_cancel(&mut self, now: Instant, cancel_id: TxId, key: ServerKey) {
         let invite_key = match key {
-            ServerKey::Branch { branch, sent_by, .. } => ServerKey::Branch { branch, sent_by, method: Method::Invite },
-            ServerKey::Legacy { ruri, from_tag, call_id, cseq, via, .. } => {
-                ServerKey::Legacy { ruri, from_tag, call_id, cseq, via, method: Method::Invite }
-            }
+            ServerKey::Branch {
+                branch, sent_by, ..
+            } => ServerKey::Branch {
+                branch,
+                sent_by,
+                method: Method::Invite,
+            },
+            ServerKey::Legacy {
+                ruri,
+                from_tag,
+                call_id,
+                cseq,
+                via,
+                ..
+            } => ServerKey::Legacy {
+                ruri,
+                from_tag,
+                call_id,
+                cseq,
+                via,
+                method: Method::Invite,
+            },
         };
         let Some(&inv) = self.server_index.get(&invite_key) else {
             return self.respond(now, cancel_id, 481, None, |_| {});
@@ -1252,8 +1510,14 @@ impl Endpoint {
         if !still_open {
             return;
         }
-        let h = self.calls.iter().find(|(_, c)| c.pending_invite == Some(inv)).map(|(h, _)| *h);
-        let tag = h.and_then(|h| self.calls.get(&h)).map(|c| c.local_tag.clone());
+        let h = self
+            .calls
+            .iter()
+            .find(|(_, c)| c.pending_invite == Some(inv))
+            .map(|(h, _)| *h);
+        let tag = h
+            .and_then(|h| self.calls.get(&h))
+            .map(|c| c.local_tag.clone());
         self.respond(now, inv, 487, tag.as_ref(), |_| {});
         if let Some(h) = h {
             if let Some(c) = self.calls.get_mut(&h) {
@@ -1264,12 +1528,19 @@ impl Endpoint {
     }
 
     fn on_dialog_ack(&mut self, now: Instant, req: &Request) {
-        let (Some(call_id), Some(tag)) = (req.headers.get(&HeaderName::CallId).cloned(), to_tag(&req.headers)) else {
+        let (Some(call_id), Some(tag)) = (
+            req.headers.get(&HeaderName::CallId).cloned(),
+            to_tag(&req.headers),
+        ) else {
             return;
         };
-        let Some(&h) = self.dialog_index.get(&(call_id, tag)) else { return };
+        let Some(&h) = self.dialog_index.get(&(call_id, tag)) else {
+            return;
+        };
         let seq = cseq_of(&req.headers).map(|x| x.0);
-        let Some(c) = self.calls.get_mut(&h) else { return };
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
         let Some(r) = &c.retrans else { return };
         if Some(r.cseq) != seq {
             return;
@@ -1277,7 +1548,10 @@ impl Endpoint {
         c.retrans = None;
         let bye = std::mem::take(&mut c.bye_pending);
         if !c.terminated {
-            self.events.push_back(Event::Acked { call: CallHandle(h), body: req.body.clone() });
+            self.events.push_back(Event::Acked {
+                call: CallHandle(h),
+                body: req.body.clone(),
+            });
         }
         if bye {
             // §15: the callee's BYE waited for this ACK.
@@ -1290,19 +1564,37 @@ impl Endpoint {
 
     /// Places a call: sends an INVITE and returns the call's handle. Progress arrives as [`Event::Provisional`],
     /// [`Event::Answered`] or [`Event::Terminated`].
-    pub fn start_invite(&mut self, now: Instant, inv: InviteRequest) -> Result<CallHandle, EndpointError> {
+    pub fn start_invite(
+        &mut self,
+        now: Instant,
+        inv: InviteRequest,
+    ) -> Result<CallHandle, EndpointError> {
         let uri = Uri::parse(&inv.target).map_err(|_| EndpointError::InvalidUri)?;
         let to = inv.to.clone().unwrap_or_else(|| inv.target.clone());
         Uri::parse(&to).map_err(|_| EndpointError::InvalidUri)?;
         Uri::parse(&inv.from).map_err(|_| EndpointError::InvalidUri)?;
-        let call_id = Bytes::from(format!("{}@{}", self.token(), self.config.advertised_addr.ip()));
+        let call_id = Bytes::from(format!(
+            "{}@{}",
+            self.token(),
+            self.config.advertised_addr.ip()
+        ));
         let local_tag = Bytes::from(self.token());
         let via = self.new_via();
         let mut req = Request::new(Method::Invite, uri);
         let h = &mut req.headers;
         h.push(HeaderName::Via, via);
-        h.push(HeaderName::MaxForwards, Bytes::from(self.config.max_forwards.to_string()));
-        h.push(HeaderName::From, Bytes::from(format!("<{}>;tag={}", inv.from, String::from_utf8_lossy(&local_tag))));
+        h.push(
+            HeaderName::MaxForwards,
+            Bytes::from(self.config.max_forwards.to_string()),
+        );
+        h.push(
+            HeaderName::From,
+            Bytes::from(format!(
+                "<{}>;tag={}",
+                inv.from,
+                String::from_utf8_lossy(&local_tag)
+            )),
+        );
         h.push(HeaderName::To, Bytes::from(format!("<{to}>")));
         h.push(HeaderName::CallId, call_id.clone());
         h.push(HeaderName::CSeq, Bytes::from_static(b"1 INVITE"));
@@ -1318,7 +1610,7 @@ impl Endpoint {
             req.set_body("application/sdp", inv.sdp);
         }
         let handle = self.id();
-        let mut call = Call::new(true, call_id.clone(), local_tag.clone(), inv.next_hop);
+        let mut call = Call::new(true, local_tag.clone(), inv.next_hop);
         call.auth = inv.credentials.map(DigestClient::new);
         call.invite = Some(req.clone());
         self.calls.insert(handle, call);
@@ -1357,9 +1649,13 @@ impl Endpoint {
 
     fn send_cancel_now(&mut self, now: Instant, h: u64) {
         let deadline = now + self.config.timers.timeout();
-        let Some(c) = self.calls.get_mut(&h) else { return };
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
         let Some(inv) = &c.invite else { return };
-        let open = c.invite_tx.is_some_and(|t| self.clients.get(&t).is_some_and(|e| !e.tx.has_final()));
+        let open = c
+            .invite_tx
+            .is_some_and(|t| self.clients.get(&t).is_some_and(|e| !e.tx.has_final()));
         if !open {
             return;
         }
@@ -1367,7 +1663,10 @@ impl Endpoint {
         if let Some(v) = inv.headers.values(&HeaderName::Via).next() {
             cancel.headers.push(HeaderName::Via, v);
         }
-        cancel.headers.push(HeaderName::MaxForwards, Bytes::from(self.config.max_forwards.to_string()));
+        cancel.headers.push(
+            HeaderName::MaxForwards,
+            Bytes::from(self.config.max_forwards.to_string()),
+        );
         for r in inv.headers.get_all(&HeaderName::Route) {
             cancel.headers.push(HeaderName::Route, r.clone());
         }
@@ -1377,7 +1676,9 @@ impl Endpoint {
             }
         }
         let seq = cseq_of(&inv.headers).map(|x| x.0).unwrap_or(1);
-        cancel.headers.push(HeaderName::CSeq, Bytes::from(format!("{seq} CANCEL")));
+        cancel
+            .headers
+            .push(HeaderName::CSeq, Bytes::from(format!("{seq} CANCEL")));
         c.cancel = CancelState::Sent;
         c.cancel_deadline = Some(deadline);
         let hop = c.next_hop;
@@ -1418,21 +1719,35 @@ impl Endpoint {
         let via = self.new_via();
         let contact = self.contact();
         let mf = self.config.max_forwards;
-        let c = self.calls.get_mut(&h).ok_or(EndpointError::UnknownCall(CallHandle(h)))?;
+        let c = self
+            .calls
+            .get_mut(&h)
+            .ok_or(EndpointError::UnknownCall(CallHandle(h)))?;
         let d = c.dialog.as_mut().ok_or(EndpointError::InvalidState)?;
         let seq = d.next_seq();
-        let mut req = d.request(method.clone(), seq, via, &contact, mf).ok_or(EndpointError::InvalidUri)?;
+        let mut req = d
+            .request(method.clone(), seq, via, &contact, mf)
+            .ok_or(EndpointError::InvalidUri)?;
         if let Some(ct) = content_type {
             req.set_body(ct, body);
         }
         let hop = c.hop();
-        let owner = if method == Method::Invite { Owner::ReInvite(h) } else { Owner::InDialog(h) };
+        let owner = if method == Method::Invite {
+            Owner::ReInvite(h)
+        } else {
+            Owner::InDialog(h)
+        };
         Ok(self.start_client(now, req, hop, owner))
     }
 
     /// Sends a re-INVITE with `sdp` (§14.1). The answer arrives as [`Event::Response`] with method INVITE; a 491
     /// is retried automatically after the RFC's random delay.
-    pub fn send_reinvite(&mut self, now: Instant, call: CallHandle, sdp: Bytes) -> Result<(), EndpointError> {
+    pub fn send_reinvite(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        sdp: Bytes,
+    ) -> Result<(), EndpointError> {
         let c = self.call_mut(call)?;
         if !c.confirmed() {
             return Err(EndpointError::InvalidState);
@@ -1449,7 +1764,12 @@ impl Endpoint {
     }
 
     /// Sends an UPDATE with `sdp` (RFC 3311). The answer arrives as [`Event::Response`] with method UPDATE.
-    pub fn send_update(&mut self, now: Instant, call: CallHandle, sdp: Bytes) -> Result<(), EndpointError> {
+    pub fn send_update(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        sdp: Bytes,
+    ) -> Result<(), EndpointError> {
         let c = self.call_mut(call)?;
         if !c.confirmed() {
             return Err(EndpointError::InvalidState);
@@ -1466,13 +1786,20 @@ impl Endpoint {
     }
 
     /// Sends an INFO (RFC 6086) with a body of `content_type`.
-    pub fn send_info(&mut self, now: Instant, call: CallHandle, content_type: &str, body: Bytes) -> Result<(), EndpointError> {
+    pub fn send_info(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(), EndpointError> {
         let c = self.call_mut(call)?;
         if !c.confirmed() {
             return Err(EndpointError::InvalidState);
         }
         let ct = (!body.is_empty()).then_some(content_type);
-        self.send_in_dialog(now, call.0, Method::Info, ct, body).map(|_| ())
+        self.send_in_dialog(now, call.0, Method::Info, ct, body)
+            .map(|_| ())
     }
 
     /// Sends an in-dialog OPTIONS (a keep-alive probe).
@@ -1481,28 +1808,41 @@ impl Endpoint {
         if !c.confirmed() {
             return Err(EndpointError::InvalidState);
         }
-        self.send_in_dialog(now, call.0, Method::Options, None, Bytes::new()).map(|_| ())
+        self.send_in_dialog(now, call.0, Method::Options, None, Bytes::new())
+            .map(|_| ())
     }
 
     /// Answers the peer's pending INVITE: the initial one ([`Event::IncomingCall`]) or a re-INVITE
     /// ([`Event::Request`] with method INVITE). `status` 101–199 may be sent before the final one; a 2xx is
     /// retransmitted until the ACK ([`Event::Acked`]).
-    pub fn answer_invite(&mut self, now: Instant, call: CallHandle, code: u16, sdp: Bytes) -> Result<(), EndpointError> {
+    pub fn answer_invite(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        sdp: Bytes,
+    ) -> Result<(), EndpointError> {
         let st = status(code)?;
         if code == 100 {
             return Err(EndpointError::InvalidStatus(code));
         }
         let give_up = now + self.config.timers.timeout();
         let t1 = self.config.timers.t1;
-        let c = self.call_mut(call)?;
-        let id = c.pending_invite.ok_or(EndpointError::NoPendingRequest)?;
+        let id = self
+            .call_mut(call)?
+            .pending_invite
+            .ok_or(EndpointError::NoPendingRequest)?;
         let Some(e) = self.servers.get(&id) else {
-            c.pending_invite = None;
+            self.call_mut(call)?.pending_invite = None;
             return Err(EndpointError::NoPendingRequest);
         };
         let req = e.request.clone();
         let (destination, transport) = e.tx.destination();
-        let initial = c.dialog.as_ref().is_none_or(|d| d.state != crate::sip::dialog::DialogState::Confirmed);
+        let c = self.call_mut(call)?;
+        let initial = c
+            .dialog
+            .as_ref()
+            .is_none_or(|d| d.state != crate::sip::dialog::DialogState::Confirmed);
         let local_tag = c.local_tag.clone();
         if initial && st.is_provisional() && c.early.is_empty() {
             if let Some(d) = Dialog::uas(&req, local_tag.clone(), true) {
@@ -1512,7 +1852,10 @@ impl Endpoint {
         let seq = cseq_of(&req.headers).map(|x| x.0).unwrap_or(0);
         if st.is_success() {
             if initial {
-                let d = c.early.pop().or_else(|| Dialog::uas(&req, local_tag.clone(), false));
+                let d = c
+                    .early
+                    .pop()
+                    .or_else(|| Dialog::uas(&req, local_tag.clone(), false));
                 if let Some(mut d) = d {
                     d.state = crate::sip::dialog::DialogState::Confirmed;
                     c.dialog = Some(d);
@@ -1549,13 +1892,22 @@ impl Endpoint {
     }
 
     /// Answers the peer's pending UPDATE.
-    pub fn answer_update(&mut self, now: Instant, call: CallHandle, code: u16, sdp: Bytes) -> Result<(), EndpointError> {
+    pub fn answer_update(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        sdp: Bytes,
+    ) -> Result<(), EndpointError> {
         let st = status(code)?;
         if !st.is_final() {
             return Err(EndpointError::InvalidStatus(code));
         }
         let c = self.call_mut(call)?;
-        let id = c.pending_update.take().ok_or(EndpointError::NoPendingRequest)?;
+        let id = c
+            .pending_update
+            .take()
+            .ok_or(EndpointError::NoPendingRequest)?;
         let tag = c.local_tag.clone();
         self.respond(now, id, code, Some(&tag), |r| {
             if !sdp.is_empty() {
@@ -1565,7 +1917,6 @@ impl Endpoint {
         Ok(())
     }
 }
-
 
 /// The ACK for a non-2xx final response (§17.1.1.3): same Request-URI, top Via, Call-ID, From, Route and CSeq
 /// number as the INVITE, To from the response.
@@ -1590,7 +1941,8 @@ fn non_2xx_ack(invite: &Request, resp: &Response) -> Request {
         ack.headers.push(HeaderName::CallId, v.clone());
     }
     let seq = cseq_of(&invite.headers).map(|x| x.0).unwrap_or(1);
-    ack.headers.push(HeaderName::CSeq, Bytes::from(format!("{seq} ACK")));
+    ack.headers
+        .push(HeaderName::CSeq, Bytes::from(format!("{seq} ACK")));
     ack
 }
 
@@ -1599,7 +1951,9 @@ fn response_destination(data: &[u8], remote: SocketAddr, transport: Transport) -
     if transport.is_reliable() {
         return remote;
     }
-    let via = raw_headers(data).into_iter().find(|(n, _)| n.eq_ignore_ascii_case("via") || n == "v");
+    let via = raw_headers(data)
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("via") || n == "v");
     match via.and_then(|(_, v)| hdr::via(v.as_bytes()).map(|p| (p.rport, p.port))) {
         Some((true, _)) | None => remote,
         Some((false, port)) => SocketAddr::new(remote.ip(), port.unwrap_or(5060)),
@@ -1609,7 +1963,10 @@ fn response_destination(data: &[u8], remote: SocketAddr, transport: Transport) -
 /// `(name, value)` of each header line of a raw message (unfolded lines only), up to the blank line. At most 64
 /// lines, each at most 1024 bytes.
 fn raw_headers(data: &[u8]) -> Vec<(String, String)> {
-    let head_end = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(data.len());
+    let head_end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(data.len());
     let head = data.get(..head_end).unwrap_or(&[]);
     head.split(|&b| b == b'\n')
         .skip(1)
@@ -1633,14 +1990,20 @@ fn stateless_400(data: &[u8]) -> Option<Bytes> {
         return None;
     }
     let hs = raw_headers(data);
-    let find = |long: &str, short: &str| {
-        hs.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(long) || n.eq_ignore_ascii_case(short))
+    let find = |long: &'static str, short: &'static str| {
+        hs.iter().filter(move |(n, _)| {
+            n.eq_ignore_ascii_case(long) || (!short.is_empty() && n.eq_ignore_ascii_case(short))
+        })
     };
     let mut out = String::from("SIP/2.0 400 Bad Request\r\n");
     let mut have = 0;
-    for (long, short, canon) in
-        [("via", "v", "Via"), ("from", "f", "From"), ("to", "t", "To"), ("call-id", "i", "Call-ID"), ("cseq", "", "CSeq")]
-    {
+    for (long, short, canon) in [
+        ("via", "v", "Via"),
+        ("from", "f", "From"),
+        ("to", "t", "To"),
+        ("call-id", "i", "Call-ID"),
+        ("cseq", "", "CSeq"),
+    ] {
         let mut any = false;
         for (_, v) in find(long, short) {
             out.push_str(&format!("{canon}: {v}\r\n"));

@@ -57,7 +57,13 @@ pub(crate) fn via(value: &[u8]) -> Option<ViaParts<'_>> {
             rport = true;
         }
     }
-    Some(ViaParts { transport: transport.trim(), host, port, branch, rport })
+    Some(ViaParts {
+        transport: transport.trim(),
+        host,
+        port,
+        branch,
+        rport,
+    })
 }
 
 fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
@@ -91,7 +97,9 @@ fn header_params(value: &[u8]) -> &[u8] {
             b'"' => in_quote = !in_quote,
             b'\\' if in_quote => i += 1,
             b'<' if !in_quote => {
-                let close = value.get(i..).and_then(|r| r.iter().position(|&c| c == b'>'));
+                let close = value
+                    .get(i..)
+                    .and_then(|r| r.iter().position(|&c| c == b'>'));
                 match close {
                     Some(c) => after_angle = Some(i + c + 1),
                     None => return &[],
@@ -153,21 +161,28 @@ mod tests {
 
     #[test]
     fn via_parts() {
-        let v = via(b"SIP/2.0/UDP 192.0.2.1:5062;rport;branch=z9hG4bKabc;received=1.2.3.4").unwrap();
+        let v =
+            via(b"SIP/2.0/UDP 192.0.2.1:5062;rport;branch=z9hG4bKabc;received=1.2.3.4").unwrap();
         assert_eq!(v.transport, "UDP");
         assert_eq!(v.host, "192.0.2.1");
         assert_eq!(v.port, Some(5062));
         assert_eq!(v.branch, Some("z9hG4bKabc"));
         assert!(v.rport);
         let v = via(b"SIP / 2.0 / TCP [2001:db8::1];branch=x").unwrap();
-        assert_eq!((v.host, v.port, v.transport), ("[2001:db8::1]", None, "TCP"));
+        assert_eq!(
+            (v.host, v.port, v.transport),
+            ("[2001:db8::1]", None, "TCP")
+        );
         assert!(via(b"garbage").is_none());
         assert!(via(b"SIP/2.0/UDP host:99999").is_none());
     }
 
     #[test]
     fn tags_and_uris() {
-        assert_eq!(tag(b"\"A;tag=no\" <sip:a@b;tag=no>;tag=yes"), Some(&b"yes"[..]));
+        assert_eq!(
+            tag(b"\"A;tag=no\" <sip:a@b;tag=no>;tag=yes"),
+            Some(&b"yes"[..])
+        );
         assert_eq!(tag(b"sip:a@b;tag=t1"), Some(&b"t1"[..]));
         assert_eq!(tag(b"<sip:a@b>"), None);
         assert_eq!(tag(b"<sip:a@b"), None);

@@ -89,10 +89,19 @@ impl Dialog {
         let (seq, _) = hdr::cseq(request.headers.get(&HeaderName::CSeq)?)?;
         let mut route_set: Vec<Bytes> = resp_headers.values(&HeaderName::RecordRoute).collect();
         route_set.reverse();
-        let remote_target = contact_uri(resp_headers).unwrap_or_else(|| Bytes::from(request.uri.to_string()));
+        let remote_target =
+            contact_uri(resp_headers).unwrap_or_else(|| Bytes::from(request.uri.to_string()));
         Some(Dialog {
-            id: DialogId { call_id, local_tag, remote_tag },
-            state: if early { DialogState::Early } else { DialogState::Confirmed },
+            id: DialogId {
+                call_id,
+                local_tag,
+                remote_tag,
+            },
+            state: if early {
+                DialogState::Early
+            } else {
+                DialogState::Confirmed
+            },
             local_seq: seq,
             remote_seq: None,
             local_addr: from,
@@ -116,8 +125,16 @@ impl Dialog {
         let route_set: Vec<Bytes> = request.headers.values(&HeaderName::RecordRoute).collect();
         let remote_target = contact_uri(&request.headers)?;
         Some(Dialog {
-            id: DialogId { call_id, local_tag, remote_tag },
-            state: if early { DialogState::Early } else { DialogState::Confirmed },
+            id: DialogId {
+                call_id,
+                local_tag,
+                remote_tag,
+            },
+            state: if early {
+                DialogState::Early
+            } else {
+                DialogState::Confirmed
+            },
             local_seq: 0,
             remote_seq: Some(seq),
             local_addr: Bytes::from(local_addr),
@@ -149,19 +166,32 @@ impl Dialog {
     /// Builds an in-dialog request (§12.2.1.1). `seq` is its CSeq number (take one with [`Self::next_seq`],
     /// or reuse the INVITE's for an ACK). `via` is the complete Via value with a fresh branch. The Request-URI is
     /// the remote target (loose routing; a strict-routing first hop is not supported).
-    pub fn request(&self, method: Method, seq: u32, via: Bytes, contact: &Bytes, max_forwards: u8) -> Option<Request> {
+    pub fn request(
+        &self,
+        method: Method,
+        seq: u32,
+        via: Bytes,
+        contact: &Bytes,
+        max_forwards: u8,
+    ) -> Option<Request> {
         let uri = Uri::parse_bytes(&self.remote_target).ok()?;
         let mut req = Request::new(method.clone(), uri);
         let h = &mut req.headers;
         h.push(HeaderName::Via, via);
-        h.push(HeaderName::MaxForwards, Bytes::from(max_forwards.to_string()));
+        h.push(
+            HeaderName::MaxForwards,
+            Bytes::from(max_forwards.to_string()),
+        );
         for r in &self.route_set {
             h.push(HeaderName::Route, r.clone());
         }
         h.push(HeaderName::From, self.local_addr.clone());
         h.push(HeaderName::To, self.remote_addr.clone());
         h.push(HeaderName::CallId, self.id.call_id.clone());
-        h.push(HeaderName::CSeq, Bytes::from(format!("{seq} {}", method.as_str())));
+        h.push(
+            HeaderName::CSeq,
+            Bytes::from(format!("{seq} {}", method.as_str())),
+        );
         if matches!(method, Method::Invite | Method::Update) {
             h.push(HeaderName::Contact, contact.clone());
         }
@@ -195,7 +225,11 @@ pub(crate) fn uri_socket_addr(uri: &Bytes) -> Option<SocketAddr> {
 /// The wait before retrying a re-INVITE that got 491 (RFC 3261 §14.1): 2.1–4 s in 10 ms units if we own the
 /// Call-ID (we sent the dialog-creating INVITE), else 0–2 s.
 pub fn glare_retry_delay(rng: &mut impl Rng, owns_call_id: bool) -> Duration {
-    let units: u64 = if owns_call_id { rng.random_range(210..=400) } else { rng.random_range(0..=200) };
+    let units: u64 = if owns_call_id {
+        rng.random_range(210..=400)
+    } else {
+        rng.random_range(0..=200)
+    };
     Duration::from_millis(units * 10)
 }
 
@@ -209,7 +243,10 @@ mod tests {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
         for _ in 0..1000 {
             let d = glare_retry_delay(&mut rng, true);
-            assert!(d >= Duration::from_millis(2100) && d <= Duration::from_secs(4), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(2100) && d <= Duration::from_secs(4),
+                "{d:?}"
+            );
             let d = glare_retry_delay(&mut rng, false);
             assert!(d <= Duration::from_secs(2), "{d:?}");
         }
@@ -218,7 +255,11 @@ mod tests {
     #[test]
     fn cseq_must_increase() {
         let mut d = Dialog {
-            id: DialogId { call_id: "c".into(), local_tag: "a".into(), remote_tag: "b".into() },
+            id: DialogId {
+                call_id: "c".into(),
+                local_tag: "a".into(),
+                remote_tag: "b".into(),
+            },
             state: DialogState::Confirmed,
             local_seq: 1,
             remote_seq: Some(5),
@@ -228,7 +269,10 @@ mod tests {
             route_set: vec![],
             is_uac: true,
         };
-        assert_eq!(d.check_remote_cseq(5), Err(DialogError::CSeqOutOfOrder { got: 5, last: 5 }));
+        assert_eq!(
+            d.check_remote_cseq(5),
+            Err(DialogError::CSeqOutOfOrder { got: 5, last: 5 })
+        );
         assert_eq!(d.check_remote_cseq(6), Ok(()));
         assert_eq!(d.next_hop(), Some("192.0.2.9:5070".parse().unwrap()));
         d.route_set.push("<sip:10.0.0.1;lr>".into());
