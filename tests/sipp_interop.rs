@@ -13,6 +13,7 @@ use rappel::net::transport::SipTransportConfig;
 use rappel::sip::auth::Credentials;
 use rappel::sip::endpoint::{CallHandle, EndpointConfig, Event, InviteRequest, TerminationReason};
 use rappel::sip::message::StatusCode;
+use rappel::sip::transaction::Transport;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -27,21 +28,34 @@ struct Sipp {
 }
 
 impl Sipp {
-    /// Starts `sipp` as UAS with `scenario` on a free loopback port, for one call.
+    /// Starts `sipp` as UAS with `scenario` on a free loopback port, for one call over UDP/IPv4.
     fn uas(scenario: &str) -> Sipp {
-        let port = free_udp_port();
+        Sipp::uas_on(scenario, "127.0.0.1".parse().unwrap(), false)
+    }
+
+    /// Starts `sipp` as UAS on `ip`, over TCP when `tcp`.
+    fn uas_on(scenario: &str, ip: std::net::IpAddr, tcp: bool) -> Sipp {
+        let port = free_port(ip);
         let path = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+        assert!(std::path::Path::new(&path).exists(), "missing {path}");
         let child = Command::new("sipp")
-            .args(["-sf", &path, "-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-sf", &path, "-i", &ip.to_string(), "-p", &port.to_string()])
+            .args(["-t", if tcp { "t1" } else { "u1" }])
             .args(["-m", "1", "-nostdin", "-timeout", "60s", "-mp"])
-            .arg(free_udp_port().to_string())
+            .args(if std::env::var_os("SIPP_TRACE").is_some() {
+                &["-trace_msg", "-trace_err"][..]
+            } else {
+                &[][..]
+            })
+            .arg(free_port(ip).to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("sipp not found: install Debian's sip-tester (scripts/test.sh does)");
+        wait_bound(port, tcp);
         Sipp {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::new(ip, port),
         }
     }
 
@@ -68,15 +82,57 @@ impl Drop for Sipp {
     }
 }
 
+/// Waits until some process has bound `port` (listening, for TCP), read from /proc/net: SIPp takes a moment to
+/// start, and a TCP connect before it listens is refused.
+fn wait_bound(port: u16, tcp: bool) {
+    let needle = format!(":{port:04X} ");
+    let files: &[&str] = if tcp {
+        &["/proc/net/tcp", "/proc/net/tcp6"]
+    } else {
+        &["/proc/net/udp", "/proc/net/udp6"]
+    };
+    for _ in 0..500 {
+        let bound = files.iter().any(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| {
+                t.lines().skip(1).any(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    // local_address is column 1; state 0A is LISTEN for TCP.
+                    cols.get(1)
+                        .is_some_and(|a| format!("{a} ").ends_with(&needle))
+                        && (!tcp || cols.get(3) == Some(&"0A"))
+                })
+            })
+        });
+        if bound {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
+    }
+    panic!("sipp did not bind port {port}");
+}
+
 fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr").port()
+    free_port("127.0.0.1".parse().unwrap())
+}
+
+/// A port free for both UDP and TCP on `ip` (SIPp listens on both numbers).
+fn free_port(ip: std::net::IpAddr) -> u16 {
+    loop {
+        let s = UdpSocket::bind((ip, 0)).expect("bind");
+        let port = s.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 async fn start_driver() -> SipDriver {
-    let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    start_driver_on("127.0.0.1:0".parse().unwrap(), Transport::Udp).await
+}
+
+async fn start_driver_on(bind: SocketAddr, transport: Transport) -> SipDriver {
     let mut ep = EndpointConfig::new(bind);
-    ep.user_agent("rappel-test");
+    ep.user_agent("rappel-test").transport(transport);
     SipDriver::start(SipTransportConfig::new(bind), ep)
         .await
         .expect("start SIP driver")
@@ -175,6 +231,34 @@ async fn answered_call_then_bye() {
     );
     hang_up(&d.client, &mut d.events, call).await;
     assert_eq!(sipp.finish().await, 0, "SIPp saw INVITE, ACK and BYE");
+}
+
+#[tokio::test]
+async fn answered_call_over_ipv6() {
+    let sipp = Sipp::uas_on("uas_answer.xml", "::1".parse().unwrap(), false);
+    let mut d = start_driver_on("[::1]:0".parse().unwrap(), Transport::Udp).await;
+    let call = invite(&d.client, sipp.addr, None).await;
+    wait_answered(&mut d.events, call).await;
+    hang_up(&d.client, &mut d.events, call).await;
+    assert_eq!(
+        sipp.finish().await,
+        0,
+        "SIPp saw INVITE, ACK and BYE over IPv6"
+    );
+}
+
+#[tokio::test]
+async fn answered_call_over_tcp() {
+    let sipp = Sipp::uas_on("uas_answer.xml", "127.0.0.1".parse().unwrap(), true);
+    let mut d = start_driver_on("127.0.0.1:0".parse().unwrap(), Transport::Tcp).await;
+    let call = invite(&d.client, sipp.addr, None).await;
+    wait_answered(&mut d.events, call).await;
+    hang_up(&d.client, &mut d.events, call).await;
+    assert_eq!(
+        sipp.finish().await,
+        0,
+        "SIPp saw INVITE, ACK and BYE over TCP"
+    );
 }
 
 #[tokio::test]
