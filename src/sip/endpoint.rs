@@ -755,7 +755,15 @@ impl Endpoint {
         if let Some((at, _)) = &c.glare_retry {
             if *at <= now {
                 let sdp = c.glare_retry.take().map(|g| g.1).unwrap_or_default();
-                let _ = self.send_reinvite(now, CallHandle(h), sdp);
+                if let Err(EndpointError::RequestPending) =
+                    self.send_reinvite(now, CallHandle(h), sdp.clone())
+                {
+                    // The peer's re-INVITE is being answered: try again after another back-off.
+                    let delay = glare_retry_delay(&mut self.rng, true);
+                    if let Some(c) = self.calls.get_mut(&h) {
+                        c.glare_retry = Some((now + delay, sdp));
+                    }
+                }
             }
         }
         let Some(c) = self.calls.get_mut(&h) else {
