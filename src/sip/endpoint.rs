@@ -30,7 +30,8 @@
 use crate::sip::auth::{Credentials, DigestClient};
 use crate::sip::dialog::{glare_retry_delay, hdr, Dialog};
 use crate::sip::message::{
-    HeaderName, Headers, Message, Method, Request, Response, StatusCode, Uri, Via,
+    validate_request, HeaderName, Headers, Message, Method, Request, Response, StatusCode,
+    UaPolicy, Uri, Via,
 };
 use crate::sip::transaction::{
     ClientDisposition, ClientTransaction, ServerDisposition, ServerTransaction, TimerConfig,
@@ -397,6 +398,7 @@ impl Call {
 #[derive(Debug)]
 pub struct Endpoint {
     config: EndpointConfig,
+    policy: UaPolicy,
     rng: SmallRng,
     next_id: u64,
     clients: BTreeMap<TxId, ClientEntry>,
@@ -428,7 +430,18 @@ fn to_tag(h: &Headers) -> Option<Bytes> {
 impl Endpoint {
     /// A new endpoint.
     pub fn new(config: EndpointConfig) -> Self {
+        // No option tags: 100rel and session timers are not implemented, so a Require for them gets 420.
+        let policy = UaPolicy {
+            supported: Vec::new(),
+            content_types: vec![
+                ("application".into(), "sdp".into()),
+                ("application".into(), "dtmf-relay".into()),
+                ("application".into(), "dtmf".into()),
+            ],
+            ..UaPolicy::default()
+        };
         Self {
+            policy,
             rng: SmallRng::seed_from_u64(config.rng_seed),
             config,
             next_id: 1,
@@ -1195,6 +1208,42 @@ impl Endpoint {
             return;
         };
         let Some(vp) = hdr::via(&top) else { return };
+        // RFC 3581 / §18.2.1.
+        let destination = if transport.is_reliable() || vp.rport {
+            remote
+        } else {
+            SocketAddr::new(remote.ip(), vp.port.unwrap_or(5060))
+        };
+        if let Ok(mut v) = Via::parse(&top) {
+            let host_is_source = v.host.ip() == Some(remote.ip());
+            if !host_is_source || vp.rport {
+                v.set_received(remote.ip());
+            }
+            if vp.rport {
+                v.set_rport(remote.port());
+            }
+            req.headers.remove(&HeaderName::Via);
+            req.headers.push(HeaderName::Via, v.encode());
+            for other in vias.iter().skip(1) {
+                req.headers.push(HeaderName::Via, other.clone());
+            }
+        }
+        // §8.2: malformed requests and unsupported extensions/bodies are refused statelessly.
+        if let Err(rej) = validate_request(&req, &self.policy) {
+            // Without Call-ID and CSeq the sender could not match an answer: drop.
+            let answerable = req.headers.contains(&HeaderName::CallId)
+                && req.headers.contains(&HeaderName::CSeq);
+            if req.method != Method::Ack && answerable {
+                let tag = self.token();
+                let payload = rej.response(&req, &self.policy, &tag).to_bytes();
+                self.outbox.push_back(Transmit {
+                    destination,
+                    transport,
+                    payload,
+                });
+            }
+            return;
+        }
         let (Some(call_id), Some((cseq, cseq_method)), Some(from)) = (
             req.headers.get(&HeaderName::CallId).cloned(),
             cseq_of(&req.headers),
@@ -1202,18 +1251,20 @@ impl Endpoint {
         ) else {
             return;
         };
-        if !req.headers.contains(&HeaderName::To) || (cseq_method != req.method) {
+        if cseq_method != req.method {
+            let tag = self.token();
+            let mut r = Response::for_request(&req, StatusCode::BAD_REQUEST);
+            r.set_to_tag(&tag);
+            self.outbox.push_back(Transmit {
+                destination,
+                transport,
+                payload: r.to_bytes(),
+            });
             return;
         }
         let from_tag = hdr::tag(from)
             .map(Bytes::copy_from_slice)
             .unwrap_or_default();
-        // RFC 3581 / §18.2.1.
-        let destination = if transport.is_reliable() || vp.rport {
-            remote
-        } else {
-            SocketAddr::new(remote.ip(), vp.port.unwrap_or(5060))
-        };
         let key_method = if req.method == Method::Ack {
             Method::Invite
         } else {
@@ -1234,21 +1285,6 @@ impl Endpoint {
                 method: key_method,
             },
         };
-        if let Ok(mut v) = Via::parse(&top) {
-            let host_is_source = v.host.ip() == Some(remote.ip());
-            if !host_is_source {
-                v.set_received(remote.ip());
-            }
-            if vp.rport {
-                v.set_received(remote.ip());
-                v.set_rport(remote.port());
-            }
-            req.headers.remove(&HeaderName::Via);
-            req.headers.push(HeaderName::Via, v.encode());
-            for other in vias.iter().skip(1) {
-                req.headers.push(HeaderName::Via, other.clone());
-            }
-        }
         let is_ack = req.method == Method::Ack;
         if let Some(&id) = self.server_index.get(&key) {
             let Some(e) = self.servers.get_mut(&id) else {
