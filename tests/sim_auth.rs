@@ -331,3 +331,75 @@ fn bye_and_reinvite_challenges_are_answered() {
             == 1
     );
 }
+
+#[test]
+fn register_challenged_then_granted_and_refreshed() {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s2 = seen.clone();
+    let b = ScriptNode::new(addr_b(), move |req| {
+        s2.borrow_mut().push(req.clone());
+        if req.method != Method::Register {
+            return vec![];
+        }
+        if verify(req, HeaderName::Authorization, Algorithm::Md5).is_none() {
+            return vec![challenge(
+                req,
+                401,
+                format!(
+                    r#"Digest realm="{REALM}", nonce="r{}", qop="auth""#,
+                    cseq(req)
+                ),
+            )];
+        }
+        let mut ok = reply(req, 200, "reg");
+        let contact =
+            String::from_utf8_lossy(req.headers.get(&HeaderName::Contact).unwrap()).into_owned();
+        ok.headers.push(
+            HeaderName::Contact,
+            Bytes::from(format!("{contact};expires=1800")),
+        );
+        vec![Message::from(ok)]
+    });
+    let mut sim = Sim::new(EpNode::new(addr_a(), 1, false), b);
+    let now = sim.now;
+    let reg = sim
+        .a
+        .ep
+        .register(
+            now,
+            rappel::sip::endpoint::RegisterRequest {
+                registrar: "sip:10.0.0.2".into(),
+                aor: "sip:rappel@example.net".into(),
+                next_hop: addr_b(),
+                expires: 3600,
+                credentials: Some(creds()),
+            },
+        )
+        .unwrap();
+    let granted = |e: &Event| matches!(e, Event::Registration { .. });
+    assert!(sim.run_until(Duration::from_secs(5), |s| !s.a.find(granted).is_empty()));
+    assert_eq!(
+        sim.a.find(granted)[0].1,
+        Event::Registration {
+            reg,
+            status: StatusCode::OK,
+            expires: Some(1800)
+        }
+    );
+    let now = sim.now;
+    sim.a.ep.refresh_register(now, reg, 0).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.a.find(granted).len() == 2));
+    let seen = seen.borrow();
+    let cseqs: Vec<u32> = seen.iter().map(cseq).collect();
+    assert_eq!(
+        cseqs,
+        [1, 2, 3, 4],
+        "one Call-ID, increasing CSeq across challenges and refreshes"
+    );
+    let call_ids: std::collections::HashSet<_> = seen
+        .iter()
+        .map(|r| r.headers.get(&HeaderName::CallId).unwrap().clone())
+        .collect();
+    assert_eq!(call_ids.len(), 1);
+    assert_eq!(seen[3].headers.get(&HeaderName::Expires).unwrap(), "0");
+}

@@ -386,3 +386,36 @@ fn missing_ack_ends_the_call_after_64_t1() {
         "§13.3.1.4: BYE after giving up"
     );
 }
+
+#[test]
+fn over_tcp_the_invite_is_sent_once_and_timer_b_still_fires() {
+    let mut cfg = rappel::sip::endpoint::EndpointConfig::new(addr_a());
+    cfg.transport(rappel::sip::transaction::Transport::Tcp);
+    let mut sim = Sim::new(
+        EpNode::with_config(addr_a(), cfg),
+        EpNode::new(addr_b(), 2, true),
+    );
+    let mut req = invite_to_b("v=0");
+    req.next_hop = "10.0.0.9:5060".parse().unwrap();
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, req).unwrap();
+    assert!(sim.run_until(Duration::from_secs(60), |s| !s
+        .a
+        .find(is_terminated)
+        .is_empty()));
+    assert_eq!(
+        sim.a.find(is_terminated)[0].1,
+        Event::Terminated {
+            call,
+            reason: TerminationReason::Timeout
+        }
+    );
+    assert_eq!(sim.send_times_ms(|p| p.is_request("INVITE")), [0]);
+    let m = sim.packets(|p| p.is_request("INVITE"))[0].message();
+    let v = m
+        .headers()
+        .get(&rappel::sip::message::HeaderName::Via)
+        .unwrap()
+        .clone();
+    assert!(v.starts_with(b"SIP/2.0/TCP "), "{v:?}");
+}

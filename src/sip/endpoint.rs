@@ -111,6 +111,25 @@ impl EndpointConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallHandle(pub u64);
 
+/// A registration binding (RFC 3261 §10). An index into the endpoint's table; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegistrationHandle(pub u64);
+
+/// What a REGISTER needs.
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    /// The registrar's Request-URI, e.g. `sip:example.net`.
+    pub registrar: String,
+    /// The address of record (From and To), e.g. `sip:rappel@example.net`.
+    pub aor: String,
+    /// Where to send the REGISTER.
+    pub next_hop: SocketAddr,
+    /// Requested binding lifetime in seconds.
+    pub expires: u32,
+    /// Credentials for 401/407 challenges.
+    pub credentials: Option<Credentials>,
+}
+
 /// What the UAC needs to place a call.
 #[derive(Debug, Clone)]
 pub struct InviteRequest {
@@ -213,6 +232,20 @@ pub enum Event {
         /// The body.
         body: Bytes,
     },
+    /// The final response to a REGISTER (after any authentication).
+    Registration {
+        /// The registration.
+        reg: RegistrationHandle,
+        /// The registrar's status.
+        status: StatusCode,
+        /// The lifetime granted (Contact `expires` or Expires), on a 2xx.
+        expires: Option<u32>,
+    },
+    /// A REGISTER got no final response (Timer F).
+    RegistrationTimeout {
+        /// The registration.
+        reg: RegistrationHandle,
+    },
     /// A non-INVITE in-dialog request of ours got no final response (Timer F). The call goes on.
     TransactionTimeout {
         /// The call.
@@ -242,6 +275,9 @@ pub enum EndpointError {
     /// A re-INVITE or UPDATE of ours is already in progress (§14.1).
     #[error("a request is already pending")]
     RequestPending,
+    /// No such registration.
+    #[error("unknown registration {0:?}")]
+    UnknownRegistration(RegistrationHandle),
     /// Nothing to answer.
     #[error("no pending request to answer")]
     NoPendingRequest,
@@ -265,6 +301,8 @@ enum Owner {
     Cancel(u64),
     /// BYE, UPDATE, INFO, OPTIONS in a call's dialog.
     InDialog(u64),
+    /// A REGISTER.
+    Register(u64),
     /// A BYE to a surplus fork or a request nobody waits for.
     Orphan,
 }
@@ -308,6 +346,15 @@ enum CancelState {
     /// Asked before any provisional response: sent when one arrives (§9.1).
     Pending,
     Sent,
+}
+
+#[derive(Debug)]
+struct Registration {
+    request: Request,
+    next_hop: SocketAddr,
+    cseq: u32,
+    auth: Option<DigestClient>,
+    tx: Option<TxId>,
 }
 
 /// The UAS core's 2xx retransmission (§13.3.1.4).
@@ -406,6 +453,7 @@ pub struct Endpoint {
     servers: BTreeMap<TxId, ServerEntry>,
     server_index: HashMap<ServerKey, TxId>,
     calls: BTreeMap<u64, Call>,
+    regs: BTreeMap<u64, Registration>,
     /// (Call-ID, local tag) → call.
     dialog_index: HashMap<(Bytes, Bytes), u64>,
     outbox: VecDeque<Transmit>,
@@ -450,6 +498,7 @@ impl Endpoint {
             servers: BTreeMap::new(),
             server_index: HashMap::new(),
             calls: BTreeMap::new(),
+            regs: BTreeMap::new(),
             dialog_index: HashMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -634,6 +683,14 @@ impl Endpoint {
                 }
                 self.send_bye_now(now, h);
                 self.terminate(now, h, TerminationReason::Timeout);
+            }
+            Owner::Register(r) => {
+                if let Some(reg) = self.regs.get_mut(&r) {
+                    reg.tx = None;
+                    self.events.push_back(Event::RegistrationTimeout {
+                        reg: RegistrationHandle(r),
+                    });
+                }
             }
             Owner::InDialog(h) if method != Method::Bye => {
                 if let Some(c) = self.calls.get_mut(&h) {
@@ -830,8 +887,55 @@ impl Endpoint {
             Owner::Invite(h) => self.on_invite_response(now, h, id, &request, resp),
             Owner::ReInvite(h) => self.on_reinvite_response(now, h, id, &request, resp),
             Owner::InDialog(h) => self.on_in_dialog_response(now, h, &request, resp),
+            Owner::Register(r) => self.on_register_response(now, r, id, &request, resp),
             Owner::Cancel(_) | Owner::Orphan => {}
         }
+    }
+
+    fn on_register_response(
+        &mut self,
+        now: Instant,
+        r: u64,
+        tx: TxId,
+        request: &Request,
+        resp: Response,
+    ) {
+        if resp.status.is_provisional() {
+            return;
+        }
+        let cnonce = self.token();
+        let via = self.new_via();
+        let Some(reg) = self.regs.get_mut(&r) else {
+            return;
+        };
+        if reg.tx != Some(tx) {
+            return;
+        }
+        reg.tx = None;
+        if let Some(auth) = reg.auth.as_mut() {
+            if let Some((name, value)) = answer_challenge(auth, request, &resp, &cnonce) {
+                reg.cseq = reg.cseq.wrapping_add(1);
+                let mut req = request.clone();
+                resend_headers(&mut req, via, reg.cseq, name, value);
+                let hop = reg.next_hop;
+                let id = self.start_client(now, req, hop, Owner::Register(r));
+                if let Some(reg) = self.regs.get_mut(&r) {
+                    reg.tx = Some(id);
+                }
+                return;
+            }
+            auth.request_done();
+        }
+        let expires = resp
+            .status
+            .is_success()
+            .then(|| granted_expires(&resp.headers))
+            .flatten();
+        self.events.push_back(Event::Registration {
+            reg: RegistrationHandle(r),
+            status: resp.status,
+            expires,
+        });
     }
 
     /// Answers a 401/407 by re-sending `request` with credentials. Returns false when we cannot or should not.
@@ -843,15 +947,6 @@ impl Endpoint {
         resp: &Response,
         owner: Owner,
     ) -> bool {
-        let code = resp.status.as_u16();
-        let (chal, answer_hdr) = match code {
-            401 => (HeaderName::WwwAuthenticate, HeaderName::Authorization),
-            407 => (
-                HeaderName::ProxyAuthenticate,
-                HeaderName::ProxyAuthorization,
-            ),
-            _ => return false,
-        };
         let cnonce = self.token();
         let via = self.new_via();
         let Some(c) = self.calls.get_mut(&h) else {
@@ -860,17 +955,8 @@ impl Endpoint {
         let Some(auth) = c.auth.as_mut() else {
             return false;
         };
-        let Some(challenge) = resp.headers.get(&chal) else {
+        let Some((answer_hdr, value)) = answer_challenge(auth, request, resp, &cnonce) else {
             return false;
-        };
-        let uri = request.uri.to_string();
-        let value = match auth.answer(challenge, request.method.as_str(), &uri, &cnonce) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::debug!(error = %e, "not answering challenge");
-                auth.request_done();
-                return false;
-            }
         };
         let seq = match (&mut c.dialog, owner) {
             (Some(d), Owner::ReInvite(_) | Owner::InDialog(_)) => d.next_seq(),
@@ -879,17 +965,7 @@ impl Endpoint {
                 .unwrap_or(1),
         };
         let mut req = request.clone();
-        let others: Vec<Bytes> = req.headers.values(&HeaderName::Via).skip(1).collect();
-        req.headers.remove(&HeaderName::Via);
-        req.headers.push_front(HeaderName::Via, via);
-        for v in others {
-            req.headers.push(HeaderName::Via, v);
-        }
-        req.headers.set(
-            HeaderName::CSeq,
-            Bytes::from(format!("{seq} {}", req.method.as_str())),
-        );
-        req.headers.set(answer_hdr, Bytes::from(value));
+        resend_headers(&mut req, via, seq, answer_hdr, value);
         let dest = c.hop();
         if let Owner::Invite(_) = owner {
             c.invite = Some(req.clone());
@@ -1666,6 +1742,88 @@ impl Endpoint {
         Ok(CallHandle(handle))
     }
 
+    /// Sends a REGISTER binding our Contact to `req.aor` for `req.expires` seconds. The outcome arrives as
+    /// [`Event::Registration`] or [`Event::RegistrationTimeout`]; refreshing is the TU's job
+    /// ([`Self::refresh_register`]).
+    pub fn register(
+        &mut self,
+        now: Instant,
+        req: RegisterRequest,
+    ) -> Result<RegistrationHandle, EndpointError> {
+        let uri = Uri::parse(&req.registrar).map_err(|_| EndpointError::InvalidUri)?;
+        Uri::parse(&req.aor).map_err(|_| EndpointError::InvalidUri)?;
+        let call_id = Bytes::from(format!(
+            "{}@{}",
+            self.token(),
+            self.config.advertised_addr.ip()
+        ));
+        let tag = self.token();
+        let mut r = Request::new(Method::Register, uri);
+        let h = &mut r.headers;
+        h.push(
+            HeaderName::MaxForwards,
+            Bytes::from(self.config.max_forwards.to_string()),
+        );
+        h.push(
+            HeaderName::From,
+            Bytes::from(format!("<{}>;tag={tag}", req.aor)),
+        );
+        h.push(HeaderName::To, Bytes::from(format!("<{}>", req.aor)));
+        h.push(HeaderName::CallId, call_id);
+        h.push(HeaderName::Contact, self.contact());
+        let handle = self.id();
+        self.regs.insert(
+            handle,
+            Registration {
+                request: r,
+                next_hop: req.next_hop,
+                cseq: 0,
+                auth: req.credentials.map(DigestClient::new),
+                tx: None,
+            },
+        );
+        self.refresh_register(now, RegistrationHandle(handle), req.expires)?;
+        Ok(RegistrationHandle(handle))
+    }
+
+    /// Sends the next REGISTER of a registration (same Call-ID, next CSeq, §10.2.4); `expires` 0 removes the
+    /// binding.
+    pub fn refresh_register(
+        &mut self,
+        now: Instant,
+        reg: RegistrationHandle,
+        expires: u32,
+    ) -> Result<(), EndpointError> {
+        let via = self.new_via();
+        let r = self
+            .regs
+            .get_mut(&reg.0)
+            .ok_or(EndpointError::UnknownRegistration(reg))?;
+        if r.tx.is_some() {
+            return Err(EndpointError::RequestPending);
+        }
+        r.cseq = r.cseq.wrapping_add(1);
+        let mut req = r.request.clone();
+        req.headers.push_front(HeaderName::Via, via);
+        req.headers.set(
+            HeaderName::CSeq,
+            Bytes::from(format!("{} REGISTER", r.cseq)),
+        );
+        req.headers
+            .set(HeaderName::Expires, Bytes::from(expires.to_string()));
+        let hop = r.next_hop;
+        let id = self.start_client(now, req, hop, Owner::Register(reg.0));
+        if let Some(r) = self.regs.get_mut(&reg.0) {
+            r.tx = Some(id);
+        }
+        Ok(())
+    }
+
+    /// Forgets a registration (send `refresh_register(.., 0)` first to remove the binding).
+    pub fn drop_registration(&mut self, reg: RegistrationHandle) {
+        self.regs.remove(&reg.0);
+    }
+
     fn call_mut(&mut self, call: CallHandle) -> Result<&mut Call, EndpointError> {
         match self.calls.get_mut(&call.0) {
             Some(c) if !c.terminated => Ok(c),
@@ -1960,6 +2118,63 @@ impl Endpoint {
         });
         Ok(())
     }
+}
+
+/// The lifetime a registrar granted: the first Contact's `expires` parameter, else the Expires header.
+fn granted_expires(h: &Headers) -> Option<u32> {
+    let from_contact = h.values(&HeaderName::Contact).next().and_then(|c| {
+        let v = hdr::param(&c, "expires")?;
+        std::str::from_utf8(v).ok()?.parse().ok()
+    });
+    from_contact.or_else(|| {
+        std::str::from_utf8(h.get(&HeaderName::Expires)?)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Answers a 401/407 from `auth`: the header to add and its value, or `None` when we cannot or must not retry.
+fn answer_challenge(
+    auth: &mut DigestClient,
+    request: &Request,
+    resp: &Response,
+    cnonce: &str,
+) -> Option<(HeaderName, String)> {
+    let (chal, answer_hdr) = match resp.status.as_u16() {
+        401 => (HeaderName::WwwAuthenticate, HeaderName::Authorization),
+        407 => (
+            HeaderName::ProxyAuthenticate,
+            HeaderName::ProxyAuthorization,
+        ),
+        _ => return None,
+    };
+    let challenge = resp.headers.get(&chal)?;
+    let uri = request.uri.to_string();
+    match auth.answer(challenge, request.method.as_str(), &uri, cnonce) {
+        Ok(v) => Some((answer_hdr, v)),
+        Err(e) => {
+            tracing::debug!(error = %e, "not answering challenge");
+            auth.request_done();
+            None
+        }
+    }
+}
+
+/// Prepares a copy of a challenged request for re-sending: new top Via (branch), new CSeq, credentials.
+fn resend_headers(req: &mut Request, via: Bytes, seq: u32, answer_hdr: HeaderName, value: String) {
+    let others: Vec<Bytes> = req.headers.values(&HeaderName::Via).skip(1).collect();
+    req.headers.remove(&HeaderName::Via);
+    req.headers.push(HeaderName::Via, via);
+    for v in others {
+        req.headers.push(HeaderName::Via, v);
+    }
+    req.headers.set(
+        HeaderName::CSeq,
+        Bytes::from(format!("{seq} {}", req.method.as_str())),
+    );
+    req.headers.set(answer_hdr, Bytes::from(value));
 }
 
 /// The ACK for a non-2xx final response (§17.1.1.3): same Request-URI, top Via, Call-ID, From, Route and CSeq

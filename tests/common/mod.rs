@@ -46,6 +46,15 @@ impl EpNode {
         }
     }
 
+    pub fn with_config(addr: SocketAddr, cfg: EndpointConfig) -> Self {
+        Self {
+            ep: Endpoint::new(cfg),
+            addr,
+            events: Vec::new(),
+            tu: None,
+        }
+    }
+
     pub fn with_tu(mut self, tu: impl FnMut(Instant, &mut Endpoint, &Event) + 'static) -> Self {
         self.tu = Some(Box::new(tu));
         self
