@@ -165,6 +165,19 @@ fn malformed_request_gets_stateless_400() {
         m.headers().get(&HeaderName::CallId).unwrap(),
         "c1@example.com"
     );
+    // A request the parser refuses outright (wrong version) still gets its stateless answer.
+    let mut e = ep();
+    let bad = String::from_utf8(request("OPTIONS", "", "").to_vec())
+        .unwrap()
+        .replacen("SIP/2.0\r\n", "SIP/3.0\r\n", 1);
+    e.handle(Instant::now(), peer(), Transport::Udp, Bytes::from(bad));
+    let (t, m) = one_response(&mut e);
+    assert_eq!(status(&m), 505);
+    assert_eq!(
+        t.destination,
+        "198.51.100.7:5070".parse::<SocketAddr>().unwrap(),
+        "no rport: the Via port"
+    );
     // Without a Call-ID there is nothing to answer to.
     let mut e = ep();
     let bad = String::from_utf8(request("OPTIONS", "", "").to_vec())

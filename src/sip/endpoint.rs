@@ -30,8 +30,8 @@
 use crate::sip::auth::{Credentials, DigestClient};
 use crate::sip::dialog::{glare_retry_delay, hdr, Dialog};
 use crate::sip::message::{
-    validate_request, HeaderName, Headers, Message, Method, Request, Response, StatusCode,
-    UaPolicy, Uri, Via,
+    error_response_for, validate_request, HeaderName, Headers, Message, Method, Request, Response,
+    StatusCode, UaPolicy, Uri, Via,
 };
 use crate::sip::transaction::{
     ClientDisposition, ClientTransaction, ServerDisposition, ServerTransaction, TimerConfig,
@@ -744,13 +744,22 @@ impl Endpoint {
         match Message::parse_datagram(data.clone()) {
             Ok(Message::Request(r)) => self.handle_request(now, remote, transport, r),
             Ok(Message::Response(r)) => self.handle_response(now, r),
-            Err(_) => {
-                if let Some(resp) = stateless_400(&data) {
-                    let dest = response_destination(&data, remote, transport);
+            Err(err) => {
+                // sipgo's rejectMalformedRequest: without an answer the sender retransmits for 32 s.
+                let tag = self.token();
+                if let Some(resp) = error_response_for(&data, &err, &tag) {
+                    let top = resp.headers.values(&HeaderName::Via).next();
+                    let via = top.as_deref().and_then(hdr::via);
+                    let destination = match via {
+                        Some(v) if !transport.is_reliable() && !v.rport => {
+                            SocketAddr::new(remote.ip(), v.port.unwrap_or(5060))
+                        }
+                        _ => remote,
+                    };
                     self.outbox.push_back(Transmit {
-                        destination: dest,
+                        destination,
                         transport,
-                        payload: resp,
+                        payload: resp.to_bytes(),
                     });
                 }
             }
@@ -2203,79 +2212,4 @@ fn non_2xx_ack(invite: &Request, resp: &Response) -> Request {
     ack.headers
         .push(HeaderName::CSeq, Bytes::from(format!("{seq} ACK")));
     ack
-}
-
-/// Where to send a response to raw request bytes we could not parse (RFC 3581 on the top Via).
-fn response_destination(data: &[u8], remote: SocketAddr, transport: Transport) -> SocketAddr {
-    if transport.is_reliable() {
-        return remote;
-    }
-    let via = raw_headers(data)
-        .into_iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("via") || n == "v");
-    match via.and_then(|(_, v)| hdr::via(v.as_bytes()).map(|p| (p.rport, p.port))) {
-        Some((true, _)) | None => remote,
-        Some((false, port)) => SocketAddr::new(remote.ip(), port.unwrap_or(5060)),
-    }
-}
-
-/// `(name, value)` of each header line of a raw message (unfolded lines only), up to the blank line. At most 64
-/// lines, each at most 1024 bytes.
-fn raw_headers(data: &[u8]) -> Vec<(String, String)> {
-    let head_end = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(data.len());
-    let head = data.get(..head_end).unwrap_or(&[]);
-    head.split(|&b| b == b'\n')
-        .skip(1)
-        .take(64)
-        .filter(|l| l.len() <= 1024)
-        .filter_map(|l| {
-            let l = std::str::from_utf8(l).ok()?.trim_end_matches('\r');
-            let (n, v) = l.split_once(':')?;
-            Some((n.trim().to_owned(), v.trim().to_owned()))
-        })
-        .collect()
-}
-
-/// A stateless 400 for a request the codec refused, when it still has a request line, Via, From, To, Call-ID and
-/// CSeq to copy (sipgo's `rejectMalformedRequest`: without an answer the sender retransmits for 32 s). Responses
-/// and ACKs are never answered.
-fn stateless_400(data: &[u8]) -> Option<Bytes> {
-    let first_end = data.iter().position(|&b| b == b'\n')?;
-    let first = std::str::from_utf8(data.get(..first_end)?).ok()?.trim_end();
-    if first.starts_with("SIP/") || first.starts_with("ACK ") || !first.ends_with("SIP/2.0") {
-        return None;
-    }
-    let hs = raw_headers(data);
-    let find = |long: &'static str, short: &'static str| {
-        hs.iter().filter(move |(n, _)| {
-            n.eq_ignore_ascii_case(long) || (!short.is_empty() && n.eq_ignore_ascii_case(short))
-        })
-    };
-    let mut out = String::from("SIP/2.0 400 Bad Request\r\n");
-    let mut have = 0;
-    for (long, short, canon) in [
-        ("via", "v", "Via"),
-        ("from", "f", "From"),
-        ("to", "t", "To"),
-        ("call-id", "i", "Call-ID"),
-        ("cseq", "", "CSeq"),
-    ] {
-        let mut any = false;
-        for (_, v) in find(long, short) {
-            out.push_str(&format!("{canon}: {v}\r\n"));
-            any = true;
-            if canon != "Via" {
-                break;
-            }
-        }
-        have += usize::from(any);
-    }
-    if have < 5 {
-        return None;
-    }
-    out.push_str("Content-Length: 0\r\n\r\n");
-    Some(Bytes::from(out))
 }
