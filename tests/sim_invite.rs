@@ -248,6 +248,14 @@ fn forked_provisionals_and_second_2xx_is_acked_then_byed() {
     sim.run_to(Duration::from_secs(2));
     let prov = sim.a.find(|e| matches!(e, Event::Provisional { .. }));
     assert_eq!(prov.len(), 2, "one per early dialog");
+    let tags: Vec<_> = prov
+        .iter()
+        .map(|(_, e)| match e {
+            Event::Provisional { remote_tag, .. } => remote_tag.clone().unwrap(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(tags, [Bytes::from("fork1"), Bytes::from("fork2")]);
     assert_eq!(sim.a.find(is_answered).len(), 1);
     assert!(
         sim.a.find(is_terminated).is_empty(),

@@ -193,6 +193,8 @@ pub enum Event {
         call: CallHandle,
         /// 180, 183, ...
         status: StatusCode,
+        /// The To tag: which early dialog (fork) this is, if the response created one.
+        remote_tag: Option<Bytes>,
         /// Early media SDP, if any.
         body: Bytes,
     },
@@ -385,7 +387,8 @@ struct Call {
     early: Vec<Dialog>,
     dialog: Option<Dialog>,
     /// ACK for the 2xx of the INVITE / re-INVITE: (CSeq, bytes), re-sent on 2xx retransmissions.
-    ack: Option<(u32, Bytes)>,
+    /// ACKs for 2xx responses (initial INVITE, latest re-INVITE) by CSeq, re-sent on 2xx retransmissions.
+    acks: Vec<(u32, Bytes)>,
     /// Surplus forks already ACKed and BYE'd: (remote tag, ACK) to re-ACK their retransmissions.
     forks: Vec<(Bytes, Bytes)>,
     // re-INVITE of ours
@@ -415,7 +418,7 @@ impl Call {
             cancel_deadline: None,
             early: Vec::new(),
             dialog: None,
-            ack: None,
+            acks: Vec::new(),
             forks: Vec::new(),
             reinvite_tx: None,
             glare_retry: None,
@@ -434,6 +437,13 @@ impl Call {
             .as_ref()
             .and_then(Dialog::next_hop)
             .unwrap_or(self.next_hop)
+    }
+
+    fn ack_for(&self, seq: u32) -> Option<Bytes> {
+        self.acks
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, a)| a.clone())
     }
 
     fn confirmed(&self) -> bool {
@@ -1019,7 +1029,8 @@ impl Endpoint {
         }
         if resp.status.is_provisional() {
             c.got_provisional = true;
-            if let Some(tag) = to_tag(&resp.headers) {
+            let remote_tag = to_tag(&resp.headers);
+            if let Some(tag) = remote_tag.clone() {
                 match c.early.iter_mut().find(|d| d.id.remote_tag == tag) {
                     Some(d) => d.refresh_target(&resp.headers),
                     None => {
@@ -1035,6 +1046,7 @@ impl Endpoint {
                 self.events.push_back(Event::Provisional {
                     call: CallHandle(h),
                     status: resp.status,
+                    remote_tag,
                     body: resp.body,
                 });
             }
@@ -1054,7 +1066,8 @@ impl Endpoint {
             if let Some(d) = &c.dialog {
                 if d.id.remote_tag == tag {
                     // 2xx retransmission: re-ACK.
-                    if let Some((_, ack)) = c.ack.clone() {
+                    let seq = cseq_of(&request.headers).map(|x| x.0).unwrap_or(1);
+                    if let Some(ack) = c.ack_for(seq) {
                         let hop = c.hop();
                         self.send_raw(hop, ack);
                     }
@@ -1124,7 +1137,11 @@ impl Endpoint {
             }
         }
         let bytes = ack.to_bytes();
-        c.ack = Some((seq, bytes.clone()));
+        // Keep the initial INVITE's ACK and the latest re-INVITE's.
+        if c.acks.len() >= 2 {
+            c.acks.remove(1);
+        }
+        c.acks.push((seq, bytes.clone()));
         let hop = c.hop();
         self.send_raw(hop, bytes);
     }
@@ -1186,11 +1203,8 @@ impl Endpoint {
             return;
         };
         if resp.status.is_success() {
-            if c.ack.as_ref().is_some_and(|(s, _)| *s == seq) {
-                let (hop, ack) = (
-                    c.hop(),
-                    c.ack.as_ref().map(|a| a.1.clone()).unwrap_or_default(),
-                );
+            if let Some(ack) = c.ack_for(seq) {
+                let hop = c.hop();
                 self.send_raw(hop, ack);
                 return;
             }
