@@ -234,3 +234,56 @@ fn hostile_input_never_panics() {
         }
     }
 }
+
+#[test]
+fn rfc2543_requests_without_cookie_match_by_dialog_fields() {
+    let mut e = ep();
+    let now = Instant::now();
+    let legacy = |method: &str, to_tag: &str, cseq_method: &str| {
+        let r = String::from_utf8(request(method, "", to_tag).to_vec()).unwrap();
+        Bytes::from(
+            r.replace(&format!(";branch=z9hG4bK-{method}-1"), ";branch=1234")
+                .replace(
+                    &format!("CSeq: 7 {method}"),
+                    &format!("CSeq: 7 {cseq_method}"),
+                ),
+        )
+    };
+    e.handle(now, peer(), Transport::Udp, legacy("INVITE", "", "INVITE"));
+    let (_, first) = one_response(&mut e);
+    assert_eq!(status(&first), 403);
+    // The retransmitted INVITE matches the transaction (same Request-URI, From tag, Call-ID, CSeq, Via).
+    e.handle(now, peer(), Transport::Udp, legacy("INVITE", "", "INVITE"));
+    assert_eq!(one_response(&mut e).1, first);
+    // The ACK matches it too and stops Timer G.
+    e.handle(now, peer(), Transport::Udp, legacy("ACK", ";tag=x", "ACK"));
+    assert!(e.poll_transmit().is_none());
+    let t = e.poll_timeout().unwrap();
+    assert_eq!(
+        t - now,
+        Duration::from_secs(5),
+        "Confirmed: only Timer I is left"
+    );
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    let run = |seed: u64| {
+        let mut cfg = EndpointConfig::new("192.0.2.10:5060".parse().unwrap());
+        cfg.rng_seed(seed);
+        let mut e = Endpoint::new(cfg);
+        let req = rappel::sip::endpoint::InviteRequest {
+            target: "sip:+33100000000@192.0.2.20".into(),
+            from: "sip:rappel@example.com".into(),
+            to: None,
+            next_hop: "192.0.2.20:5060".parse().unwrap(),
+            sdp: Bytes::from("v=0"),
+            credentials: None,
+            extra_headers: Vec::new(),
+        };
+        e.start_invite(Instant::now(), req).unwrap();
+        e.poll_transmit().unwrap().payload
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8), "branch, tag and Call-ID come from the seed");
+}

@@ -277,3 +277,79 @@ fn in_dialog_options_and_info_answered() {
         )
         .is_empty());
 }
+
+#[test]
+fn route_set_from_record_route_and_target_refresh_from_reinvite_2xx() {
+    use rappel::sip::message::{HeaderName, Message};
+    // Path A -> P1 (10.0.0.2, the scripted peer itself) -> P2 (10.0.0.7) -> UAS. The response carries
+    // Record-Route "P2, P1"; A's route set is the reverse, so in-dialog requests go to P1 with Route P1, P2.
+    let b = ScriptNode::new(addr_b(), |req| {
+        let mut r = reply(req, 200, "uas");
+        match req.method {
+            Method::Invite => {
+                r.headers.push(
+                    HeaderName::RecordRoute,
+                    Bytes::from("<sip:10.0.0.7;lr>, <sip:10.0.0.2:5060;lr>"),
+                );
+                if req
+                    .headers
+                    .get(&HeaderName::To)
+                    .is_some_and(|t| t.ends_with(b"tag=uas"))
+                {
+                    // The re-INVITE's 2xx moves the remote target.
+                    r.headers.set(
+                        HeaderName::Contact,
+                        Bytes::from("<sip:agent@10.0.0.8:5099>"),
+                    );
+                }
+                vec![Message::from(r)]
+            }
+            Method::Ack => vec![],
+            _ => vec![Message::from(r)],
+        }
+    });
+    let mut sim = Sim::new(EpNode::new(addr_a(), 1, false), b);
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, invite_to_b("v=0 a")).unwrap();
+    assert!(sim.run_until(Duration::from_secs(2), |s| !s
+        .a
+        .find(is_answered)
+        .is_empty()));
+    let now = sim.now;
+    sim.a
+        .ep
+        .send_reinvite(now, call, Bytes::from("v=0 a2"))
+        .unwrap();
+    let ok = |e: &Event| {
+        matches!(
+            e,
+            Event::Response {
+                method: Method::Invite,
+                ..
+            }
+        )
+    };
+    assert!(sim.run_until(Duration::from_secs(2), |s| !s.a.find(ok).is_empty()));
+    let now = sim.now;
+    sim.a.ep.send_bye(now, call).unwrap();
+    sim.run_to(sim.elapsed() + Duration::from_secs(1));
+    let bye = sim.packets(|p| p.is_request("BYE"))[0].clone();
+    assert_eq!(bye.to, addr_b(), "first hop is the first Route");
+    let m = bye.message();
+    let routes: Vec<Bytes> = m.headers().values(&HeaderName::Route).collect();
+    assert_eq!(
+        routes,
+        [
+            Bytes::from("<sip:10.0.0.2:5060;lr>"),
+            Bytes::from("<sip:10.0.0.7;lr>")
+        ]
+    );
+    assert!(
+        bye.first_line().starts_with("BYE sip:agent@10.0.0.8:5099 "),
+        "{}",
+        bye.first_line()
+    );
+    // The ACK for the initial 2xx already used the route set and the first Contact.
+    let ack = sim.packets(|p| p.is_request("ACK"))[0].first_line();
+    assert!(ack.starts_with("ACK sip:10.0.0.2:5060 "), "{ack}");
+}

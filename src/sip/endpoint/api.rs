@@ -414,6 +414,17 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Answers the peer's pending re-INVITE: the same as [`Self::answer_invite`], named for the call layer.
+    pub fn answer_reinvite(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        sdp: Bytes,
+    ) -> Result<(), EndpointError> {
+        self.answer_invite(now, call, code, sdp)
+    }
+
     /// Answers the peer's pending UPDATE.
     pub fn answer_update(
         &mut self,
