@@ -32,9 +32,12 @@ impl ViaParts<'_> {
 /// Parses one Via value: `SIP/2.0/UDP host:port;branch=z9hG4bK...;rport`.
 pub(crate) fn via(value: &[u8]) -> Option<ViaParts<'_>> {
     let s = std::str::from_utf8(value).ok()?.trim();
-    let (proto, rest) = s.split_once(|c: char| c.is_ascii_whitespace())?;
-    let mut p = proto.split('/');
-    let (name, _ver, transport) = (p.next()?, p.next()?, p.next()?);
+    // sent-protocol = name "/" version "/" transport, with optional LWS around the slashes (RFC 3261 §25.1).
+    let (name, rest) = s.split_once('/')?;
+    let (_version, rest) = rest.split_once('/')?;
+    let rest = rest.trim_start();
+    let tend = rest.find(|c: char| c.is_ascii_whitespace())?;
+    let (transport, rest) = (rest.get(..tend)?, rest.get(tend..)?);
     if !name.trim().eq_ignore_ascii_case("SIP") {
         return None;
     }

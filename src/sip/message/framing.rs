@@ -31,8 +31,7 @@ pub(crate) fn parse_datagram(data: Bytes, limits: &ParseLimits) -> Result<Messag
         });
     }
     let skip = parse::leading_crlf(&data);
-    let head_end = parse::find_head_end(&data, skip).ok_or(ParseError::Truncated)?;
-    let (start, headers) = parse::parse_head(&data.slice(skip..head_end), limits)?;
+    let (start, headers, head_end) = parse::parse_head(&data, skip, limits)?;
     let available = data.len() - head_end;
     let body = match headers.content_length()? {
         Some(n) if n > available => {
@@ -63,6 +62,7 @@ pub struct StreamFramer {
     /// A parsed head waiting for its body: start line, headers, body length.
     pending: Option<(StartLine, Headers, usize)>,
     failed: Option<ParseError>,
+    finder: memchr::memmem::Finder<'static>,
 }
 
 impl Default for StreamFramer {
@@ -80,6 +80,7 @@ impl StreamFramer {
             scanned: 0,
             pending: None,
             failed: None,
+            finder: parse::head_end_finder(),
         }
     }
 
@@ -125,7 +126,7 @@ impl StreamFramer {
                 self.scanned = 0;
             }
             let from = self.scanned.saturating_sub(3);
-            let Some(head_end) = parse::find_head_end(&self.buf, from) else {
+            let Some(head_end) = parse::find_head_end(&self.finder, &self.buf, from) else {
                 self.scanned = self.buf.len();
                 if self.buf.len() > self.limits.max_message {
                     let len = self.buf.len();
@@ -144,8 +145,8 @@ impl StreamFramer {
             }
             let head = self.buf.split_to(head_end).freeze();
             self.scanned = 0;
-            let (start, headers) = match parse::parse_head(&head, &self.limits) {
-                Ok(x) => x,
+            let (start, headers) = match parse::parse_head(&head, 0, &self.limits) {
+                Ok((start, headers, _)) => (start, headers),
                 Err(e) => return self.fail(e),
             };
             let body_len = match headers.content_length() {

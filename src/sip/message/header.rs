@@ -27,13 +27,6 @@ macro_rules! header_names {
                     HeaderName::Other(b) => std::str::from_utf8(b).unwrap_or("X-Invalid"),
                 }
             }
-
-            fn from_lower(lower: &[u8]) -> Option<HeaderName> {
-                Some(match lower {
-                    $( $lower $(| $compact)? => HeaderName::$var, )*
-                    _ => return None,
-                })
-            }
         }
     };
 }
@@ -99,20 +92,163 @@ header_names! {
     WwwAuthenticate => "WWW-Authenticate", b"www-authenticate";
 }
 
+/// Maps a lower-case header name (full or compact) to its variant; dispatches on length first so that only a
+/// few names are compared.
+fn known_from_lower(lower: &[u8]) -> Option<HeaderName> {
+    Some(match lower.len() {
+        1 => match lower {
+            b"u" => HeaderName::AllowEvents,
+            b"i" => HeaderName::CallId,
+            b"m" => HeaderName::Contact,
+            b"e" => HeaderName::ContentEncoding,
+            b"l" => HeaderName::ContentLength,
+            b"c" => HeaderName::ContentType,
+            b"o" => HeaderName::Event,
+            b"f" => HeaderName::From,
+            b"y" => HeaderName::Identity,
+            b"r" => HeaderName::ReferTo,
+            b"b" => HeaderName::ReferredBy,
+            b"x" => HeaderName::SessionExpires,
+            b"s" => HeaderName::Subject,
+            b"k" => HeaderName::Supported,
+            b"t" => HeaderName::To,
+            b"v" => HeaderName::Via,
+            _ => return None,
+        },
+        2 => match lower {
+            b"to" => HeaderName::To,
+            _ => return None,
+        },
+        3 => match lower {
+            b"via" => HeaderName::Via,
+            _ => return None,
+        },
+        4 => match lower {
+            b"cseq" => HeaderName::CSeq,
+            b"date" => HeaderName::Date,
+            b"from" => HeaderName::From,
+            b"rack" => HeaderName::RAck,
+            b"rseq" => HeaderName::RSeq,
+            _ => return None,
+        },
+        5 => match lower {
+            b"allow" => HeaderName::Allow,
+            b"event" => HeaderName::Event,
+            b"route" => HeaderName::Route,
+            _ => return None,
+        },
+        6 => match lower {
+            b"accept" => HeaderName::Accept,
+            b"min-se" => HeaderName::MinSe,
+            b"reason" => HeaderName::Reason,
+            b"server" => HeaderName::Server,
+            _ => return None,
+        },
+        7 => match lower {
+            b"call-id" => HeaderName::CallId,
+            b"contact" => HeaderName::Contact,
+            b"expires" => HeaderName::Expires,
+            b"privacy" => HeaderName::Privacy,
+            b"require" => HeaderName::Require,
+            b"subject" => HeaderName::Subject,
+            b"warning" => HeaderName::Warning,
+            _ => return None,
+        },
+        8 => match lower {
+            b"identity" => HeaderName::Identity,
+            b"priority" => HeaderName::Priority,
+            b"refer-to" => HeaderName::ReferTo,
+            b"reply-to" => HeaderName::ReplyTo,
+            _ => return None,
+        },
+        9 => match lower {
+            b"call-info" => HeaderName::CallInfo,
+            b"supported" => HeaderName::Supported,
+            b"timestamp" => HeaderName::Timestamp,
+            _ => return None,
+        },
+        10 => match lower {
+            b"alert-info" => HeaderName::AlertInfo,
+            b"error-info" => HeaderName::ErrorInfo,
+            b"user-agent" => HeaderName::UserAgent,
+            _ => return None,
+        },
+        11 => match lower {
+            b"in-reply-to" => HeaderName::InReplyTo,
+            b"min-expires" => HeaderName::MinExpires,
+            b"referred-by" => HeaderName::ReferredBy,
+            b"retry-after" => HeaderName::RetryAfter,
+            b"unsupported" => HeaderName::Unsupported,
+            _ => return None,
+        },
+        12 => match lower {
+            b"allow-events" => HeaderName::AllowEvents,
+            b"content-type" => HeaderName::ContentType,
+            b"max-forwards" => HeaderName::MaxForwards,
+            b"mime-version" => HeaderName::MimeVersion,
+            b"organization" => HeaderName::Organization,
+            b"record-route" => HeaderName::RecordRoute,
+            _ => return None,
+        },
+        13 => match lower {
+            b"authorization" => HeaderName::Authorization,
+            b"proxy-require" => HeaderName::ProxyRequire,
+            _ => return None,
+        },
+        14 => match lower {
+            b"content-length" => HeaderName::ContentLength,
+            _ => return None,
+        },
+        15 => match lower {
+            b"accept-encoding" => HeaderName::AcceptEncoding,
+            b"accept-language" => HeaderName::AcceptLanguage,
+            b"session-expires" => HeaderName::SessionExpires,
+            _ => return None,
+        },
+        16 => match lower {
+            b"content-encoding" => HeaderName::ContentEncoding,
+            b"content-language" => HeaderName::ContentLanguage,
+            b"www-authenticate" => HeaderName::WwwAuthenticate,
+            _ => return None,
+        },
+        18 => match lower {
+            b"proxy-authenticate" => HeaderName::ProxyAuthenticate,
+            b"subscription-state" => HeaderName::SubscriptionState,
+            _ => return None,
+        },
+        19 => match lower {
+            b"authentication-info" => HeaderName::AuthenticationInfo,
+            b"content-disposition" => HeaderName::ContentDisposition,
+            b"p-asserted-identity" => HeaderName::PAssertedIdentity,
+            b"proxy-authorization" => HeaderName::ProxyAuthorization,
+            _ => return None,
+        },
+        20 => match lower {
+            b"p-preferred-identity" => HeaderName::PPreferredIdentity,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
 impl HeaderName {
     /// Maps a name as received (any case, compact or full) to a `HeaderName`; `None` if it is not a token.
     pub fn from_bytes(name: Bytes) -> Option<HeaderName> {
+        HeaderName::from_slice(&name, || name.clone())
+    }
+
+    /// Like [`HeaderName::from_bytes`], but only builds the `Bytes` (with `make`) for an extension header.
+    pub(crate) fn from_slice(name: &[u8], make: impl FnOnce() -> Bytes) -> Option<HeaderName> {
         let mut buf = [0u8; 24];
-        if name.len() <= buf.len() {
-            let lower = buf.get_mut(..name.len())?;
+        if let Some(lower) = buf.get_mut(..name.len()) {
             for (d, s) in lower.iter_mut().zip(name.iter()) {
                 *d = s.to_ascii_lowercase();
             }
-            if let Some(h) = HeaderName::from_lower(lower) {
+            if let Some(h) = known_from_lower(lower) {
                 return Some(h);
             }
         }
-        scan::is_token_str(&name).then_some(HeaderName::Other(name))
+        scan::is_token_str(name).then(|| HeaderName::Other(make()))
     }
 
     /// Parses a header name from a string (see [`HeaderName::from_bytes`]).

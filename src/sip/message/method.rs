@@ -41,7 +41,12 @@ pub enum Method {
 impl Method {
     /// Maps a token to a method; `None` if `s` is not a valid token.
     pub fn from_token(s: Bytes) -> Option<Method> {
-        Some(match &s[..] {
+        Method::from_slice(&s, || s.clone())
+    }
+
+    /// Like [`Method::from_token`], building the `Bytes` (with `make`) only for an extension method.
+    pub(crate) fn from_slice(s: &[u8], make: impl FnOnce() -> Bytes) -> Option<Method> {
+        Some(match s {
             b"INVITE" => Method::Invite,
             b"ACK" => Method::Ack,
             b"BYE" => Method::Bye,
@@ -56,7 +61,7 @@ impl Method {
             b"SUBSCRIBE" => Method::Subscribe,
             b"MESSAGE" => Method::Message,
             b"PUBLISH" => Method::Publish,
-            other if super::scan::is_token_str(other) => Method::Other(s),
+            other if super::scan::is_token_str(other) => Method::Other(make()),
             _ => return None,
         })
     }

@@ -16,9 +16,18 @@ pub(crate) enum StartLine {
 }
 
 /// Position of the end of the header block: the index just past the empty line (`CRLF CRLF`), searched from `from`.
-pub(crate) fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn find_head_end(
+    finder: &memchr::memmem::Finder<'_>,
+    buf: &[u8],
+    from: usize,
+) -> Option<usize> {
     let hay = buf.get(from..)?;
-    memchr::memmem::find(hay, b"\r\n\r\n").map(|i| from + i + 4)
+    finder.find(hay).map(|i| from + i + 4)
+}
+
+/// The searcher for `CRLF CRLF`.
+pub(crate) fn head_end_finder() -> memchr::memmem::Finder<'static> {
+    memchr::memmem::Finder::new(b"\r\n\r\n")
 }
 
 /// Number of leading CRLF pairs (keep-alives and stray line ends before a start line, RFC 3261 §7.5).
@@ -30,68 +39,74 @@ pub(crate) fn leading_crlf(buf: &[u8]) -> usize {
     i
 }
 
-/// Parses `head` (start line and header lines, ending with the empty line) into a start line and headers.
+/// Parses the start line and header fields of the message starting at `from` in `buf`, up to and including the
+/// empty line. Returns them with the offset just past the empty line (where the body starts).
 pub(crate) fn parse_head(
-    head: &Bytes,
+    buf: &Bytes,
+    from: usize,
     limits: &ParseLimits,
-) -> Result<(StartLine, Headers), ParseError> {
+) -> Result<(StartLine, Headers, usize), ParseError> {
     let mut lines = Lines {
-        buf: head,
-        pos: 0,
+        buf,
+        pos: from,
         line_no: 0,
     };
-    let first = lines.next_line(limits)?.ok_or(ParseError::StartLine)?;
-    let start = parse_start_line(head, &first)?;
-    let mut headers = Headers::with_capacity(16);
-    while let Some(line) = lines.next_line(limits)? {
-        let line_no = lines.line_no;
-        if line.is_empty() {
-            break;
+    let (s, e) = lines.next_line(limits)?;
+    let start = parse_start_line(buf, buf.get(s..e).unwrap_or_default())?;
+    let mut headers = Headers::with_capacity(20);
+    loop {
+        let (s, e) = lines.next_line(limits)?;
+        if s == e {
+            return Ok((start, headers, lines.pos));
         }
+        let line_no = lines.line_no;
         if headers.len() >= limits.max_headers {
             return Err(ParseError::TooManyHeaders {
                 max: limits.max_headers,
             });
         }
-        // Folded continuation lines: join with a single SP (RFC 3261 §7.3.1).
-        let mut folded: Option<BytesMut> = None;
-        while lines.peek_is_ws() {
-            let cont = lines.next_line(limits)?.unwrap_or_default();
-            let f = folded.get_or_insert_with(|| BytesMut::from(&line[..]));
-            let piece = scan::trim(&cont);
-            if !piece.is_empty() {
-                f.extend_from_slice(b" ");
-                f.extend_from_slice(piece);
-            }
-            if f.len() > limits.max_line {
-                return Err(ParseError::LineTooLong {
-                    max: limits.max_line,
-                });
-            }
-        }
-        let line = match folded {
-            Some(f) => f.freeze(),
-            None => line,
-        };
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(ParseError::HeaderLine { line: line_no })?;
+        let line = buf.get(s..e).unwrap_or_default();
+        let colon = memchr::memchr(b':', line).ok_or(ParseError::HeaderLine { line: line_no })?;
         let raw_name = line.get(..colon).unwrap_or_default();
-        let name_trimmed = scan::trim(raw_name);
-        // no leading whitespace on a header name (it would have been a continuation line)
-        if raw_name.first().is_some_and(|&b| scan::is_ws(b)) {
+        // a header name has no leading whitespace (that would be a continuation line) and is a token
+        if raw_name.first().is_none_or(|&b| scan::is_ws(b)) {
             return Err(ParseError::HeaderLine { line: line_no });
         }
-        let name = HeaderName::from_bytes(line.slice_ref(name_trimmed))
+        let name_end = raw_name
+            .iter()
+            .rposition(|&b| !scan::is_ws(b))
+            .map_or(0, |i| i + 1);
+        let name_bytes = raw_name.get(..name_end).unwrap_or_default();
+        let name = HeaderName::from_slice(name_bytes, || buf.slice(s..s + name_end))
             .ok_or(ParseError::HeaderLine { line: line_no })?;
         let value = scan::trim(line.get(colon + 1..).unwrap_or_default());
-        headers.push(name, line.slice_ref(value));
+        let value = if lines.peek_is_ws() {
+            // Folded continuation lines: join with a single SP (RFC 3261 §7.3.1). The only copy the parser makes.
+            let mut f = BytesMut::from(value);
+            while lines.peek_is_ws() {
+                let (cs, ce) = lines.next_line(limits)?;
+                let piece = scan::trim(buf.get(cs..ce).unwrap_or_default());
+                if !piece.is_empty() {
+                    if !f.is_empty() {
+                        f.extend_from_slice(b" ");
+                    }
+                    f.extend_from_slice(piece);
+                }
+                if f.len() > limits.max_line {
+                    return Err(ParseError::LineTooLong {
+                        max: limits.max_line,
+                    });
+                }
+            }
+            f.freeze()
+        } else {
+            buf.slice_ref(value)
+        };
+        headers.push(name, value);
     }
-    Ok((start, headers))
 }
 
-/// Iterates CRLF-terminated lines of the head.
+/// Iterates CRLF-terminated lines, as offsets into the buffer.
 struct Lines<'a> {
     buf: &'a Bytes,
     pos: usize,
@@ -100,30 +115,33 @@ struct Lines<'a> {
 }
 
 impl Lines<'_> {
-    /// The next line without its CRLF; `None` at the end. A bare CR or LF inside a line is an error.
-    fn next_line(&mut self, limits: &ParseLimits) -> Result<Option<Bytes>, ParseError> {
-        let rest = match self.buf.get(self.pos..) {
-            Some(r) if !r.is_empty() => r,
-            _ => return Ok(None),
-        };
+    /// The next line's `(start, end)` without its CRLF. A bare CR or LF is an error; running out of input before a
+    /// line end is [`ParseError::Truncated`].
+    fn next_line(&mut self, limits: &ParseLimits) -> Result<(usize, usize), ParseError> {
         self.line_no += 1;
-        let lf = memchr::memchr(b'\n', rest).ok_or(ParseError::Truncated)?;
-        if lf > limits.max_line {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        let Some(i) = memchr::memchr2(b'\r', b'\n', rest) else {
+            return Err(if rest.len() > limits.max_line {
+                ParseError::LineTooLong {
+                    max: limits.max_line,
+                }
+            } else {
+                ParseError::Truncated
+            });
+        };
+        if i > limits.max_line {
             return Err(ParseError::LineTooLong {
                 max: limits.max_line,
             });
         }
-        let line_end = lf
-            .checked_sub(1)
-            .filter(|&e| rest.get(e) == Some(&b'\r'))
-            .ok_or(ParseError::HeaderLine { line: self.line_no })?;
-        let line = rest.get(..line_end).unwrap_or_default();
-        if memchr::memchr(b'\r', line).is_some() {
-            return Err(ParseError::HeaderLine { line: self.line_no });
+        match (rest.get(i), rest.get(i + 1)) {
+            (Some(b'\r'), Some(b'\n')) => {}
+            (Some(b'\r'), None) => return Err(ParseError::Truncated),
+            _ => return Err(ParseError::HeaderLine { line: self.line_no }),
         }
-        let out = self.buf.slice_ref(line);
-        self.pos += lf + 1;
-        Ok(Some(out))
+        let start = self.pos;
+        self.pos += i + 2;
+        Ok((start, start + i))
     }
 
     fn peek_is_ws(&self) -> bool {
@@ -140,13 +158,10 @@ fn looks_like_version(v: &[u8]) -> bool {
     v.len() > 4 && scan::eq_ic(v.get(..4).unwrap_or_default(), b"SIP/")
 }
 
-fn parse_start_line(head: &Bytes, line: &Bytes) -> Result<StartLine, ParseError> {
+fn parse_start_line(buf: &Bytes, line: &[u8]) -> Result<StartLine, ParseError> {
     if line.get(..4).is_some_and(|p| scan::eq_ic(p, b"SIP/")) {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
-        let sp = line
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or(ParseError::StartLine)?;
+        let sp = memchr::memchr(b' ', line).ok_or(ParseError::StartLine)?;
         let version = line.get(..sp).unwrap_or_default();
         if !is_sip_version(version) {
             return Err(ParseError::Version);
@@ -160,23 +175,18 @@ fn parse_start_line(head: &Bytes, line: &Bytes) -> Result<StartLine, ParseError>
             .ok_or(ParseError::StatusCode)?;
         let reason = match line.get(sp + 4) {
             None => Bytes::new(),
-            Some(b' ') => head.slice_ref(line.get(sp + 5..).unwrap_or_default()),
+            Some(b' ') => buf.slice_ref(line.get(sp + 5..).unwrap_or_default()),
             Some(_) => return Err(ParseError::StatusCode),
         };
         return Ok(StartLine::Response { status, reason });
     }
     // Request-Line = Method SP Request-URI SP SIP-Version
-    let sp1 = line
-        .iter()
-        .position(|&b| b == b' ')
-        .ok_or(ParseError::StartLine)?;
-    let method = Method::from_token(line.slice(..sp1)).ok_or(ParseError::Method)?;
-    let rest = line.slice(sp1 + 1..);
-    let sp2 = rest
-        .iter()
-        .position(|&b| b == b' ')
-        .ok_or(ParseError::StartLine)?;
-    let uri_bytes = rest.slice(..sp2);
+    let sp1 = memchr::memchr(b' ', line).ok_or(ParseError::StartLine)?;
+    let m = line.get(..sp1).unwrap_or_default();
+    let method = Method::from_slice(m, || buf.slice_ref(m)).ok_or(ParseError::Method)?;
+    let rest = line.get(sp1 + 1..).unwrap_or_default();
+    let sp2 = memchr::memchr(b' ', rest).ok_or(ParseError::StartLine)?;
+    let uri_bytes = rest.get(..sp2).unwrap_or_default();
     let version = scan::trim(rest.get(sp2 + 1..).unwrap_or_default());
     if !is_sip_version(version) {
         return Err(if looks_like_version(version) {
@@ -188,7 +198,7 @@ fn parse_start_line(head: &Bytes, line: &Bytes) -> Result<StartLine, ParseError>
     if uri_bytes.is_empty() {
         return Err(ParseError::StartLine);
     }
-    let uri = Uri::parse_bytes(&uri_bytes).map_err(ParseError::RequestUri)?;
+    let uri = Uri::parse_in(buf, uri_bytes).map_err(ParseError::RequestUri)?;
     if let Uri::Sip(SipUri {
         headers: Some(_), ..
     }) = uri

@@ -169,7 +169,7 @@ impl Via {
         } else {
             c.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
         };
-        let host = Host::parse_bytes(&v.slice_ref(host_bytes)).map_err(ValueError::Uri)?;
+        let host = Host::parse_in(v, host_bytes).map_err(ValueError::Uri)?;
         let mut port = None;
         if c.eat_sep(b':') {
             port = Some(
@@ -311,7 +311,7 @@ impl NameAddr {
             if !c.eat(b'>') {
                 return Err(ValueError::Angle);
             }
-            Uri::parse_bytes(&v.slice_ref(u)).map_err(ValueError::Uri)?
+            Uri::parse_in(v, u).map_err(ValueError::Uri)?
         } else {
             let u = c.take_while(|b| b != b';' && !scan::is_ws(b));
             if u.iter().any(|&b| b == b'?' || b == b',') {
@@ -320,7 +320,7 @@ impl NameAddr {
             if u.is_empty() {
                 return Err(ValueError::Empty);
             }
-            Uri::parse_bytes(&v.slice_ref(u)).map_err(ValueError::Uri)?
+            Uri::parse_in(v, u).map_err(ValueError::Uri)?
         };
         let params = parse_header_params(v, &mut c).ok_or(ValueError::Param)?;
         c.skip_ws();
@@ -374,7 +374,7 @@ impl CSeq {
             return Err(ValueError::Method);
         }
         let m = c.token().ok_or(ValueError::Method)?;
-        let method = Method::from_token(v.slice_ref(m)).ok_or(ValueError::Method)?;
+        let method = Method::from_slice(m, || v.slice_ref(m)).ok_or(ValueError::Method)?;
         c.skip_ws();
         if !c.at_end() {
             return Err(ValueError::Trailing);

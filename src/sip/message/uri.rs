@@ -21,6 +21,11 @@ pub enum Host {
 impl Host {
     /// Parses a host: a name, a dotted IPv4 address or a bracketed IPv6 reference.
     pub fn parse_bytes(b: &Bytes) -> Result<Host, UriError> {
+        Host::parse_in(b, b)
+    }
+
+    /// Parses the host `b`, a subslice of `src` (domain names become slices of `src`).
+    pub(crate) fn parse_in(src: &Bytes, b: &[u8]) -> Result<Host, UriError> {
         if let Some(inner) = b.strip_prefix(b"[") {
             let inner = inner.strip_suffix(b"]").ok_or(UriError::Ipv6)?;
             let s = std::str::from_utf8(inner).map_err(|_| UriError::Ipv6)?;
@@ -43,7 +48,7 @@ impl Host {
                 .map(Host::Ipv4)
                 .map_err(|_| UriError::Host);
         }
-        Ok(Host::Domain(b.clone()))
+        Ok(Host::Domain(src.slice_ref(b)))
     }
 
     /// The IP address, if the host is one.
@@ -210,7 +215,12 @@ impl Uri {
 
     /// Parses a URI from bytes; text parts are slices of `b`.
     pub fn parse_bytes(b: &Bytes) -> Result<Uri, UriError> {
-        let colon = b.iter().position(|&c| c == b':').ok_or(UriError::Scheme)?;
+        Uri::parse_in(b, b)
+    }
+
+    /// Parses the URI `b`, a subslice of `src`; text parts become slices of `src`.
+    pub(crate) fn parse_in(src: &Bytes, b: &[u8]) -> Result<Uri, UriError> {
+        let colon = memchr::memchr(b':', b).ok_or(UriError::Scheme)?;
         let scheme = b.get(..colon).ok_or(UriError::Scheme)?;
         let valid_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
             && scheme
@@ -219,25 +229,27 @@ impl Uri {
         if !valid_scheme {
             return Err(UriError::Scheme);
         }
-        let rest = b.slice(colon + 1..);
+        let rest = b.get(colon + 1..).unwrap_or_default();
+        if rest
+            .iter()
+            .any(|&c| c <= b' ' || c >= 0x7f || matches!(c, b'<' | b'>' | b'"'))
+        {
+            return Err(UriError::Char);
+        }
         let secure = if scan::eq_ic(scheme, b"sip") {
             false
         } else if scan::eq_ic(scheme, b"sips") {
             true
         } else {
-            if rest.is_empty()
-                || rest
-                    .iter()
-                    .any(|&c| c <= b' ' || c >= 0x7f || matches!(c, b'<' | b'>' | b'"'))
-            {
+            if rest.is_empty() {
                 return Err(UriError::Char);
             }
             return Ok(Uri::Other(AbsoluteUri {
-                scheme: b.slice(..colon),
-                rest,
+                scheme: src.slice_ref(scheme),
+                rest: src.slice_ref(rest),
             }));
         };
-        parse_sip(secure, &rest).map(Uri::Sip)
+        parse_sip(src, secure, rest).map(Uri::Sip)
     }
 
     /// The scheme in lower case for sip/sips, as received otherwise.
@@ -325,89 +337,81 @@ impl fmt::Display for Uri {
     }
 }
 
-fn parse_sip(secure: bool, rest: &Bytes) -> Result<SipUri, UriError> {
-    if rest
-        .iter()
-        .any(|&c| c <= b' ' || c >= 0x7f || matches!(c, b'<' | b'>' | b'"'))
-    {
-        return Err(UriError::Char);
-    }
+/// Position of the first byte of `s` in `set`, or `s.len()`.
+fn find_any(s: &[u8], set: &[u8]) -> usize {
+    s.iter().position(|c| set.contains(c)).unwrap_or(s.len())
+}
+
+fn parse_sip(src: &Bytes, secure: bool, rest: &[u8]) -> Result<SipUri, UriError> {
     // userinfo: everything before the first '@' ('@' cannot appear unescaped after the host).
-    let (user, password, hostport_start) = match rest.iter().position(|&c| c == b'@') {
+    let (user, password, hp) = match memchr::memchr(b'@', rest) {
         Some(at) => {
-            let userinfo = rest.slice(..at);
-            let (u, p) = match userinfo.iter().position(|&c| c == b':') {
-                Some(c) => (userinfo.slice(..c), Some(userinfo.slice(c + 1..))),
-                None => (userinfo.clone(), None),
+            let userinfo = rest.get(..at).unwrap_or_default();
+            let (u, p) = match memchr::memchr(b':', userinfo) {
+                Some(c) => (userinfo.get(..c).unwrap_or_default(), userinfo.get(c + 1..)),
+                None => (userinfo, None),
             };
             if u.is_empty() {
                 return Err(UriError::User);
             }
-            check_chars(&u, USER_EXTRA, UriError::User)?;
-            if let Some(p) = &p {
+            check_chars(u, USER_EXTRA, UriError::User)?;
+            if let Some(p) = p {
                 check_chars(p, PASSWORD_EXTRA, UriError::User)?;
             }
-            (Some(u), p, at + 1)
+            (
+                Some(src.slice_ref(u)),
+                p.map(|p| src.slice_ref(p)),
+                rest.get(at + 1..).unwrap_or_default(),
+            )
         }
-        None => (None, None, 0),
+        None => (None, None, rest),
     };
-    let hp = rest.slice(hostport_start..);
-    // host
     let host_end = if hp.first() == Some(&b'[') {
-        hp.iter()
-            .position(|&c| c == b']')
+        memchr::memchr(b']', hp)
             .map(|e| e + 1)
             .ok_or(UriError::Ipv6)?
     } else {
-        hp.iter()
-            .position(|&c| matches!(c, b':' | b';' | b'?'))
-            .unwrap_or(hp.len())
+        find_any(hp, b":;?")
     };
-    let host = Host::parse_bytes(&hp.slice(..host_end))?;
-    let mut pos = host_end;
+    let host = Host::parse_in(src, hp.get(..host_end).unwrap_or_default())?;
+    let mut rest = hp.get(host_end..).unwrap_or_default();
     let mut port = None;
-    if hp.get(pos) == Some(&b':') {
-        let start = pos + 1;
-        let end = hp
-            .get(start..)
-            .and_then(|s| s.iter().position(|&c| matches!(c, b';' | b'?')))
-            .map_or(hp.len(), |e| e + start);
-        port = Some(scan::parse_u16(hp.get(start..end).unwrap_or_default()).ok_or(UriError::Port)?);
-        pos = end;
+    if let Some(r) = rest.strip_prefix(b":") {
+        let end = find_any(r, b";?");
+        port = Some(scan::parse_u16(r.get(..end).unwrap_or_default()).ok_or(UriError::Port)?);
+        rest = r.get(end..).unwrap_or_default();
     }
     let mut params = Params::new();
-    while hp.get(pos) == Some(&b';') {
-        let start = pos + 1;
-        let end = hp
-            .get(start..)
-            .and_then(|s| s.iter().position(|&c| matches!(c, b';' | b'?')))
-            .map_or(hp.len(), |e| e + start);
-        let p = hp.slice(start..end);
-        let (name, value) = match p.iter().position(|&c| c == b'=') {
-            Some(eq) => (p.slice(..eq), Some(p.slice(eq + 1..))),
-            None => (p.clone(), None),
+    while let Some(r) = rest.strip_prefix(b";") {
+        let end = find_any(r, b";?");
+        let p = r.get(..end).unwrap_or_default();
+        let (name, value) = match memchr::memchr(b'=', p) {
+            Some(eq) => (p.get(..eq).unwrap_or_default(), p.get(eq + 1..)),
+            None => (p, None),
         };
-        if name.is_empty() || value.as_ref().is_some_and(Bytes::is_empty) {
+        if name.is_empty() || value.is_some_and(<[u8]>::is_empty) {
             return Err(UriError::Param);
         }
-        check_chars(&name, PARAM_EXTRA, UriError::Param)?;
-        if let Some(v) = &value {
+        check_chars(name, PARAM_EXTRA, UriError::Param)?;
+        if let Some(v) = value {
             check_chars(v, PARAM_EXTRA, UriError::Param)?;
         }
-        params.0.push(Param { name, value });
-        pos = end;
+        params.0.push(Param {
+            name: src.slice_ref(name),
+            value: value.map(|v| src.slice_ref(v)),
+        });
+        rest = r.get(end..).unwrap_or_default();
     }
     let mut headers = None;
-    if hp.get(pos) == Some(&b'?') {
-        let h = hp.slice(pos + 1..);
+    if let Some(h) = rest.strip_prefix(b"?") {
         if h.is_empty() {
             return Err(UriError::Headers);
         }
-        check_chars(&h, HEADERS_EXTRA, UriError::Headers)?;
-        headers = Some(h);
-        pos = hp.len();
+        check_chars(h, HEADERS_EXTRA, UriError::Headers)?;
+        headers = Some(src.slice_ref(h));
+        rest = &[];
     }
-    if pos != hp.len() {
+    if !rest.is_empty() {
         return Err(UriError::Char);
     }
     Ok(SipUri {

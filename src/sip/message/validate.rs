@@ -338,7 +338,7 @@ fn check_request(req: &Request) -> Result<(), ParseError> {
 /// added to To when it has none.
 pub fn error_response_for(raw: &Bytes, err: &ParseError, to_tag: &str) -> Option<Response> {
     let skip = parse::leading_crlf(raw);
-    let end = parse::find_head_end(raw, skip)
+    let end = parse::find_head_end(&parse::head_end_finder(), raw, skip)
         .unwrap_or(raw.len())
         .min(raw.len());
     let head = raw.get(skip..end)?;
