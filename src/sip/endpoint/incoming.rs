@@ -109,6 +109,20 @@ impl Endpoint {
             self.on_dialog_ack(now, &req);
             return;
         }
+        if self.servers.len() >= self.config.max_server_transactions {
+            // A flood must not grow the table without bound: refuse statelessly (RFC 3261 §21.5.4).
+            let tag = self.token();
+            let mut r = Response::for_request(&req, StatusCode::SERVICE_UNAVAILABLE);
+            r.set_to_tag(&tag);
+            r.headers
+                .push(HeaderName::RetryAfter, Bytes::from_static(b"5"));
+            self.outbox.push_back(Transmit {
+                destination,
+                transport,
+                payload: r.to_bytes(),
+            });
+            return;
+        }
         let kind = if req.method == Method::Invite {
             TxKind::Invite
         } else {

@@ -69,6 +69,9 @@ pub struct EndpointConfig {
     pub accept_invites: bool,
     /// The value of User-Agent / Server, if any.
     pub user_agent: Option<String>,
+    /// At most this many live server transactions; new requests beyond it get a stateless 503. Default 10 000
+    /// (a Timer J linger of 32 s makes that about 300 requests/s sustained).
+    pub max_server_transactions: usize,
 }
 
 impl EndpointConfig {
@@ -82,6 +85,7 @@ impl EndpointConfig {
             max_forwards: 70,
             accept_invites: false,
             user_agent: None,
+            max_server_transactions: 10_000,
         }
     }
     /// Sets the timers.
@@ -102,6 +106,11 @@ impl EndpointConfig {
     /// Accept incoming INVITEs (see the field).
     pub fn accept_invites(&mut self, v: bool) -> &mut Self {
         self.accept_invites = v;
+        self
+    }
+    /// Sets the cap on live server transactions.
+    pub fn max_server_transactions(&mut self, n: usize) -> &mut Self {
+        self.max_server_transactions = n;
         self
     }
     /// Sets User-Agent / Server.
