@@ -16,7 +16,9 @@
 //! | other RFC methods (REGISTER, MESSAGE, SUBSCRIBE, ...) | 405 with Allow |
 //! | extension methods | 501 |
 //! | re-INVITE while our own re-INVITE is pending | 491 (glare, RFC 3261 §14.2) |
-//! | unparsable request with Via, Call-ID and CSeq | stateless 400 |
+//! | unparsable request with Via, Call-ID and CSeq | stateless 400 (505, 513 as the codec decides) |
+//! | request the codec's [`UaPolicy`] refuses (Require, body type, URI scheme, Max-Forwards 0) | 420/415/416/483 |
+//! | beyond [`EndpointConfig::max_server_transactions`] | stateless 503 |
 //!
 //! RFC 3581: `received` and `rport` are filled in on the top Via of each request, and responses go to the source
 //! address when `rport` was asked for (always on reliable transports).
@@ -26,6 +28,46 @@
 //! A call ([`CallHandle`]) is one INVITE dialog, as UAC ([`Endpoint::start_invite`]) or, when enabled, as UAS.
 //! Forked early dialogs are tracked; the first 2xx wins and any later 2xx from another fork is ACKed and
 //! immediately BYE'd (RFC 3261 §13.2.2.4). 401/407 challenges are answered from the call's credentials.
+//!
+//! Files: `mod.rs` holds the types, the transaction plumbing and timers; `incoming.rs` requests from the network;
+//! `responses.rs` responses to our requests; `api.rs` the TU-facing calls.
+//!
+//! # Driving it
+//!
+//! ```
+//! use rappel::sip::endpoint::{Endpoint, EndpointConfig, Event, InviteRequest};
+//! use std::time::{Duration, Instant};
+//!
+//! let mut ep = Endpoint::new(EndpointConfig::new("192.0.2.10:5060".parse().unwrap()));
+//! let now = Instant::now();
+//! let call = ep
+//!     .start_invite(now, InviteRequest {
+//!         target: "sip:+33100000000@192.0.2.20".into(),
+//!         from: "sip:rappel@example.com".into(),
+//!         to: None,
+//!         next_hop: "192.0.2.20:5060".parse().unwrap(),
+//!         sdp: "v=0\r\n".into(),
+//!         credentials: None,
+//!         extra_headers: Vec::new(),
+//!     })
+//!     .unwrap();
+//! // The driver's loop: send what is queued, hand events to the call layer, sleep until the timeout.
+//! let invite = ep.poll_transmit().unwrap();
+//! assert_eq!(invite.destination, "192.0.2.20:5060".parse().unwrap());
+//! assert_eq!(ep.poll_timeout(), Some(now + Duration::from_millis(500)), "Timer A");
+//! // Nobody answers: after 64*T1 the call ends.
+//! let mut t = now;
+//! while let Some(next) = ep.poll_timeout() {
+//!     t = next;
+//!     ep.handle_timeout(t);
+//!     while ep.poll_transmit().is_some() {}
+//!     if let Some(Event::Terminated { call: c, .. }) = ep.poll_event() {
+//!         assert_eq!(c, call);
+//!         break;
+//!     }
+//! }
+//! assert_eq!(t - now, Duration::from_secs(32));
+//! ```
 
 mod api;
 mod incoming;
