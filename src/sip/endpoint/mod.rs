@@ -90,6 +90,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// At most this many early dialogs, and this many surplus forks ACKed and BYE'd, per call.
+const MAX_DIALOGS_PER_CALL: usize = 16;
+
 /// Methods listed in Allow.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 
@@ -444,8 +447,8 @@ struct Call {
     /// ACK for the 2xx of the INVITE / re-INVITE: (CSeq, bytes), re-sent on 2xx retransmissions.
     /// ACKs for 2xx responses (initial INVITE, latest re-INVITE) by CSeq, re-sent on 2xx retransmissions.
     acks: Vec<(u32, Bytes)>,
-    /// Surplus forks already ACKed and BYE'd: (remote tag, ACK) to re-ACK their retransmissions.
-    forks: Vec<(Bytes, Bytes)>,
+    /// Surplus forks already ACKed and BYE'd: (remote tag, next hop, ACK) to re-ACK their retransmissions.
+    forks: Vec<(Bytes, SocketAddr, Bytes)>,
     // re-INVITE of ours
     reinvite_tx: Option<TxId>,
     glare_retry: Option<(Instant, Bytes)>,
