@@ -145,7 +145,7 @@ impl Endpoint {
             return;
         }
         match to_tag(&req.headers) {
-            Some(tag) => self.in_dialog_request(now, id, &req, call_id, tag, cseq, remote),
+            Some(tag) => self.in_dialog_request(now, id, &req, call_id, tag, cseq),
             None => self.out_of_dialog_request(now, id, &req, destination),
         }
     }
@@ -251,7 +251,6 @@ impl Endpoint {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn in_dialog_request(
         &mut self,
         now: Instant,
@@ -260,7 +259,6 @@ impl Endpoint {
         call_id: Bytes,
         tag: Bytes,
         cseq: u32,
-        remote: SocketAddr,
     ) {
         let Some(&h) = self.dialog_index.get(&(call_id, tag)) else {
             return self.respond(now, id, 481, None, |_| {});
@@ -273,17 +271,22 @@ impl Endpoint {
             .get(&HeaderName::From)
             .and_then(|f| hdr::tag(f))
             .map(Bytes::copy_from_slice);
+        // The confirmed dialog, or an early one (e.g. an UPDATE for early media, RFC 3311).
         let Some(d) = c
             .dialog
             .as_mut()
             .filter(|d| Some(&d.id.remote_tag) == remote_tag.as_ref())
+            .or_else(|| {
+                c.early
+                    .iter_mut()
+                    .find(|d| Some(&d.id.remote_tag) == remote_tag.as_ref())
+            })
         else {
             return self.respond(now, id, 481, None, |_| {});
         };
         if d.check_remote_cseq(cseq).is_err() {
             return self.respond(now, id, 500, None, |_| {});
         }
-        let _ = remote;
         match &req.method {
             Method::Bye => {
                 let pending = c.pending_invite.take();
