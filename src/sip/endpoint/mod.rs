@@ -739,9 +739,15 @@ impl Endpoint {
     fn on_client_timeout(&mut self, now: Instant, owner: Owner, method: Method) {
         match owner {
             Owner::Invite(h) => {
-                let no_dialog = self.calls.get(&h).is_some_and(|c| !c.confirmed());
-                if no_dialog {
-                    self.terminate(now, h, TerminationReason::Timeout);
+                let Some(c) = self.calls.get(&h) else { return };
+                if !c.confirmed() {
+                    // A CANCEL still waiting for a provisional response counts as the TU's cancel.
+                    let reason = if c.cancel == CancelState::None {
+                        TerminationReason::Timeout
+                    } else {
+                        TerminationReason::Cancelled
+                    };
+                    self.terminate(now, h, reason);
                 }
             }
             Owner::ReInvite(h) => {
