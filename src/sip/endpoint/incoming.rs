@@ -380,11 +380,6 @@ impl Endpoint {
         let Some(&inv) = self.server_index.get(&invite_key) else {
             return self.respond(now, cancel_id, 481, None, |_| {});
         };
-        self.respond(now, cancel_id, 200, None, |_| {});
-        let still_open = self.servers.get(&inv).is_some_and(|e| !e.tx.has_final());
-        if !still_open {
-            return;
-        }
         let h = self
             .calls
             .iter()
@@ -393,6 +388,12 @@ impl Endpoint {
         let tag = h
             .and_then(|h| self.calls.get(&h))
             .map(|c| c.local_tag.clone());
+        // §9.2: the CANCEL's 200 carries the same To tag as the INVITE's responses.
+        self.respond(now, cancel_id, 200, tag.as_ref(), |_| {});
+        let still_open = self.servers.get(&inv).is_some_and(|e| !e.tx.has_final());
+        if !still_open {
+            return;
+        }
         self.respond(now, inv, 487, tag.as_ref(), |_| {});
         if let Some(h) = h {
             if let Some(c) = self.calls.get_mut(&h) {

@@ -105,7 +105,8 @@ pub struct EndpointConfig {
     pub advertised_addr: SocketAddr,
     /// The transport used for requests we originate.
     pub transport: Transport,
-    /// Seed for branches, tags, Call-IDs, cnonces and glare back-off.
+    /// Seed for branches, tags, Call-IDs, cnonces and glare back-off. [`EndpointConfig::new`] draws it from the
+    /// OS, because Call-IDs and branches must not repeat across restarts; tests set it for reproducible runs.
     pub rng_seed: u64,
     /// Max-Forwards on requests we originate.
     pub max_forwards: u8,
@@ -120,13 +121,13 @@ pub struct EndpointConfig {
 }
 
 impl EndpointConfig {
-    /// A configuration advertising `addr`, UDP, default timers, seed 0.
+    /// A configuration advertising `addr`: UDP, default timers, a seed from OS entropy.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             timers: TimerConfig::default(),
             advertised_addr: addr,
             transport: Transport::Udp,
-            rng_seed: 0,
+            rng_seed: rand::random(),
             max_forwards: 70,
             accept_invites: false,
             user_agent: None,
