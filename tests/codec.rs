@@ -426,3 +426,71 @@ fn mangled_vectors_never_panic() {
         "mangling left some messages parseable ({parsed})"
     );
 }
+
+#[test]
+fn rejection_responses_carry_what_the_rfc_asks() {
+    use rappel::sip::message::{validate_request, RejectReason, UaPolicy};
+    let policy = UaPolicy::default();
+    let base = "OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
+To: <sip:bob@example.com>\r\nCall-ID: c@h\r\nCSeq: 2 OPTIONS\r\nMax-Forwards: 70\r\n";
+    let req = |extra: &str| {
+        let m = parse(&format!("{base}{extra}Content-Length: 0\r\n\r\n"));
+        m.as_request().cloned().unwrap()
+    };
+    assert_eq!(validate_request(&req(""), &policy), Ok(()));
+    assert_eq!(
+        validate_request(&req("Require: timer\r\n"), &policy),
+        Ok(())
+    );
+
+    let r = req("Require: foo, timer\r\nProxy-Require: bar\r\n");
+    let rej = validate_request(&r, &policy).unwrap_err();
+    assert_eq!(rej.status, StatusCode::BAD_EXTENSION);
+    assert_eq!(
+        rej.reason,
+        RejectReason::BadExtension(vec![Bytes::from_static(b"foo"), Bytes::from_static(b"bar")])
+    );
+    let resp = rej.response(&r, &policy, "tt");
+    assert_eq!(
+        resp.headers.unsupported().unwrap(),
+        vec![Bytes::from_static(b"foo"), Bytes::from_static(b"bar")]
+    );
+    assert_eq!(
+        resp.headers.to().unwrap().tag().map(|t| t.to_vec()),
+        Some(b"tt".to_vec())
+    );
+
+    let mut r = req("");
+    r.set_body("text/plain", "hi");
+    let rej = validate_request(&r, &policy).unwrap_err();
+    assert_eq!(rej.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let resp = rej.response(&r, &policy, "tt");
+    assert_eq!(
+        resp.headers.get(&HeaderName::Accept).map(|v| v.to_vec()),
+        Some(b"application/sdp".to_vec())
+    );
+
+    let rej = validate_request(&req("CSeq: 3 OPTIONS\r\n"), &policy).unwrap_err();
+    assert_eq!(
+        rej.reason,
+        RejectReason::Malformed(ParseError::Duplicate {
+            name: HeaderName::CSeq
+        })
+    );
+    let mf0 = base.replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let r = parse(&format!("{mf0}Content-Length: 0\r\n\r\n"));
+    assert_eq!(
+        validate_request(r.as_request().unwrap(), &policy)
+            .unwrap_err()
+            .status,
+        StatusCode::TOO_MANY_HOPS
+    );
+    let tel = base.replace("OPTIONS sip:bob@example.com", "OPTIONS tel:+15551234");
+    let r = parse(&format!("{tel}Content-Length: 0\r\n\r\n"));
+    assert_eq!(
+        validate_request(r.as_request().unwrap(), &policy)
+            .unwrap_err()
+            .status,
+        StatusCode::UNSUPPORTED_URI_SCHEME
+    );
+}

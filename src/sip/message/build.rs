@@ -68,19 +68,23 @@ impl Response {
         }
     }
 
-    /// A response to `req` (RFC 3261 §8.2.6.2): copies every Via (in order), From, To, Call-ID and CSeq.
+    /// A response to `req` (RFC 3261 §8.2.6.2): copies every Via (in order), From, To, Call-ID and CSeq, and for a
+    /// 100 Trying the Timestamp (§8.2.6.1).
     /// Add a To tag with [`Response::set_to_tag`] when the response creates or belongs to a dialog.
     pub fn for_request(req: &Request, status: StatusCode) -> Response {
         let mut r = Response::new(status);
+        let trying = status == StatusCode::TRYING;
         for (name, value) in req.headers.iter() {
-            if matches!(
-                name,
-                HeaderName::Via
-                    | HeaderName::From
-                    | HeaderName::To
-                    | HeaderName::CallId
-                    | HeaderName::CSeq
-            ) {
+            if (trying && *name == HeaderName::Timestamp)
+                || matches!(
+                    name,
+                    HeaderName::Via
+                        | HeaderName::From
+                        | HeaderName::To
+                        | HeaderName::CallId
+                        | HeaderName::CSeq
+                )
+            {
                 r.headers.push(name.clone(), value.clone());
             }
         }

@@ -299,6 +299,17 @@ impl PartialEq for HeaderName {
 }
 impl Eq for HeaderName {}
 
+impl std::hash::Hash for HeaderName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        if let HeaderName::Other(b) = self {
+            for c in b.iter() {
+                state.write_u8(c.to_ascii_lowercase());
+            }
+        }
+    }
+}
+
 impl fmt::Display for HeaderName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -421,6 +432,11 @@ mod tests {
         assert_eq!(HeaderName::parse("v"), Some(HeaderName::Via));
         assert_eq!(HeaderName::parse("X-Foo"), HeaderName::parse("x-foo"));
         assert_ne!(HeaderName::parse("X-Foo"), HeaderName::parse("x-bar"));
+        let set: std::collections::HashSet<_> = ["X-Foo", "x-foo", "i", "Call-ID"]
+            .iter()
+            .filter_map(|n| HeaderName::parse(n))
+            .collect();
+        assert_eq!(set.len(), 2);
         assert_eq!(HeaderName::parse("bad name"), None);
         assert_eq!(
             HeaderName::parse("k").map(|h| h.as_str().to_owned()),

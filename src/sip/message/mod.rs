@@ -15,7 +15,8 @@
 //!   ends at Content-Length (extra octets dropped; no Content-Length means "the rest"); over TCP Content-Length is
 //!   mandatory and the buffer is capped.
 //! - **Parsing** ([`Message::parse`] and the above): start line (SIP/2.0 only), Request-URI, header lines (folding
-//!   undone, compact names mapped, names case-insensitive). Header *values* are kept as raw `Bytes` slices.
+//!   undone, compact names mapped, names case-insensitive). Header *values* are kept as raw `Bytes` slices; only
+//!   folded values are copied. Lines must end in CRLF (RFC 3261 §7); a bare CR or LF is an error.
 //! - **Typed views** ([`Headers::via`], [`Headers::from`], [`Headers::cseq`], ...): parse values on demand;
 //!   comma-separated lines are split into separate values.
 //! - **Checking** ([`Message::check`]): parses every header rappel understands and enforces single-valued headers:
@@ -23,6 +24,25 @@
 //! - **Validation** ([`validate_request`]): the user agent's policy (Max-Forwards, Require, URI scheme, Content-Type)
 //!   giving the status to answer with, and [`error_response_for`] to answer malformed requests statelessly.
 //! - **Writing** ([`Message::write`], [`Message::to_bytes`]): Content-Length is always recomputed from the body.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use rappel::sip::message::{Message, Response, StatusCode};
+//!
+//! let raw = Bytes::from_static(
+//!     b"OPTIONS sip:rappel@127.0.0.1 SIP/2.0\r\nv: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+//!       f: <sip:a@127.0.0.1>;tag=1\r\nt: <sip:rappel@127.0.0.1>\r\ni: abc\r\nCSeq: 7 OPTIONS\r\nl: 0\r\n\r\n",
+//! );
+//! let msg = Message::parse_datagram(raw).unwrap();
+//! let req = msg.as_request().unwrap();
+//! assert_eq!(req.headers.cseq().unwrap().seq, 7);
+//! assert_eq!(req.headers.top_via().unwrap().port, Some(5070));
+//!
+//! let mut ok = Response::for_request(req, StatusCode::OK);
+//! ok.set_to_tag("x1");
+//! let wire = Message::from(ok).to_bytes();
+//! assert!(wire.starts_with(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n"));
+//! ```
 
 mod accessors;
 mod build;

@@ -34,7 +34,14 @@ fn hdr(name: HeaderName) -> impl Fn(ValueError) -> ParseError {
 
 /// See [`Message::check`].
 pub(crate) fn check(msg: &Message) -> Result<(), ParseError> {
-    let h = msg.headers();
+    match msg {
+        Message::Request(r) => check_parts(&r.headers, Some(&r.method)),
+        Message::Response(r) => check_parts(&r.headers, None),
+    }
+}
+
+/// Checks headers; `method` is the request method (CSeq must carry the same), `None` for a response.
+fn check_parts(h: &Headers, method: Option<&Method>) -> Result<(), ParseError> {
     for name in SINGLE {
         if h.count(name) > 1 {
             return Err(ParseError::Duplicate { name: name.clone() });
@@ -54,10 +61,8 @@ pub(crate) fn check(msg: &Message) -> Result<(), ParseError> {
     }
     if h.contains(&HeaderName::CSeq) {
         let cseq = h.cseq()?;
-        if let Message::Request(r) = msg {
-            if cseq.method != r.method {
-                return Err(ParseError::CSeqMethodMismatch);
-            }
+        if method.is_some_and(|m| *m != cseq.method) {
+            return Err(ParseError::CSeqMethodMismatch);
         }
     }
     h.max_forwards()?;
@@ -236,8 +241,7 @@ fn media_ok(policy: &UaPolicy, m: &MediaType) -> bool {
 pub fn validate_request(req: &Request, policy: &UaPolicy) -> Result<(), Rejection> {
     let bad = |e| Rejection::new(StatusCode::BAD_REQUEST, RejectReason::Malformed(e));
     let h = &req.headers;
-    // check() borrows a Message; build a cheap view without cloning the body.
-    check_request(req).map_err(bad)?;
+    check_parts(h, Some(&req.method)).map_err(bad)?;
     for name in [
         HeaderName::Via,
         HeaderName::From,
@@ -325,11 +329,6 @@ fn media_ok_ty(policy: &UaPolicy, ty: &[u8]) -> bool {
         .content_types
         .iter()
         .any(|(t, _)| scan::eq_ic(t.as_bytes(), ty))
-}
-
-fn check_request(req: &Request) -> Result<(), ParseError> {
-    // Message::check needs a Message; the clone is of Bytes handles (reference counts), not of data.
-    check(&Message::Request(req.clone()))
 }
 
 /// For a request that failed to parse, builds the stateless error response (400, or 505 for a wrong version,
