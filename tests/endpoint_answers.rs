@@ -178,11 +178,20 @@ fn malformed_request_gets_stateless_400() {
         "198.51.100.7:5070".parse::<SocketAddr>().unwrap(),
         "no rport: the Via port"
     );
-    // Without a Call-ID there is nothing to answer to.
+    // Without a Call-ID the client can still match an answer by Via branch and CSeq (§17.1.3): RFC 4475 §3.3.1
+    // asks for a 400.
     let mut e = ep();
     let bad = String::from_utf8(request("OPTIONS", "", "").to_vec())
         .unwrap()
         .replace("Call-ID: c1@example.com\r\n", "");
+    e.handle(Instant::now(), peer(), Transport::Udp, Bytes::from(bad));
+    let (_, m) = one_response(&mut e);
+    assert_eq!(status(&m), 400);
+    // Without a CSeq there is nothing to answer to.
+    let mut e = ep();
+    let bad = String::from_utf8(request("OPTIONS", "", "").to_vec())
+        .unwrap()
+        .replace("CSeq: 7 OPTIONS\r\n", "");
     e.handle(Instant::now(), peer(), Transport::Udp, Bytes::from(bad));
     assert!(e.poll_transmit().is_none());
 }

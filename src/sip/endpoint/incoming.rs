@@ -38,9 +38,9 @@ impl Endpoint {
         }
         // §8.2: malformed requests and unsupported extensions/bodies are refused statelessly.
         if let Err(rej) = validate_request(&req, &self.policy) {
-            // Without Call-ID and CSeq the sender could not match an answer: drop.
-            let answerable = req.headers.contains(&HeaderName::CallId)
-                && req.headers.contains(&HeaderName::CSeq);
+            // A client transaction matches its response by the top Via's branch and the CSeq method (§17.1.3),
+            // so a request with those gets an answer even without Call-ID, From or To (RFC 4475 §3.3.1).
+            let answerable = req.headers.contains(&HeaderName::CSeq);
             if req.method != Method::Ack && answerable {
                 let tag = self.token();
                 let payload = rej.response(&req, &self.policy, &tag).to_bytes();
