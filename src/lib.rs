@@ -10,6 +10,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod callback;
+pub mod demo;
 pub mod media;
 pub mod net;
 pub mod sdp;
