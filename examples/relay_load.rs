@@ -477,9 +477,7 @@ impl Gen {
                 let s = self.legs[cursor].0;
                 pending[s].push((cursor, cycle));
                 if pending[s].len() == SEND_BATCH {
-                    let b = std::mem::take(&mut pending[s]);
-                    self.send_batch(s, &b);
-                    pending[s] = b;
+                    self.send_batch(s, &pending[s]);
                     pending[s].clear();
                 }
                 cursor += 1;
@@ -488,12 +486,10 @@ impl Gen {
                     cycle += 1;
                 }
             }
-            for s in 0..k {
-                if !pending[s].is_empty() {
-                    let b = std::mem::take(&mut pending[s]);
-                    self.send_batch(s, &b);
-                    pending[s] = b;
-                    pending[s].clear();
+            for (s, p) in pending.iter_mut().enumerate() {
+                if !p.is_empty() {
+                    self.send_batch(s, p);
+                    p.clear();
                 }
             }
             if late > Duration::from_millis(2) {

@@ -324,6 +324,9 @@ pub struct Relay {
     ntp_at_epoch: Option<u64>,
     next_check: Instant,
     next_tag: u64,
+    /// `now` of the last packet and its offset from `epoch`: drivers pass one `now` per batch, so the
+    /// subtraction runs once per batch, not per packet.
+    clock_cache: (Instant, Duration),
 }
 
 const LEG_TAG_BIT: u64 = 1 << 63;
@@ -349,6 +352,7 @@ impl Relay {
             epoch: now,
             ntp_at_epoch: None,
             next_tag: 1,
+            clock_cache: (now, Duration::ZERO),
         }
     }
 
@@ -580,7 +584,10 @@ impl Relay {
         from: SocketAddr,
         pkt: &mut [u8],
     ) -> Action {
-        let epoch = self.epoch;
+        if self.clock_cache.0 != now {
+            self.clock_cache = (now, now.saturating_duration_since(self.epoch));
+        }
+        let since_epoch = self.clock_cache.1;
         let Some(src) = leg_in(&mut self.slots, leg) else {
             return Action::Drop(DropReason::UnknownLeg);
         };
@@ -608,7 +615,7 @@ impl Relay {
             ssrc,
             seq,
             ts,
-            duration_to_ticks(now.saturating_duration_since(epoch), src.cfg.clock_rate),
+            duration_to_ticks(since_epoch, src.cfg.clock_rate),
         );
         let Some(sink) = src.sink else {
             return src.drop(DropReason::NoSink);

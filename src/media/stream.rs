@@ -37,11 +37,13 @@ pub struct OutStream {
     pub octets: u32,
 }
 
-/// Elapsed time in clock units (`rate` Hz), saturating at `u32::MAX`.
+/// Elapsed time in clock units (`rate` Hz), wrapping modulo 2^32 like RTP timestamps.
 #[inline]
 pub fn duration_to_ticks(d: Duration, rate: u32) -> u32 {
-    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    u32::try_from(micros.saturating_mul(u64::from(rate)) / 1_000_000).unwrap_or(u32::MAX)
+    let rate = u64::from(rate);
+    let whole = d.as_secs().saturating_mul(rate);
+    let frac = u64::from(d.subsec_nanos()) * rate / 1_000_000_000;
+    whole.wrapping_add(frac) as u32
 }
 
 impl OutStream {
