@@ -75,6 +75,9 @@ pub(crate) struct Batch {
     addrs: Box<[libc::sockaddr_storage]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
+    send_hdrs: Box<[libc::mmsghdr; SEND_MAX]>,
+    send_iovs: Box<[libc::iovec; SEND_MAX]>,
+    send_names: Box<[libc::sockaddr_in6; SEND_MAX]>,
 }
 
 impl std::fmt::Debug for Batch {
@@ -101,6 +104,10 @@ impl Batch {
             addrs: vec![addr; slots].into_boxed_slice(),
             iovs: vec![iov; slots].into_boxed_slice(),
             hdrs: vec![hdr; slots].into_boxed_slice(),
+            send_hdrs: Box::new([hdr; SEND_MAX]),
+            send_iovs: Box::new([iov; SEND_MAX]),
+            // SAFETY: plain data, all-zero valid.
+            send_names: Box::new(unsafe { zeroed() }),
         }
     }
 
@@ -180,19 +187,20 @@ impl Batch {
         fd: RawFd,
         items: &[(usize, usize, SocketAddr)],
     ) -> (usize, usize) {
-        let mut hdrs: [libc::mmsghdr; SEND_MAX] = zeroed_hdrs();
-        let mut iovs = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; SEND_MAX];
-        let mut names: [libc::sockaddr_in6; SEND_MAX] = zeroed_names();
+        let Self {
+            bufs,
+            send_hdrs: hdrs,
+            send_iovs: iovs,
+            send_names: names,
+            ..
+        } = self;
         let mut sent = 0usize;
         let mut calls = 0usize;
         for chunk in items.chunks(SEND_MAX) {
             let mut built = 0usize;
             for &(slot, len, to) in chunk {
                 let k = built;
-                let Some(buf) = self.bufs.get_mut(slot) else {
+                let Some(buf) = bufs.get_mut(slot) else {
                     continue;
                 };
                 iovs[k] = libc::iovec {
@@ -210,7 +218,7 @@ impl Batch {
             let mut off = 0usize;
             while off < built {
                 calls += 1;
-                // SAFETY: hdrs[off..built] point to live iovecs/addresses on this stack frame and to slot buffers.
+                // SAFETY: hdrs[off..built] point to live iovecs/addresses and slot buffers owned by this Batch.
                 let n = unsafe {
                     libc::sendmmsg(
                         fd,
@@ -233,16 +241,6 @@ impl Batch {
 }
 
 const SEND_MAX: usize = 64;
-
-fn zeroed_hdrs() -> [libc::mmsghdr; SEND_MAX] {
-    // SAFETY: plain data, all-zero valid.
-    unsafe { zeroed() }
-}
-
-fn zeroed_names() -> [libc::sockaddr_in6; SEND_MAX] {
-    // SAFETY: plain data, all-zero valid.
-    unsafe { zeroed() }
-}
 
 /// Write `addr` into `out` (large enough for both families); return the length to pass to the kernel.
 fn to_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_in6) -> libc::socklen_t {
