@@ -35,9 +35,11 @@ impl Epoll {
         Ok(Self { fd, events })
     }
 
+    /// Register `fd` edge-triggered: the driver always drains a socket it is told about (every read loop runs
+    /// until the kernel reports it empty), and each new datagram raises a new edge, so nothing is stranded.
     pub(crate) fn add(&self, fd: RawFd, data: u64) -> io::Result<()> {
         let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
             u64: data,
         };
         // SAFETY: `ev` lives across the call.
