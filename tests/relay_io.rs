@@ -145,5 +145,9 @@ fn bridges_two_endpoints_over_loopback() {
         rappel::net::rtp_io::DriverEvent::Relay(rappel::media::relay::Event::Latched { .. })
     ));
     driver.remove_leg(la.id).wait().unwrap().unwrap();
+    // A frame for a removed leg is refused and counted, not sent.
+    driver.send_generated(la.id, 0, Bytes::from_static(&[0x7f; 160]), 160, false);
+    let st = driver.stats().wait().unwrap();
+    assert_eq!((st.generated_refused, st.packets_out), (1, 610));
     driver.shutdown().unwrap();
 }

@@ -362,9 +362,7 @@ impl Relay {
 
     /// Tell the relay the wall clock: `ntp` is the 64-bit NTP timestamp at `now`. Without it SRs carry NTP 0.
     pub fn set_wall_clock(&mut self, now: Instant, ntp: u64) {
-        let since = now.saturating_duration_since(self.epoch);
-        let frac = (u128::from(since.subsec_nanos()) << 32) / 1_000_000_000;
-        let since_ntp = (since.as_secs() << 32).wrapping_add(frac as u64);
+        let since_ntp = ntp_since(now.saturating_duration_since(self.epoch));
         self.ntp_at_epoch = Some(ntp.wrapping_sub(since_ntp));
     }
 

@@ -124,6 +124,8 @@ pub struct DriverStats {
     pub send_calls: u64,
     /// Packets the kernel refused to send.
     pub send_failures: u64,
+    /// Generated frames the relay refused (leg gone, source not `Generated`, no peer address).
+    pub generated_refused: u64,
     /// CPU time of the driver thread so far.
     pub thread_cpu: Duration,
     /// Linux thread id of the driver thread.
@@ -483,6 +485,7 @@ impl State {
             .relay
             .send_generated(now, leg, pt, payload, samples, new_item, buf)
         else {
+            self.stats.generated_refused += 1;
             return;
         };
         let Some(fd) = self
