@@ -10,13 +10,12 @@
 //! with a [`Reply`] you can `.await` (or [`Reply::wait`] from sync code).
 //!
 //! # Pacing
-//! Waking per packet is what costs under load: each wake-up is a context switch for us, and the *sender* pays
-//! for waking us (on a VM an inter-processor interrupt, measured as the largest single cost in the load
-//! generator's profile). With `pace` set, while packets keep coming the loop never blocks on the sockets: it
-//! polls epoll without a timeout, handles everything ready, and sleeps out the rest of a `pace`-long round,
-//! so packets accumulate and one round serves many legs, and a sender finds nobody to wake. After 64 empty
-//! rounds it goes back to blocking in `epoll_wait`. The added latency is bounded by `pace` (default 200 µs,
-//! well under the 1 ms budget).
+//! Waking per packet is what costs under load: each wake-up is a context switch for us, and whoever sends to
+//! a socket we block on pays for waking us. With `pace` set, while packets keep coming the loop never blocks
+//! on the sockets: it polls epoll without a timeout, handles everything ready, and sleeps out the rest of a
+//! `pace`-long round, so packets accumulate and one round serves many legs. After 64 empty rounds it goes back
+//! to blocking in `epoll_wait`. The added latency is bounded by `pace` (default 200 µs, well under the 1 ms
+//! budget). Sockets are registered edge-triggered and always drained, so epoll does not re-poll them.
 //!
 //! Symmetric RTP forces each packet out of the destination leg's own socket, so sends batch per socket; with
 //! 20 ms packetisation most runs are one packet, and the syscall saved is the wake-up, not the send.
