@@ -702,8 +702,14 @@ fn main() {
     }
     if let Some(s) = driver_stats {
         eprintln!(
-            "driver: rounds {} recv_calls {} send_calls {} packets_in {} packets_out {} send_failures {}",
-            s.rounds, s.recv_calls, s.send_calls, s.packets_in, s.packets_out, s.send_failures
+            "driver: rounds {} recv_calls {} send_calls {} packets_in {} packets_out {} send_failures {} max_busy_gap_us {}",
+            s.rounds,
+            s.recv_calls,
+            s.send_calls,
+            s.packets_in,
+            s.packets_out,
+            s.send_failures,
+            s.max_busy_gap.as_micros()
         );
     }
     let json = format!(

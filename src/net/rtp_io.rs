@@ -125,6 +125,8 @@ pub struct DriverStats {
     pub send_failures: u64,
     /// Generated frames the relay refused (leg gone, source not `Generated`, no peer address).
     pub generated_refused: u64,
+    /// Longest time between the starts of two consecutive busy rounds (a scheduling stall shows up here).
+    pub max_busy_gap: Duration,
     /// CPU time of the driver thread so far.
     pub thread_cpu: Duration,
     /// Linux thread id of the driver thread.
@@ -361,8 +363,14 @@ impl State {
         const IDLE_ROUNDS: u32 = 64;
         let pacing = !self.cfg.pace.is_zero();
         let mut idle = IDLE_ROUNDS;
+        let mut last_start = Instant::now();
         loop {
             let round_start = Instant::now();
+            if idle == 0 {
+                let gap = round_start.saturating_duration_since(last_start);
+                self.stats.max_busy_gap = self.stats.max_busy_gap.max(gap);
+            }
+            last_start = round_start;
             // Busy: poll without blocking (senders then never pay for waking us); idle: block until a packet,
             // a command or the next relay timer.
             let wait = if pacing && idle < IDLE_ROUNDS {
