@@ -613,18 +613,24 @@ impl State {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        // At most this many generated RTCP reports per round: the relay's scan queues a second's worth at once
+        // (hundreds with thousands of legs), and sending them in one go would stall RTP for milliseconds.
+        const RTCP_PER_ROUND: usize = 8;
         if now >= self.relay.poll_timeout() {
             self.relay.handle_timeout(now);
-            while let Some(t) = self
+        }
+        for _ in 0..RTCP_PER_ROUND {
+            let Some(t) = self
                 .batch
                 .buf_mut(0)
                 .and_then(|buf| self.relay.poll_rtcp(now, buf))
-            {
-                if let Some(Some(l)) = self.legs.get(t.via.index()) {
-                    let fd = l.rtcp.as_raw_fd();
-                    let (_, calls) = self.batch.send(fd, &[(0, t.len, t.to)]);
-                    self.stats.send_calls += calls as u64;
-                }
+            else {
+                break;
+            };
+            if let Some(Some(l)) = self.legs.get(t.via.index()) {
+                let fd = l.rtcp.as_raw_fd();
+                let (_, calls) = self.batch.send(fd, &[(0, t.len, t.to)]);
+                self.stats.send_calls += calls as u64;
             }
         }
         while let Some(e) = self.relay.poll_event() {
