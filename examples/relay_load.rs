@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release --example relay_load -- --bridges 1000 --seconds 10 [--peer rtpengine] \
-//!     [--relay-core 0 --gen-core 1] [--pace-us 200] [--gen-sockets 4] [--gen-tick-us 250] [--nice -20] [--rt]
+//!     [--relay-core 0 --gen-core 1] [--pace-us 0] [--gen-sockets 4] [--gen-tick-us 250] [--nice -20] [--rt]
 //! ```
 //!
 //! The generator is one thread with a handful of sockets (each stands in for many endpoints): once per tick
@@ -50,7 +50,7 @@ fn args() -> Args {
         peer: "rappel".into(),
         relay_core: None,
         gen_core: None,
-        pace_us: 200,
+        pace_us: 0,
         gen_sockets: 4,
         gen_tick_us: 250,
         nice: -20,
