@@ -535,6 +535,11 @@ impl State {
             let id = leg.id;
             if token & 1 == 1 {
                 let fd = leg.rtcp.as_raw_fd();
+                if used == self.batch.slots() {
+                    // RTCP needs one free slot: edge-triggered sockets must be drained when reported.
+                    self.flush();
+                    used = 0;
+                }
                 self.rtcp_in(now, id, fd, used);
                 continue;
             }
