@@ -62,7 +62,9 @@ impl Endpoint {
         if cseq_method != req.method {
             let tag = self.token();
             let mut r = Response::for_request(&req, StatusCode::BAD_REQUEST);
-            r.set_to_tag(&tag);
+            if to_tag(&r.headers).is_none() {
+                r.set_to_tag(&tag); // an in-dialog request keeps its dialog's tag
+            }
             self.outbox.push_back(Transmit {
                 destination,
                 transport,
@@ -113,7 +115,9 @@ impl Endpoint {
             // A flood must not grow the table without bound: refuse statelessly (RFC 3261 §21.5.4).
             let tag = self.token();
             let mut r = Response::for_request(&req, StatusCode::SERVICE_UNAVAILABLE);
-            r.set_to_tag(&tag);
+            if to_tag(&r.headers).is_none() {
+                r.set_to_tag(&tag);
+            }
             r.headers
                 .push(HeaderName::RetryAfter, Bytes::from_static(b"5"));
             self.outbox.push_back(Transmit {
