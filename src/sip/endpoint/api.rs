@@ -1,0 +1,453 @@
+//! The TU-facing API: place, cancel, end and change calls, answer the peer's requests, register.
+
+use super::*;
+
+impl Endpoint {
+    /// Places a call: sends an INVITE and returns the call's handle. Progress arrives as [`Event::Provisional`],
+    /// [`Event::Answered`] or [`Event::Terminated`].
+    pub fn start_invite(
+        &mut self,
+        now: Instant,
+        inv: InviteRequest,
+    ) -> Result<CallHandle, EndpointError> {
+        let uri = Uri::parse(&inv.target).map_err(|_| EndpointError::InvalidUri)?;
+        let to = inv.to.clone().unwrap_or_else(|| inv.target.clone());
+        Uri::parse(&to).map_err(|_| EndpointError::InvalidUri)?;
+        Uri::parse(&inv.from).map_err(|_| EndpointError::InvalidUri)?;
+        let call_id = Bytes::from(format!(
+            "{}@{}",
+            self.token(),
+            self.config.advertised_addr.ip()
+        ));
+        let local_tag = Bytes::from(self.token());
+        let via = self.new_via();
+        let mut req = Request::new(Method::Invite, uri);
+        let h = &mut req.headers;
+        h.push(HeaderName::Via, via);
+        h.push(
+            HeaderName::MaxForwards,
+            Bytes::from(self.config.max_forwards.to_string()),
+        );
+        h.push(
+            HeaderName::From,
+            Bytes::from(format!(
+                "<{}>;tag={}",
+                inv.from,
+                String::from_utf8_lossy(&local_tag)
+            )),
+        );
+        h.push(HeaderName::To, Bytes::from(format!("<{to}>")));
+        h.push(HeaderName::CallId, call_id.clone());
+        h.push(HeaderName::CSeq, Bytes::from_static(b"1 INVITE"));
+        h.push(HeaderName::Contact, self.contact());
+        h.push(HeaderName::Allow, Bytes::from_static(ALLOW.as_bytes()));
+        if let Some(ua) = &self.config.user_agent {
+            h.push(HeaderName::UserAgent, Bytes::from(ua.clone()));
+        }
+        for (n, v) in inv.extra_headers {
+            h.push(n, v);
+        }
+        if !inv.sdp.is_empty() {
+            req.set_body("application/sdp", inv.sdp);
+        }
+        let handle = self.id();
+        let mut call = Call::new(true, local_tag.clone(), inv.next_hop);
+        call.auth = inv.credentials.map(DigestClient::new);
+        call.invite = Some(req.clone());
+        self.calls.insert(handle, call);
+        self.dialog_index.insert((call_id, local_tag), handle);
+        let tx = self.start_client(now, req, inv.next_hop, Owner::Invite(handle));
+        if let Some(c) = self.calls.get_mut(&handle) {
+            c.invite_tx = Some(tx);
+        }
+        Ok(CallHandle(handle))
+    }
+
+    /// Sends a REGISTER binding our Contact to `req.aor` for `req.expires` seconds. The outcome arrives as
+    /// [`Event::Registration`] or [`Event::RegistrationTimeout`]; refreshing is the TU's job
+    /// ([`Self::refresh_register`]).
+    pub fn register(
+        &mut self,
+        now: Instant,
+        req: RegisterRequest,
+    ) -> Result<RegistrationHandle, EndpointError> {
+        let uri = Uri::parse(&req.registrar).map_err(|_| EndpointError::InvalidUri)?;
+        Uri::parse(&req.aor).map_err(|_| EndpointError::InvalidUri)?;
+        let call_id = Bytes::from(format!(
+            "{}@{}",
+            self.token(),
+            self.config.advertised_addr.ip()
+        ));
+        let tag = self.token();
+        let mut r = Request::new(Method::Register, uri);
+        let h = &mut r.headers;
+        h.push(
+            HeaderName::MaxForwards,
+            Bytes::from(self.config.max_forwards.to_string()),
+        );
+        h.push(
+            HeaderName::From,
+            Bytes::from(format!("<{}>;tag={tag}", req.aor)),
+        );
+        h.push(HeaderName::To, Bytes::from(format!("<{}>", req.aor)));
+        h.push(HeaderName::CallId, call_id);
+        h.push(HeaderName::Contact, self.contact());
+        let handle = self.id();
+        self.regs.insert(
+            handle,
+            Registration {
+                request: r,
+                next_hop: req.next_hop,
+                cseq: 0,
+                auth: req.credentials.map(DigestClient::new),
+                tx: None,
+            },
+        );
+        self.refresh_register(now, RegistrationHandle(handle), req.expires)?;
+        Ok(RegistrationHandle(handle))
+    }
+
+    /// Sends the next REGISTER of a registration (same Call-ID, next CSeq, §10.2.4); `expires` 0 removes the
+    /// binding.
+    pub fn refresh_register(
+        &mut self,
+        now: Instant,
+        reg: RegistrationHandle,
+        expires: u32,
+    ) -> Result<(), EndpointError> {
+        let via = self.new_via();
+        let r = self
+            .regs
+            .get_mut(&reg.0)
+            .ok_or(EndpointError::UnknownRegistration(reg))?;
+        if r.tx.is_some() {
+            return Err(EndpointError::RequestPending);
+        }
+        r.cseq = r.cseq.wrapping_add(1);
+        let mut req = r.request.clone();
+        req.headers.push_front(HeaderName::Via, via);
+        req.headers.set(
+            HeaderName::CSeq,
+            Bytes::from(format!("{} REGISTER", r.cseq)),
+        );
+        req.headers
+            .set(HeaderName::Expires, Bytes::from(expires.to_string()));
+        let hop = r.next_hop;
+        let id = self.start_client(now, req, hop, Owner::Register(reg.0));
+        if let Some(r) = self.regs.get_mut(&reg.0) {
+            r.tx = Some(id);
+        }
+        Ok(())
+    }
+
+    /// Forgets a registration (send `refresh_register(.., 0)` first to remove the binding).
+    pub fn drop_registration(&mut self, reg: RegistrationHandle) {
+        self.regs.remove(&reg.0);
+    }
+
+    pub(super) fn call_mut(&mut self, call: CallHandle) -> Result<&mut Call, EndpointError> {
+        match self.calls.get_mut(&call.0) {
+            Some(c) if !c.terminated => Ok(c),
+            _ => Err(EndpointError::UnknownCall(call)),
+        }
+    }
+
+    /// Cancels our pending INVITE (§9.1). Before any provisional response the CANCEL waits for one. If a 2xx
+    /// crosses the CANCEL, it is ACKed and BYE'd. The call ends with [`TerminationReason::Cancelled`].
+    pub fn send_cancel(&mut self, now: Instant, call: CallHandle) -> Result<(), EndpointError> {
+        let c = self.call_mut(call)?;
+        if !c.is_uac || c.confirmed() {
+            return Err(EndpointError::InvalidState);
+        }
+        if c.cancel != CancelState::None {
+            return Ok(());
+        }
+        if !c.got_provisional {
+            c.cancel = CancelState::Pending;
+            return Ok(());
+        }
+        self.send_cancel_now(now, call.0);
+        Ok(())
+    }
+
+    pub(super) fn send_cancel_now(&mut self, now: Instant, h: u64) {
+        let deadline = now + self.config.timers.timeout();
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
+        let Some(inv) = &c.invite else { return };
+        let open = c
+            .invite_tx
+            .is_some_and(|t| self.clients.get(&t).is_some_and(|e| !e.tx.has_final()));
+        if !open {
+            return;
+        }
+        let mut cancel = Request::new(Method::Cancel, inv.uri.clone());
+        if let Some(v) = inv.headers.values(&HeaderName::Via).next() {
+            cancel.headers.push(HeaderName::Via, v);
+        }
+        cancel.headers.push(
+            HeaderName::MaxForwards,
+            Bytes::from(self.config.max_forwards.to_string()),
+        );
+        for r in inv.headers.get_all(&HeaderName::Route) {
+            cancel.headers.push(HeaderName::Route, r.clone());
+        }
+        for n in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+            if let Some(v) = inv.headers.get(&n) {
+                cancel.headers.push(n, v.clone());
+            }
+        }
+        let seq = cseq_of(&inv.headers).map(|x| x.0).unwrap_or(1);
+        cancel
+            .headers
+            .push(HeaderName::CSeq, Bytes::from(format!("{seq} CANCEL")));
+        c.cancel = CancelState::Sent;
+        c.cancel_deadline = Some(deadline);
+        let hop = c.next_hop;
+        self.start_client(now, cancel, hop, Owner::Cancel(h));
+    }
+
+    /// Ends the call. Before a final response to our INVITE this is [`Self::send_cancel`]. As UAS before the ACK
+    /// for our 2xx, the BYE waits for the ACK (§15). The call ends at once with [`TerminationReason::LocalBye`].
+    pub fn send_bye(&mut self, now: Instant, call: CallHandle) -> Result<(), EndpointError> {
+        let c = self.call_mut(call)?;
+        if !c.confirmed() {
+            if c.is_uac {
+                return self.send_cancel(now, call);
+            }
+            return Err(EndpointError::InvalidState);
+        }
+        if c.retrans.as_ref().is_some_and(|r| r.initial) {
+            c.bye_pending = true;
+        } else {
+            self.send_bye_now(now, call.0);
+        }
+        self.terminate(now, call.0, TerminationReason::LocalBye);
+        Ok(())
+    }
+
+    pub(super) fn send_bye_now(&mut self, now: Instant, h: u64) {
+        let _ = self.send_in_dialog(now, h, Method::Bye, None, Bytes::new());
+    }
+
+    pub(super) fn send_in_dialog(
+        &mut self,
+        now: Instant,
+        h: u64,
+        method: Method,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<TxId, EndpointError> {
+        let via = self.new_via();
+        let contact = self.contact();
+        let mf = self.config.max_forwards;
+        let c = self
+            .calls
+            .get_mut(&h)
+            .ok_or(EndpointError::UnknownCall(CallHandle(h)))?;
+        let d = c.dialog.as_mut().ok_or(EndpointError::InvalidState)?;
+        let seq = d.next_seq();
+        let mut req = d
+            .request(method.clone(), seq, via, &contact, mf)
+            .ok_or(EndpointError::InvalidUri)?;
+        if let Some(ct) = content_type {
+            req.set_body(ct, body);
+        }
+        let hop = c.hop();
+        let owner = if method == Method::Invite {
+            Owner::ReInvite(h)
+        } else {
+            Owner::InDialog(h)
+        };
+        Ok(self.start_client(now, req, hop, owner))
+    }
+
+    /// Sends a re-INVITE with `sdp` (§14.1). The answer arrives as [`Event::Response`] with method INVITE; a 491
+    /// is retried automatically after the RFC's random delay.
+    pub fn send_reinvite(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        sdp: Bytes,
+    ) -> Result<(), EndpointError> {
+        let c = self.call_mut(call)?;
+        if !c.confirmed() {
+            return Err(EndpointError::InvalidState);
+        }
+        if c.reinvite_tx.is_some() || c.glare_retry.is_some() || c.pending_invite.is_some() {
+            return Err(EndpointError::RequestPending);
+        }
+        let ct = (!sdp.is_empty()).then_some("application/sdp");
+        let id = self.send_in_dialog(now, call.0, Method::Invite, ct, sdp)?;
+        if let Some(c) = self.calls.get_mut(&call.0) {
+            c.reinvite_tx = Some(id);
+        }
+        Ok(())
+    }
+
+    /// Sends an UPDATE with `sdp` (RFC 3311). The answer arrives as [`Event::Response`] with method UPDATE.
+    pub fn send_update(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        sdp: Bytes,
+    ) -> Result<(), EndpointError> {
+        let c = self.call_mut(call)?;
+        if !c.confirmed() {
+            return Err(EndpointError::InvalidState);
+        }
+        if c.update_tx.is_some() {
+            return Err(EndpointError::RequestPending);
+        }
+        let ct = (!sdp.is_empty()).then_some("application/sdp");
+        let id = self.send_in_dialog(now, call.0, Method::Update, ct, sdp)?;
+        if let Some(c) = self.calls.get_mut(&call.0) {
+            c.update_tx = Some(id);
+        }
+        Ok(())
+    }
+
+    /// Sends an INFO (RFC 6086) with a body of `content_type`.
+    pub fn send_info(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(), EndpointError> {
+        let c = self.call_mut(call)?;
+        if !c.confirmed() {
+            return Err(EndpointError::InvalidState);
+        }
+        let ct = (!body.is_empty()).then_some(content_type);
+        self.send_in_dialog(now, call.0, Method::Info, ct, body)
+            .map(|_| ())
+    }
+
+    /// Sends an in-dialog OPTIONS (a keep-alive probe).
+    pub fn send_options(&mut self, now: Instant, call: CallHandle) -> Result<(), EndpointError> {
+        let c = self.call_mut(call)?;
+        if !c.confirmed() {
+            return Err(EndpointError::InvalidState);
+        }
+        self.send_in_dialog(now, call.0, Method::Options, None, Bytes::new())
+            .map(|_| ())
+    }
+
+    /// Answers the peer's pending INVITE: the initial one ([`Event::IncomingCall`]) or a re-INVITE
+    /// ([`Event::Request`] with method INVITE). `status` 101–199 may be sent before the final one; a 2xx is
+    /// retransmitted until the ACK ([`Event::Acked`]).
+    pub fn answer_invite(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        sdp: Bytes,
+    ) -> Result<(), EndpointError> {
+        let st = status(code)?;
+        if code == 100 {
+            return Err(EndpointError::InvalidStatus(code));
+        }
+        let give_up = now + self.config.timers.timeout();
+        let t1 = self.config.timers.t1;
+        let id = self
+            .call_mut(call)?
+            .pending_invite
+            .ok_or(EndpointError::NoPendingRequest)?;
+        let Some(e) = self.servers.get(&id) else {
+            self.call_mut(call)?.pending_invite = None;
+            return Err(EndpointError::NoPendingRequest);
+        };
+        let req = e.request.clone();
+        let (destination, transport) = e.tx.destination();
+        let c = self.call_mut(call)?;
+        let initial = c
+            .dialog
+            .as_ref()
+            .is_none_or(|d| d.state != crate::sip::dialog::DialogState::Confirmed);
+        let local_tag = c.local_tag.clone();
+        if initial && st.is_provisional() && c.early.is_empty() {
+            if let Some(d) = Dialog::uas(&req, local_tag.clone(), true) {
+                c.early.push(d);
+            }
+        }
+        let seq = cseq_of(&req.headers).map(|x| x.0).unwrap_or(0);
+        if st.is_success() {
+            if initial {
+                let d = c
+                    .early
+                    .pop()
+                    .or_else(|| Dialog::uas(&req, local_tag.clone(), false));
+                if let Some(mut d) = d {
+                    d.state = crate::sip::dialog::DialogState::Confirmed;
+                    c.dialog = Some(d);
+                }
+            }
+            c.pending_invite = None;
+        } else if st.is_final() {
+            c.pending_invite = None;
+        }
+        let mut payload = None;
+        self.respond(now, id, code, Some(&local_tag), |r| {
+            if !sdp.is_empty() {
+                r.set_body("application/sdp", sdp);
+            }
+            payload = Some(r.to_bytes());
+        });
+        if st.is_success() {
+            if let (Some(c), Some(payload)) = (self.calls.get_mut(&call.0), payload) {
+                c.retrans = Some(Retrans2xx {
+                    payload,
+                    destination,
+                    transport,
+                    cseq: seq,
+                    sent: 1,
+                    next: now + t1,
+                    give_up,
+                    initial,
+                });
+            }
+        } else if st.is_final() && initial {
+            self.terminate(now, call.0, TerminationReason::Declined(st));
+        }
+        Ok(())
+    }
+
+    /// Answers the peer's pending re-INVITE: the same as [`Self::answer_invite`], named for the call layer.
+    pub fn answer_reinvite(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        sdp: Bytes,
+    ) -> Result<(), EndpointError> {
+        self.answer_invite(now, call, code, sdp)
+    }
+
+    /// Answers the peer's pending UPDATE.
+    pub fn answer_update(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        sdp: Bytes,
+    ) -> Result<(), EndpointError> {
+        let st = status(code)?;
+        if !st.is_final() {
+            return Err(EndpointError::InvalidStatus(code));
+        }
+        let c = self.call_mut(call)?;
+        let id = c
+            .pending_update
+            .take()
+            .ok_or(EndpointError::NoPendingRequest)?;
+        let tag = c.local_tag.clone();
+        self.respond(now, id, code, Some(&tag), |r| {
+            if !sdp.is_empty() {
+                r.set_body("application/sdp", sdp);
+            }
+        });
+        Ok(())
+    }
+}

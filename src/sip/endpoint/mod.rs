@@ -1,0 +1,876 @@
+//! The sans-IO SIP endpoint: routes received bytes to transactions and calls, answers what needs no TU, and gives
+//! the call layer a small API to place, change and end calls.
+//!
+//! This object performs no I/O whatsoever. The driver feeds it datagrams with [`Endpoint::handle`] and the clock
+//! with [`Endpoint::handle_timeout`], and after every call drains [`Endpoint::poll_transmit`],
+//! [`Endpoint::poll_event`] and re-reads [`Endpoint::poll_timeout`] (str0m's single-mutation invariant).
+//!
+//! # What it answers on its own
+//!
+//! | request | answer |
+//! |---|---|
+//! | OPTIONS (in or out of a dialog) | 200 with Allow and Accept |
+//! | INVITE out of a dialog | 403 Forbidden: the engine originates calls (unless [`EndpointConfig::accept_invites`]) |
+//! | BYE, UPDATE, INFO, PRACK, CANCEL matching nothing | 481 |
+//! | in-dialog request with a CSeq not above the last | 500 |
+//! | other RFC methods (REGISTER, MESSAGE, SUBSCRIBE, ...) | 405 with Allow |
+//! | extension methods | 501 |
+//! | re-INVITE while our own re-INVITE is pending | 491 (glare, RFC 3261 §14.2) |
+//! | unparsable request with Via, Call-ID and CSeq | stateless 400 |
+//!
+//! RFC 3581: `received` and `rport` are filled in on the top Via of each request, and responses go to the source
+//! address when `rport` was asked for (always on reliable transports).
+//!
+//! # Calls
+//!
+//! A call ([`CallHandle`]) is one INVITE dialog, as UAC ([`Endpoint::start_invite`]) or, when enabled, as UAS.
+//! Forked early dialogs are tracked; the first 2xx wins and any later 2xx from another fork is ACKed and
+//! immediately BYE'd (RFC 3261 §13.2.2.4). 401/407 challenges are answered from the call's credentials.
+
+mod api;
+mod incoming;
+mod responses;
+
+use crate::sip::auth::{Credentials, DigestClient};
+use crate::sip::dialog::{glare_retry_delay, hdr, Dialog};
+use crate::sip::message::{
+    error_response_for, validate_request, HeaderName, Headers, Message, Method, Request, Response,
+    StatusCode, UaPolicy, Uri, Via,
+};
+use crate::sip::transaction::{
+    ClientDisposition, ClientTransaction, ServerDisposition, ServerTransaction, TimerConfig,
+    Transmit, Transport, TxEvent, TxKind, BRANCH_COOKIE,
+};
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Methods listed in Allow.
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
+
+/// Endpoint configuration. Build with [`EndpointConfig::new`] and the `&mut self` setters.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// T1, T2, T4.
+    pub timers: TimerConfig,
+    /// The address written in Via sent-by and Contact (the public address behind NAT, or the bound one).
+    pub advertised_addr: SocketAddr,
+    /// The transport used for requests we originate.
+    pub transport: Transport,
+    /// Seed for branches, tags, Call-IDs, cnonces and glare back-off.
+    pub rng_seed: u64,
+    /// Max-Forwards on requests we originate.
+    pub max_forwards: u8,
+    /// Accept out-of-dialog INVITEs and hand them to the TU as [`Event::IncomingCall`]. Off by default: the engine
+    /// originates calls, and INVITEs are answered 403.
+    pub accept_invites: bool,
+    /// The value of User-Agent / Server, if any.
+    pub user_agent: Option<String>,
+}
+
+impl EndpointConfig {
+    /// A configuration advertising `addr`, UDP, default timers, seed 0.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            timers: TimerConfig::default(),
+            advertised_addr: addr,
+            transport: Transport::Udp,
+            rng_seed: 0,
+            max_forwards: 70,
+            accept_invites: false,
+            user_agent: None,
+        }
+    }
+    /// Sets the timers.
+    pub fn timers(&mut self, t: TimerConfig) -> &mut Self {
+        self.timers = t;
+        self
+    }
+    /// Sets the transport.
+    pub fn transport(&mut self, t: Transport) -> &mut Self {
+        self.transport = t;
+        self
+    }
+    /// Sets the RNG seed.
+    pub fn rng_seed(&mut self, s: u64) -> &mut Self {
+        self.rng_seed = s;
+        self
+    }
+    /// Accept incoming INVITEs (see the field).
+    pub fn accept_invites(&mut self, v: bool) -> &mut Self {
+        self.accept_invites = v;
+        self
+    }
+    /// Sets User-Agent / Server.
+    pub fn user_agent(&mut self, v: impl Into<String>) -> &mut Self {
+        self.user_agent = Some(v.into());
+        self
+    }
+}
+
+/// A call (one INVITE dialog, UAC or UAS). An index into the endpoint's table; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallHandle(pub u64);
+
+/// A registration binding (RFC 3261 §10). An index into the endpoint's table; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegistrationHandle(pub u64);
+
+/// What a REGISTER needs.
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    /// The registrar's Request-URI, e.g. `sip:example.net`.
+    pub registrar: String,
+    /// The address of record (From and To), e.g. `sip:rappel@example.net`.
+    pub aor: String,
+    /// Where to send the REGISTER.
+    pub next_hop: SocketAddr,
+    /// Requested binding lifetime in seconds.
+    pub expires: u32,
+    /// Credentials for 401/407 challenges.
+    pub credentials: Option<Credentials>,
+}
+
+/// What the UAC needs to place a call.
+#[derive(Debug, Clone)]
+pub struct InviteRequest {
+    /// Request-URI, e.g. `sip:+33123456789@gw.example.net`.
+    pub target: String,
+    /// Our identity (From URI), e.g. `sip:rappel@example.com`.
+    pub from: String,
+    /// The To URI; the target when `None`.
+    pub to: Option<String>,
+    /// Where to send the INVITE (gateway or outbound proxy). In-dialog requests go to the route set / Contact
+    /// when they are IP literals, else here too.
+    pub next_hop: SocketAddr,
+    /// The SDP offer (empty for none).
+    pub sdp: Bytes,
+    /// Credentials for 401/407 challenges on this call.
+    pub credentials: Option<Credentials>,
+    /// Extra headers to put in the INVITE.
+    pub extra_headers: Vec<(HeaderName, Bytes)>,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TerminationReason {
+    /// The INVITE got this final non-2xx response (after any authentication).
+    Rejected(StatusCode),
+    /// We cancelled (including a 2xx that crossed our CANCEL: ACKed then BYE'd), or the peer cancelled its INVITE.
+    Cancelled,
+    /// We sent BYE.
+    LocalBye,
+    /// The peer sent BYE.
+    RemoteBye,
+    /// No final response (Timer B), or a re-INVITE timed out (§14.1: BYE sent).
+    Timeout,
+    /// We answered 2xx and no ACK came within 64·T1 (§13.3.1.4: BYE sent).
+    AckTimeout,
+    /// The peer answered 481 to an in-dialog request: the dialog no longer exists there.
+    DialogGone,
+    /// We rejected the peer's INVITE with this status.
+    Declined(StatusCode),
+}
+
+/// What the endpoint tells the TU (the call layer). Drain with [`Endpoint::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A new INVITE (only with [`EndpointConfig::accept_invites`]); answer with [`Endpoint::answer_invite`].
+    IncomingCall {
+        /// The new call.
+        call: CallHandle,
+        /// The From value.
+        from: Bytes,
+        /// The To value.
+        to: Bytes,
+        /// The offer.
+        body: Bytes,
+    },
+    /// A provisional response (not 100) to our INVITE.
+    Provisional {
+        /// The call.
+        call: CallHandle,
+        /// 180, 183, ...
+        status: StatusCode,
+        /// The To tag: which early dialog (fork) this is, if the response created one.
+        remote_tag: Option<Bytes>,
+        /// Early media SDP, if any.
+        body: Bytes,
+    },
+    /// Our INVITE got a 2xx: the dialog is confirmed and ACKed.
+    Answered {
+        /// The call.
+        call: CallHandle,
+        /// The SDP answer.
+        body: Bytes,
+    },
+    /// As UAS: the ACK for our 2xx to an INVITE (initial or re-INVITE) arrived.
+    Acked {
+        /// The call.
+        call: CallHandle,
+        /// The ACK body (an answer when our 2xx carried an offer), usually empty.
+        body: Bytes,
+    },
+    /// An in-dialog request from the peer. A re-INVITE must be answered with [`Endpoint::answer_invite`] and an
+    /// UPDATE with [`Endpoint::answer_update`]; INFO has already been answered 200.
+    Request {
+        /// The call.
+        call: CallHandle,
+        /// INVITE (re-INVITE), UPDATE or INFO.
+        method: Method,
+        /// The body (SDP offer for INVITE/UPDATE).
+        body: Bytes,
+    },
+    /// A final response to one of our in-dialog requests (re-INVITE, UPDATE, INFO, OPTIONS). A 491 to a
+    /// re-INVITE is not reported: the endpoint retries by itself after the §14.1 delay.
+    Response {
+        /// The call.
+        call: CallHandle,
+        /// The method of our request.
+        method: Method,
+        /// The status.
+        status: StatusCode,
+        /// The body.
+        body: Bytes,
+    },
+    /// The final response to a REGISTER (after any authentication).
+    Registration {
+        /// The registration.
+        reg: RegistrationHandle,
+        /// The registrar's status.
+        status: StatusCode,
+        /// The lifetime granted (Contact `expires` or Expires), on a 2xx.
+        expires: Option<u32>,
+    },
+    /// A REGISTER got no final response (Timer F).
+    RegistrationTimeout {
+        /// The registration.
+        reg: RegistrationHandle,
+    },
+    /// A non-INVITE in-dialog request of ours got no final response (Timer F). The call goes on.
+    TransactionTimeout {
+        /// The call.
+        call: CallHandle,
+        /// The request's method.
+        method: Method,
+    },
+    /// The call ended. No more events for this handle.
+    Terminated {
+        /// The call.
+        call: CallHandle,
+        /// Why.
+        reason: TerminationReason,
+    },
+}
+
+/// Errors from the TU-facing API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// No such call (or it was dropped after ending).
+    #[error("unknown call {0:?}")]
+    UnknownCall(CallHandle),
+    /// The call is not in a state that allows this (e.g. re-INVITE before the dialog is confirmed).
+    #[error("invalid call state for this operation")]
+    InvalidState,
+    /// A re-INVITE or UPDATE of ours is already in progress (§14.1).
+    #[error("a request is already pending")]
+    RequestPending,
+    /// No such registration.
+    #[error("unknown registration {0:?}")]
+    UnknownRegistration(RegistrationHandle),
+    /// Nothing to answer.
+    #[error("no pending request to answer")]
+    NoPendingRequest,
+    /// A URI in the request did not parse.
+    #[error("invalid URI")]
+    InvalidUri,
+    /// The status code is outside 100..=699 or not allowed here.
+    #[error("invalid status code {0}")]
+    InvalidStatus(u16),
+}
+
+type TxId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The initial INVITE of a UAC call.
+    Invite(u64),
+    /// A re-INVITE.
+    ReInvite(u64),
+    /// Our CANCEL.
+    Cancel(u64),
+    /// BYE, UPDATE, INFO, OPTIONS in a call's dialog.
+    InDialog(u64),
+    /// A REGISTER.
+    Register(u64),
+    /// A BYE to a surplus fork or a request nobody waits for.
+    Orphan,
+}
+
+#[derive(Debug)]
+struct ClientEntry {
+    tx: ClientTransaction,
+    owner: Owner,
+    request: Request,
+    key: (String, Method),
+}
+
+/// RFC 3261 §17.2.3 server transaction key, or the RFC 2543 fallback when the branch lacks the cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ServerKey {
+    Branch {
+        branch: String,
+        sent_by: String,
+        method: Method,
+    },
+    Legacy {
+        ruri: String,
+        from_tag: Bytes,
+        call_id: Bytes,
+        cseq: u32,
+        via: Bytes,
+        method: Method,
+    },
+}
+
+#[derive(Debug)]
+struct ServerEntry {
+    tx: ServerTransaction,
+    request: Request,
+    key: ServerKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CancelState {
+    None,
+    /// Asked before any provisional response: sent when one arrives (§9.1).
+    Pending,
+    Sent,
+}
+
+#[derive(Debug)]
+struct Registration {
+    request: Request,
+    next_hop: SocketAddr,
+    cseq: u32,
+    auth: Option<DigestClient>,
+    tx: Option<TxId>,
+}
+
+/// The UAS core's 2xx retransmission (§13.3.1.4).
+#[derive(Debug)]
+struct Retrans2xx {
+    payload: Bytes,
+    destination: SocketAddr,
+    transport: Transport,
+    cseq: u32,
+    sent: u32,
+    next: Instant,
+    give_up: Instant,
+    initial: bool,
+}
+
+#[derive(Debug)]
+struct Call {
+    is_uac: bool,
+    local_tag: Bytes,
+    next_hop: SocketAddr,
+    auth: Option<DigestClient>,
+    // UAC initial INVITE
+    invite: Option<Request>,
+    invite_tx: Option<TxId>,
+    got_provisional: bool,
+    cancel: CancelState,
+    cancel_deadline: Option<Instant>,
+    early: Vec<Dialog>,
+    dialog: Option<Dialog>,
+    /// ACK for the 2xx of the INVITE / re-INVITE: (CSeq, bytes), re-sent on 2xx retransmissions.
+    /// ACKs for 2xx responses (initial INVITE, latest re-INVITE) by CSeq, re-sent on 2xx retransmissions.
+    acks: Vec<(u32, Bytes)>,
+    /// Surplus forks already ACKed and BYE'd: (remote tag, ACK) to re-ACK their retransmissions.
+    forks: Vec<(Bytes, Bytes)>,
+    // re-INVITE of ours
+    reinvite_tx: Option<TxId>,
+    glare_retry: Option<(Instant, Bytes)>,
+    update_tx: Option<TxId>,
+    // requests of the peer waiting for the TU
+    pending_invite: Option<TxId>,
+    pending_update: Option<TxId>,
+    retrans: Option<Retrans2xx>,
+    bye_pending: bool,
+    terminated: bool,
+    expire_at: Option<Instant>,
+}
+
+impl Call {
+    fn new(is_uac: bool, local_tag: Bytes, next_hop: SocketAddr) -> Self {
+        Self {
+            is_uac,
+            local_tag,
+            next_hop,
+            auth: None,
+            invite: None,
+            invite_tx: None,
+            got_provisional: false,
+            cancel: CancelState::None,
+            cancel_deadline: None,
+            early: Vec::new(),
+            dialog: None,
+            acks: Vec::new(),
+            forks: Vec::new(),
+            reinvite_tx: None,
+            glare_retry: None,
+            update_tx: None,
+            pending_invite: None,
+            pending_update: None,
+            retrans: None,
+            bye_pending: false,
+            terminated: false,
+            expire_at: None,
+        }
+    }
+
+    fn hop(&self) -> SocketAddr {
+        self.dialog
+            .as_ref()
+            .and_then(Dialog::next_hop)
+            .unwrap_or(self.next_hop)
+    }
+
+    fn ack_for(&self, seq: u32) -> Option<Bytes> {
+        self.acks
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, a)| a.clone())
+    }
+
+    fn confirmed(&self) -> bool {
+        self.dialog.is_some()
+    }
+}
+
+/// The sans-IO SIP endpoint. See the module docs.
+#[derive(Debug)]
+pub struct Endpoint {
+    config: EndpointConfig,
+    policy: UaPolicy,
+    rng: SmallRng,
+    next_id: u64,
+    clients: BTreeMap<TxId, ClientEntry>,
+    client_index: HashMap<(String, Method), TxId>,
+    servers: BTreeMap<TxId, ServerEntry>,
+    server_index: HashMap<ServerKey, TxId>,
+    calls: BTreeMap<u64, Call>,
+    regs: BTreeMap<u64, Registration>,
+    /// (Call-ID, local tag) → call.
+    dialog_index: HashMap<(Bytes, Bytes), u64>,
+    outbox: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+fn status(code: u16) -> Result<StatusCode, EndpointError> {
+    StatusCode::new(code).ok_or(EndpointError::InvalidStatus(code))
+}
+
+fn cseq_of(h: &Headers) -> Option<(u32, Method)> {
+    let (n, m) = hdr::cseq(h.get(&HeaderName::CSeq)?)?;
+    Some((n, Method::parse(m)?))
+}
+
+fn to_tag(h: &Headers) -> Option<Bytes> {
+    h.get(&HeaderName::To)
+        .and_then(|v| hdr::tag(v))
+        .map(Bytes::copy_from_slice)
+}
+
+impl Endpoint {
+    /// A new endpoint.
+    pub fn new(config: EndpointConfig) -> Self {
+        // No option tags: 100rel and session timers are not implemented, so a Require for them gets 420.
+        let policy = UaPolicy {
+            supported: Vec::new(),
+            content_types: vec![
+                ("application".into(), "sdp".into()),
+                ("application".into(), "dtmf-relay".into()),
+                ("application".into(), "dtmf".into()),
+            ],
+            ..UaPolicy::default()
+        };
+        Self {
+            policy,
+            rng: SmallRng::seed_from_u64(config.rng_seed),
+            config,
+            next_id: 1,
+            clients: BTreeMap::new(),
+            client_index: HashMap::new(),
+            servers: BTreeMap::new(),
+            server_index: HashMap::new(),
+            calls: BTreeMap::new(),
+            regs: BTreeMap::new(),
+            dialog_index: HashMap::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    fn id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn token(&mut self) -> String {
+        format!("{:016x}", self.rng.random::<u64>())
+    }
+
+    fn new_via(&mut self) -> Bytes {
+        let branch = self.token();
+        Bytes::from(format!(
+            "SIP/2.0/{} {};branch={BRANCH_COOKIE}{branch};rport",
+            self.config.transport.via_token(),
+            self.config.advertised_addr
+        ))
+    }
+
+    fn contact(&self) -> Bytes {
+        let t = match self.config.transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        };
+        Bytes::from(format!("<sip:{}{t}>", self.config.advertised_addr))
+    }
+
+    // ---------------------------------------------------------------------------------------------------------
+    // Outputs
+
+    /// The next message to send. Changes after every `handle*` and API call.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event for the TU.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next be called. Linear in the number of live transactions and calls.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let c = self.clients.values().filter_map(|e| e.tx.poll_timeout());
+        let s = self.servers.values().filter_map(|e| e.tx.poll_timeout());
+        let k = self.calls.values().flat_map(|c| {
+            [
+                c.retrans.as_ref().map(|r| r.next.min(r.give_up)),
+                c.glare_retry.as_ref().map(|g| g.0),
+                c.cancel_deadline,
+                c.expire_at,
+            ]
+            .into_iter()
+            .flatten()
+        });
+        c.chain(s).chain(k).min()
+    }
+
+    /// Number of live calls (including ended ones kept to absorb retransmissions) and transactions, for tests and
+    /// metrics.
+    pub fn live_counts(&self) -> (usize, usize, usize) {
+        (self.calls.len(), self.clients.len(), self.servers.len())
+    }
+
+    // ---------------------------------------------------------------------------------------------------------
+    // Transaction plumbing
+
+    fn start_client(
+        &mut self,
+        now: Instant,
+        request: Request,
+        destination: SocketAddr,
+        owner: Owner,
+    ) -> TxId {
+        let branch = request
+            .headers
+            .values(&HeaderName::Via)
+            .next()
+            .and_then(|v| hdr::via(&v).and_then(|p| p.branch.map(str::to_owned)))
+            .unwrap_or_default();
+        let key = (branch, request.method.clone());
+        let kind = if request.method == Method::Invite {
+            TxKind::Invite
+        } else {
+            TxKind::NonInvite
+        };
+        let tx = ClientTransaction::new(
+            now,
+            kind,
+            self.config.timers,
+            destination,
+            self.config.transport,
+            request.to_bytes(),
+        );
+        let id = self.id();
+        self.client_index.insert(key.clone(), id);
+        self.clients.insert(
+            id,
+            ClientEntry {
+                tx,
+                owner,
+                request,
+                key,
+            },
+        );
+        self.drain_client(now, id);
+        id
+    }
+
+    fn drain_client(&mut self, now: Instant, id: TxId) {
+        let Some(e) = self.clients.get_mut(&id) else {
+            return;
+        };
+        while let Some(t) = e.tx.poll_transmit() {
+            self.outbox.push_back(t);
+        }
+        let mut evs = Vec::new();
+        while let Some(ev) = e.tx.poll_event() {
+            evs.push(ev);
+        }
+        let (owner, method) = (e.owner, e.request.method.clone());
+        for ev in evs {
+            match ev {
+                TxEvent::Timeout => self.on_client_timeout(now, owner, method.clone()),
+                TxEvent::Terminated => {
+                    if let Some(e) = self.clients.remove(&id) {
+                        if self.client_index.get(&e.key) == Some(&id) {
+                            self.client_index.remove(&e.key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_server(&mut self, id: TxId) {
+        let Some(e) = self.servers.get_mut(&id) else {
+            return;
+        };
+        while let Some(t) = e.tx.poll_transmit() {
+            self.outbox.push_back(t);
+        }
+        let mut terminated = false;
+        while let Some(ev) = e.tx.poll_event() {
+            terminated |= ev == TxEvent::Terminated;
+        }
+        if terminated {
+            if let Some(e) = self.servers.remove(&id) {
+                if self.server_index.get(&e.key) == Some(&id) {
+                    self.server_index.remove(&e.key);
+                }
+            }
+        }
+    }
+
+    fn on_client_timeout(&mut self, now: Instant, owner: Owner, method: Method) {
+        match owner {
+            Owner::Invite(h) => {
+                let no_dialog = self.calls.get(&h).is_some_and(|c| !c.confirmed());
+                if no_dialog {
+                    self.terminate(now, h, TerminationReason::Timeout);
+                }
+            }
+            Owner::ReInvite(h) => {
+                // §14.1: a re-INVITE that times out ends the dialog with BYE.
+                if let Some(c) = self.calls.get_mut(&h) {
+                    c.reinvite_tx = None;
+                }
+                self.send_bye_now(now, h);
+                self.terminate(now, h, TerminationReason::Timeout);
+            }
+            Owner::Register(r) => {
+                if let Some(reg) = self.regs.get_mut(&r) {
+                    reg.tx = None;
+                    self.events.push_back(Event::RegistrationTimeout {
+                        reg: RegistrationHandle(r),
+                    });
+                }
+            }
+            Owner::InDialog(h) if method != Method::Bye => {
+                if let Some(c) = self.calls.get_mut(&h) {
+                    if method == Method::Update {
+                        c.update_tx = None;
+                    }
+                    if !c.terminated {
+                        self.events.push_back(Event::TransactionTimeout {
+                            call: CallHandle(h),
+                            method,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn terminate(&mut self, now: Instant, h: u64, reason: TerminationReason) {
+        let linger = self.config.timers.timeout();
+        if let Some(c) = self.calls.get_mut(&h) {
+            if !c.terminated {
+                c.terminated = true;
+                c.glare_retry = None;
+                c.cancel_deadline = None;
+                c.expire_at = Some(now + linger);
+                self.events.push_back(Event::Terminated {
+                    call: CallHandle(h),
+                    reason,
+                });
+            }
+        }
+    }
+
+    fn send_raw(&mut self, destination: SocketAddr, payload: Bytes) {
+        self.outbox.push_back(Transmit {
+            destination,
+            transport: self.config.transport,
+            payload,
+        });
+    }
+
+    // ---------------------------------------------------------------------------------------------------------
+    // Input
+
+    /// Feeds one datagram (or one framed stream message) received from `remote` over `transport`.
+    pub fn handle(&mut self, now: Instant, remote: SocketAddr, transport: Transport, data: Bytes) {
+        if data.iter().all(|&b| b == b'\r' || b == b'\n') {
+            return; // keep-alive
+        }
+        match Message::parse_datagram(data.clone()) {
+            Ok(Message::Request(r)) => self.handle_request(now, remote, transport, r),
+            Ok(Message::Response(r)) => self.handle_response(now, r),
+            Err(err) => {
+                // sipgo's rejectMalformedRequest: without an answer the sender retransmits for 32 s.
+                let tag = self.token();
+                if let Some(resp) = error_response_for(&data, &err, &tag) {
+                    let top = resp.headers.values(&HeaderName::Via).next();
+                    let via = top.as_deref().and_then(hdr::via);
+                    let destination = match via {
+                        Some(v) if !transport.is_reliable() && !v.rport => {
+                            SocketAddr::new(remote.ip(), v.port.unwrap_or(5060))
+                        }
+                        _ => remote,
+                    };
+                    self.outbox.push_back(Transmit {
+                        destination,
+                        transport,
+                        payload: resp.to_bytes(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Call when `now` has reached [`Self::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<TxId> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.tx.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in due {
+            if let Some(e) = self.clients.get_mut(&id) {
+                e.tx.handle_timeout(now);
+            }
+            self.drain_client(now, id);
+        }
+        let due: Vec<TxId> = self
+            .servers
+            .iter()
+            .filter(|(_, e)| e.tx.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in due {
+            if let Some(e) = self.servers.get_mut(&id) {
+                e.tx.handle_timeout(now);
+            }
+            self.drain_server(id);
+        }
+        let handles: Vec<u64> = self.calls.keys().copied().collect();
+        for h in handles {
+            self.call_timeout(now, h);
+        }
+    }
+
+    fn call_timeout(&mut self, now: Instant, h: u64) {
+        let timers = self.config.timers;
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
+        if c.expire_at.is_some_and(|t| t <= now) {
+            self.calls.remove(&h);
+            self.dialog_index.retain(|_, v| *v != h);
+            return;
+        }
+        // UAS 2xx retransmission (§13.3.1.4).
+        if let Some(r) = &mut c.retrans {
+            if r.give_up <= now {
+                c.retrans = None;
+                c.bye_pending = false;
+                self.send_bye_now(now, h);
+                self.terminate(now, h, TerminationReason::AckTimeout);
+                return;
+            }
+            if r.next <= now {
+                r.sent = r.sent.saturating_add(1);
+                r.next = now + timers.retransmit_interval(r.sent, true);
+                let t = Transmit {
+                    destination: r.destination,
+                    transport: r.transport,
+                    payload: r.payload.clone(),
+                };
+                self.outbox.push_back(t);
+            }
+        }
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
+        if let Some((at, _)) = &c.glare_retry {
+            if *at <= now {
+                let sdp = c.glare_retry.take().map(|g| g.1).unwrap_or_default();
+                if let Err(EndpointError::RequestPending) =
+                    self.send_reinvite(now, CallHandle(h), sdp.clone())
+                {
+                    // The peer's re-INVITE is being answered: try again after another back-off.
+                    let delay = glare_retry_delay(&mut self.rng, true);
+                    if let Some(c) = self.calls.get_mut(&h) {
+                        c.glare_retry = Some((now + delay, sdp));
+                    }
+                }
+            }
+        }
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
+        if c.cancel_deadline.is_some_and(|t| t <= now) {
+            // §9.1: no final response 64·T1 after CANCEL: consider the INVITE cancelled, destroy its transaction.
+            c.cancel_deadline = None;
+            if let Some(id) = c.invite_tx.take() {
+                if let Some(e) = self.clients.remove(&id) {
+                    self.client_index.remove(&e.key);
+                }
+            }
+            self.terminate(now, h, TerminationReason::Cancelled);
+        }
+    }
+}

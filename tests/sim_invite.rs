@@ -1,0 +1,429 @@
+//! INVITE scenarios in simulated time: answered calls, lost ACK / 200, CANCEL/200 race, forking, BYE before ACK.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use rappel::sip::endpoint::{Event, TerminationReason};
+use rappel::sip::message::{Message, Method};
+use std::time::Duration;
+
+#[test]
+fn basic_call_then_bye() {
+    let mut sim = call_pair();
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, invite_to_b("v=0 a")).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| !s
+        .a
+        .find(is_answered)
+        .is_empty()));
+    let answered = sim.a.find(is_answered);
+    assert_eq!(
+        answered[0].1,
+        Event::Answered {
+            call,
+            body: Bytes::from("v=0 b")
+        }
+    );
+    assert!(sim.run_until(Duration::from_secs(5), |s| !s
+        .b
+        .find(|e| matches!(e, Event::Acked { .. }))
+        .is_empty()));
+    let now = sim.now;
+    sim.a.ep.send_bye(now, call).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| !s
+        .b
+        .find(is_terminated)
+        .is_empty()));
+    assert!(matches!(
+        sim.b.find(is_terminated)[0].1,
+        Event::Terminated {
+            reason: TerminationReason::RemoteBye,
+            ..
+        }
+    ));
+    assert_eq!(
+        sim.a.find(is_terminated)[0].1,
+        Event::Terminated {
+            call,
+            reason: TerminationReason::LocalBye
+        }
+    );
+    // Everything lingers at most 64*T1 and then is gone.
+    sim.run_to(sim.elapsed() + Duration::from_secs(40));
+    assert_eq!(sim.a.ep.live_counts(), (0, 0, 0));
+    assert_eq!(sim.b.ep.live_counts(), (0, 0, 0));
+}
+
+#[test]
+fn timer_b_expires_after_64_t1() {
+    // Nobody at the next hop: the INVITE is retransmitted with doubling intervals, then Timer B fires.
+    let mut sim = call_pair();
+    let mut req = invite_to_b("v=0");
+    req.next_hop = "10.0.0.9:5060".parse().unwrap();
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, req).unwrap();
+    assert!(sim.run_until(Duration::from_secs(60), |s| !s
+        .a
+        .find(is_terminated)
+        .is_empty()));
+    let (at, ev) = sim.a.find(is_terminated)[0].clone();
+    assert_eq!(
+        ev,
+        Event::Terminated {
+            call,
+            reason: TerminationReason::Timeout
+        }
+    );
+    assert_eq!(at - sim.start, Duration::from_secs(32));
+    assert_eq!(
+        sim.send_times_ms(|p| p.is_request("INVITE")),
+        [0, 500, 1500, 3500, 7500, 15500, 31500]
+    );
+}
+
+#[test]
+fn lost_ack_is_recovered_by_2xx_retransmission() {
+    let mut sim = call_pair();
+    sim.drop = drop_nth(|p| p.is_request("ACK"), 1);
+    let now = sim.now;
+    sim.a.ep.start_invite(now, invite_to_b("v=0 a")).unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| !s
+        .b
+        .find(|e| matches!(e, Event::Acked { .. }))
+        .is_empty()));
+    // B's UAS core retransmitted the 200 after T1; A re-ACKed it.
+    let oks = sim.send_times_ms(|p| p.status() == Some(200) && p.cseq_method() == "INVITE");
+    assert_eq!(oks.len(), 2, "{oks:?}");
+    assert_eq!(oks[1] - oks[0], 500);
+    assert_eq!(sim.packets(|p| p.is_request("ACK")).len(), 2);
+    assert_eq!(
+        sim.a.find(is_answered).len(),
+        1,
+        "the retransmitted 2xx is not reported twice"
+    );
+    sim.run_to(sim.elapsed() + Duration::from_secs(10));
+    assert_eq!(
+        sim.packets(|p| p.status() == Some(200) && p.cseq_method() == "INVITE")
+            .len(),
+        2,
+        "stops after ACK"
+    );
+}
+
+#[test]
+fn lost_200_is_retransmitted_until_acked() {
+    let mut sim = call_pair();
+    sim.drop = drop_nth(|p| p.status() == Some(200), 1);
+    let now = sim.now;
+    sim.a.ep.start_invite(now, invite_to_b("v=0 a")).unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| !s
+        .a
+        .find(is_answered)
+        .is_empty()));
+    let (at, _) = sim.a.find(is_answered)[0];
+    // 20 ms there, 200 lost at 20 ms, retransmitted at 520 ms, arrives at 540 ms.
+    assert_eq!(at - sim.start, Duration::from_millis(540));
+    // A was in Proceeding (180 received): no INVITE retransmission.
+    assert_eq!(sim.packets(|p| p.is_request("INVITE")).len(), 1);
+    assert!(sim.run_until(Duration::from_secs(5), |s| !s
+        .b
+        .find(|e| matches!(e, Event::Acked { .. }))
+        .is_empty()));
+}
+
+#[test]
+fn cancel_crossing_200_gets_ack_then_bye() {
+    // B only rings; the test answers 200 at the instant A cancels, so the CANCEL and the 200 cross on the wire.
+    let b = EpNode::new(addr_b(), 2, true).with_tu(|now, ep, ev| {
+        if let Event::IncomingCall { call, .. } = ev {
+            ep.answer_invite(now, *call, 180, Bytes::new()).unwrap();
+        }
+    });
+    let mut sim = Sim::new(EpNode::new(addr_a(), 1, false), b);
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, invite_to_b("v=0 a")).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| !s
+        .a
+        .find(|e| matches!(e, Event::Provisional { .. }))
+        .is_empty()));
+    let now = sim.now;
+    sim.a.ep.send_cancel(now, call).unwrap();
+    let b_call = match sim.b.events[0].1 {
+        Event::IncomingCall { call, .. } => call,
+        ref e => panic!("{e:?}"),
+    };
+    sim.b
+        .ep
+        .answer_invite(now, b_call, 200, Bytes::from("v=0 b"))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| !s
+        .b
+        .find(is_terminated)
+        .is_empty()));
+    // B had already answered: the CANCEL gets 200 and no 487 is sent.
+    assert_eq!(
+        sim.packets(|p| p.status() == Some(200) && p.cseq_method() == "CANCEL")
+            .len(),
+        1
+    );
+    assert!(sim.packets(|p| p.status() == Some(487)).is_empty());
+    // A ACKed the 200, then sent BYE; neither side reported an answered call.
+    let ack = sim.send_times_ms(|p| p.is_request("ACK"));
+    let bye = sim.send_times_ms(|p| p.is_request("BYE") && p.from == addr_a());
+    assert_eq!((ack.len(), bye.len()), (1, 1));
+    assert!(ack[0] <= bye[0]);
+    assert!(sim.a.find(is_answered).is_empty());
+    assert_eq!(
+        sim.a.find(is_terminated)[0].1,
+        Event::Terminated {
+            call,
+            reason: TerminationReason::Cancelled
+        }
+    );
+    assert!(matches!(
+        sim.b.find(is_terminated)[0].1,
+        Event::Terminated {
+            reason: TerminationReason::RemoteBye,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn cancel_before_answer_gets_487() {
+    let b = EpNode::new(addr_b(), 2, true).with_tu(|now, ep, ev| {
+        if let Event::IncomingCall { call, .. } = ev {
+            ep.answer_invite(now, *call, 180, Bytes::new()).unwrap();
+        }
+    });
+    let mut sim = Sim::new(EpNode::new(addr_a(), 1, false), b);
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, invite_to_b("v=0 a")).unwrap();
+    // Cancel at once: the CANCEL waits for the 180 (§9.1).
+    sim.a.ep.send_cancel(now, call).unwrap();
+    sim.flush();
+    assert!(sim.packets(|p| p.is_request("CANCEL")).is_empty());
+    assert!(sim.run_until(Duration::from_secs(10), |s| !s
+        .a
+        .find(is_terminated)
+        .is_empty()));
+    assert_eq!(
+        sim.a.find(is_terminated)[0].1,
+        Event::Terminated {
+            call,
+            reason: TerminationReason::Cancelled
+        }
+    );
+    assert_eq!(sim.packets(|p| p.status() == Some(487)).len(), 1);
+    assert_eq!(
+        sim.packets(|p| p.is_request("ACK")).len(),
+        1,
+        "the 487 is ACKed by the transaction"
+    );
+    assert!(matches!(
+        sim.b.find(is_terminated)[0].1,
+        Event::Terminated {
+            reason: TerminationReason::Cancelled,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn forked_provisionals_and_second_2xx_is_acked_then_byed() {
+    let b = ScriptNode::new(addr_b(), |req| match req.method {
+        Method::Invite => vec![
+            Message::from(reply(req, 180, "fork1")),
+            Message::from(reply(req, 183, "fork2")),
+            Message::from(reply(req, 200, "fork1")),
+            Message::from(reply(req, 200, "fork2")),
+        ],
+        Method::Bye => vec![Message::from(reply(req, 200, "x"))],
+        _ => vec![],
+    });
+    let mut sim = Sim::new(EpNode::new(addr_a(), 1, false), b);
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, invite_to_b("v=0 a")).unwrap();
+    sim.run_to(Duration::from_secs(2));
+    let prov = sim.a.find(|e| matches!(e, Event::Provisional { .. }));
+    assert_eq!(prov.len(), 2, "one per early dialog");
+    let tags: Vec<_> = prov
+        .iter()
+        .map(|(_, e)| match e {
+            Event::Provisional { remote_tag, .. } => remote_tag.clone().unwrap(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(tags, [Bytes::from("fork1"), Bytes::from("fork2")]);
+    assert_eq!(sim.a.find(is_answered).len(), 1);
+    assert!(
+        sim.a.find(is_terminated).is_empty(),
+        "the call with fork1 goes on"
+    );
+    let to_tag_of = |p: &Packet| {
+        let m = p.message();
+        String::from_utf8_lossy(
+            m.headers()
+                .get(&rappel::sip::message::HeaderName::To)
+                .unwrap(),
+        )
+        .into_owned()
+    };
+    let acks: Vec<String> = sim
+        .packets(|p| p.is_request("ACK"))
+        .into_iter()
+        .map(to_tag_of)
+        .collect();
+    assert_eq!(acks.len(), 2);
+    assert!(
+        acks[0].ends_with("tag=fork1") && acks[1].ends_with("tag=fork2"),
+        "{acks:?}"
+    );
+    let byes: Vec<String> = sim
+        .packets(|p| p.is_request("BYE"))
+        .into_iter()
+        .map(to_tag_of)
+        .collect();
+    assert_eq!(byes.len(), 1);
+    assert!(byes[0].ends_with("tag=fork2"));
+    let _ = call;
+}
+
+#[test]
+fn callee_bye_waits_for_ack() {
+    // B answers and hangs up at once; A's first ACK is lost. B must not send BYE before the ACK (§15).
+    let b = EpNode::new(addr_b(), 2, true).with_tu(|now, ep, ev| {
+        if let Event::IncomingCall { call, .. } = ev {
+            ep.answer_invite(now, *call, 200, Bytes::from("v=0 b"))
+                .unwrap();
+            ep.send_bye(now, *call).unwrap();
+        }
+    });
+    let mut sim = Sim::new(EpNode::new(addr_a(), 1, false), b);
+    sim.drop = drop_nth(|p| p.is_request("ACK"), 1);
+    let now = sim.now;
+    sim.a.ep.start_invite(now, invite_to_b("v=0 a")).unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| !s
+        .a
+        .find(is_terminated)
+        .is_empty()));
+    let acks = sim.packets(|p| p.is_request("ACK"));
+    let delivered_ack = acks.iter().find(|p| !p.dropped).unwrap().sent;
+    let bye = sim.packets(|p| p.is_request("BYE"))[0].sent;
+    assert!(
+        bye >= delivered_ack + sim.latency,
+        "BYE sent before the ACK arrived"
+    );
+    assert!(matches!(
+        sim.a.find(is_terminated)[0].1,
+        Event::Terminated {
+            reason: TerminationReason::RemoteBye,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn bye_arriving_before_ack_ends_the_call() {
+    // A's ACK is lost and A hangs up right after the answer: B gets the BYE while still retransmitting its 200.
+    let a = EpNode::new(addr_a(), 1, false).with_tu(|now, ep, ev| {
+        if let Event::Answered { call, .. } = ev {
+            ep.send_bye(now, *call).unwrap();
+        }
+    });
+    let mut sim = Sim::new(
+        a,
+        EpNode::new(addr_b(), 2, true).with_tu(auto_answer("v=0 b")),
+    );
+    sim.drop = drop_all(|p| p.is_request("ACK"));
+    let now = sim.now;
+    sim.a.ep.start_invite(now, invite_to_b("v=0 a")).unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| !s
+        .b
+        .find(is_terminated)
+        .is_empty()));
+    assert!(matches!(
+        sim.b.find(is_terminated)[0].1,
+        Event::Terminated {
+            reason: TerminationReason::RemoteBye,
+            ..
+        }
+    ));
+    assert_eq!(
+        sim.packets(|p| p.status() == Some(200) && p.cseq_method() == "BYE")
+            .len(),
+        1
+    );
+    sim.run_to(Duration::from_secs(40));
+    // B stopped retransmitting its 200 when the BYE came and sent no BYE of its own.
+    assert_eq!(
+        sim.packets(|p| p.status() == Some(200) && p.cseq_method() == "INVITE")
+            .len(),
+        1
+    );
+    assert_eq!(sim.packets(|p| p.is_request("BYE")).len(), 1);
+}
+
+#[test]
+fn missing_ack_ends_the_call_after_64_t1() {
+    let mut sim = call_pair();
+    sim.drop = drop_all(|p| p.is_request("ACK"));
+    let now = sim.now;
+    sim.a.ep.start_invite(now, invite_to_b("v=0 a")).unwrap();
+    assert!(sim.run_until(Duration::from_secs(60), |s| !s
+        .b
+        .find(is_terminated)
+        .is_empty()));
+    let (at, ev) = sim.b.find(is_terminated)[0].clone();
+    assert!(matches!(
+        ev,
+        Event::Terminated {
+            reason: TerminationReason::AckTimeout,
+            ..
+        }
+    ));
+    assert_eq!(at - sim.start, Duration::from_millis(20 + 32_000));
+    let oks = sim.send_times_ms(|p| p.status() == Some(200) && p.cseq_method() == "INVITE");
+    let gaps: Vec<u64> = oks.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(&gaps[..5], &[500, 1000, 2000, 4000, 4000]);
+    assert_eq!(
+        sim.packets(|p| p.is_request("BYE") && p.from == addr_b())
+            .len(),
+        1,
+        "§13.3.1.4: BYE after giving up"
+    );
+}
+
+#[test]
+fn over_tcp_the_invite_is_sent_once_and_timer_b_still_fires() {
+    let mut cfg = rappel::sip::endpoint::EndpointConfig::new(addr_a());
+    cfg.transport(rappel::sip::transaction::Transport::Tcp);
+    let mut sim = Sim::new(
+        EpNode::with_config(addr_a(), cfg),
+        EpNode::new(addr_b(), 2, true),
+    );
+    let mut req = invite_to_b("v=0");
+    req.next_hop = "10.0.0.9:5060".parse().unwrap();
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, req).unwrap();
+    assert!(sim.run_until(Duration::from_secs(60), |s| !s
+        .a
+        .find(is_terminated)
+        .is_empty()));
+    assert_eq!(
+        sim.a.find(is_terminated)[0].1,
+        Event::Terminated {
+            call,
+            reason: TerminationReason::Timeout
+        }
+    );
+    assert_eq!(sim.send_times_ms(|p| p.is_request("INVITE")), [0]);
+    let m = sim.packets(|p| p.is_request("INVITE"))[0].message();
+    let v = m
+        .headers()
+        .get(&rappel::sip::message::HeaderName::Via)
+        .unwrap()
+        .clone();
+    assert!(v.starts_with(b"SIP/2.0/TCP "), "{v:?}");
+}

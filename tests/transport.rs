@@ -1,0 +1,112 @@
+//! The tokio SIP transports on loopback: TCP framing, connection reuse and idle close; a bounded receive queue.
+
+use bytes::Bytes;
+use rappel::net::transport::{SipSockets, SipTransportConfig};
+use rappel::sip::transaction::{Transmit, Transport};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+const OPTIONS: &str = "OPTIONS sip:rappel@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK-t1\r\nMax-Forwards: 70\r\nFrom: <sip:t@127.0.0.1>;tag=a\r\nTo: <sip:rappel@127.0.0.1>\r\nCall-ID: tcp-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+
+async fn bind(idle: Duration, queue: usize) -> SipSockets {
+    let mut c = SipTransportConfig::new("127.0.0.1:0".parse().unwrap());
+    c.tcp_idle_timeout = idle;
+    c.queue = queue;
+    SipSockets::bind(c).await.expect("bind")
+}
+
+#[tokio::test]
+async fn tcp_message_split_across_writes_is_framed_and_the_connection_is_reused_then_closed_when_idle(
+) {
+    let mut s = bind(Duration::from_millis(300), 64).await;
+    let addr = s.local_addrs()[0];
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    // A keep-alive, then the message in three pieces.
+    let (a, rest) = OPTIONS.split_at(10);
+    let (b, c) = rest.split_at(100);
+    for part in ["\r\n\r\n", a, b, c] {
+        client.write_all(part.as_bytes()).await.unwrap();
+        client.flush().await.unwrap();
+    }
+    let got = tokio::time::timeout(Duration::from_secs(5), s.recv())
+        .await
+        .expect("a framed message")
+        .expect("open");
+    assert_eq!(got.transport, Transport::Tcp);
+    assert_eq!(got.remote, client.local_addr().unwrap());
+    assert!(got
+        .data
+        .starts_with(b"OPTIONS sip:rappel@127.0.0.1 SIP/2.0\r\n"));
+    assert_eq!(s.tcp_connections(), 1);
+
+    // The answer goes back over the same connection.
+    let reply = Bytes::from_static(b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+    s.send(&Transmit {
+        destination: got.remote,
+        transport: Transport::Tcp,
+        payload: reply.clone(),
+    })
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; reply.len()];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut buf))
+        .await
+        .expect("reply in time")
+        .unwrap();
+    assert_eq!(&buf[..], &reply[..]);
+    assert_eq!(s.tcp_connections(), 1, "no second connection was opened");
+
+    // Then nothing: the server closes the idle connection (EOF on our side).
+    let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+        .await
+        .expect("closed within the idle timeout")
+        .unwrap();
+    assert_eq!(n, 0, "EOF");
+}
+
+#[tokio::test]
+async fn tcp_framing_error_closes_the_connection() {
+    let mut s = bind(Duration::from_secs(60), 64).await;
+    let mut client = TcpStream::connect(s.local_addrs()[0]).await.unwrap();
+    // No Content-Length: over a stream that cannot be framed.
+    client
+        .write_all(b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP x;branch=z9hG4bK1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection was closed");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), s.recv())
+            .await
+            .is_err(),
+        "nothing was delivered"
+    );
+}
+
+#[tokio::test]
+async fn udp_flood_is_held_in_a_bounded_queue() {
+    let mut s = bind(Duration::from_secs(60), 16).await;
+    let addr = s.local_addrs()[0];
+    let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let garbage = vec![b'x'; 1200];
+    for _ in 0..2000 {
+        tx.send_to(&garbage, addr).await.unwrap();
+    }
+    // Nothing was read during the flood: the queue filled to its capacity and the reader then dropped what it
+    // took from the kernel. Draining now yields the queue plus at most what the kernel buffer still holds, far
+    // less than what was sent. (A quiet period ends the drain: "no more datagrams" has no event to await.)
+    let mut held = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), s.recv()).await {
+        held += 1;
+    }
+    assert!(held >= 16, "the queue was filled, held {held}");
+    assert!(
+        held < 500,
+        "datagrams beyond the queue were dropped, not buffered: held {held} of 2000"
+    );
+}
