@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod callback;
 pub mod media;
 pub mod net;
 pub mod sdp;
