@@ -178,11 +178,20 @@ fn malformed_request_gets_stateless_400() {
         "198.51.100.7:5070".parse::<SocketAddr>().unwrap(),
         "no rport: the Via port"
     );
-    // Without a Call-ID there is nothing to answer to.
+    // Without a Call-ID the client can still match an answer by Via branch and CSeq (§17.1.3): RFC 4475 §3.3.1
+    // asks for a 400.
     let mut e = ep();
     let bad = String::from_utf8(request("OPTIONS", "", "").to_vec())
         .unwrap()
         .replace("Call-ID: c1@example.com\r\n", "");
+    e.handle(Instant::now(), peer(), Transport::Udp, Bytes::from(bad));
+    let (_, m) = one_response(&mut e);
+    assert_eq!(status(&m), 400);
+    // Without a CSeq there is nothing to answer to.
+    let mut e = ep();
+    let bad = String::from_utf8(request("OPTIONS", "", "").to_vec())
+        .unwrap()
+        .replace("CSeq: 7 OPTIONS\r\n", "");
     e.handle(Instant::now(), peer(), Transport::Udp, Bytes::from(bad));
     assert!(e.poll_transmit().is_none());
 }
@@ -286,4 +295,24 @@ fn same_seed_same_bytes() {
     };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8), "branch, tag and Call-ID come from the seed");
+}
+
+#[test]
+fn server_transaction_table_is_capped() {
+    let mut cfg = EndpointConfig::new("192.0.2.10:5060".parse().unwrap());
+    cfg.max_server_transactions(3);
+    let mut e = Endpoint::new(cfg);
+    let now = Instant::now();
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let r = String::from_utf8(request("OPTIONS", ";rport", "").to_vec()).unwrap();
+        let r = r.replace("z9hG4bK-OPTIONS-1", &format!("z9hG4bK-{i}"));
+        e.handle(now, peer(), Transport::Udp, Bytes::from(r));
+        statuses.push(status(&one_response(&mut e).1));
+    }
+    assert_eq!(statuses, [200, 200, 200, 503, 503]);
+    assert_eq!(e.live_counts().2, 3);
+    // Once Timer J has run out, there is room again.
+    e.handle_timeout(now + Duration::from_secs(32));
+    assert_eq!(e.live_counts().2, 0);
 }

@@ -427,3 +427,26 @@ fn over_tcp_the_invite_is_sent_once_and_timer_b_still_fires() {
         .clone();
     assert!(v.starts_with(b"SIP/2.0/TCP "), "{v:?}");
 }
+
+#[test]
+fn cancel_without_any_provisional_ends_as_cancelled_at_timer_b() {
+    // Nobody answers at all: the CANCEL is never sent (§9.1), and Timer B ends the call as cancelled.
+    let mut sim = call_pair();
+    let mut req = invite_to_b("v=0");
+    req.next_hop = "10.0.0.9:5060".parse().unwrap();
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, req).unwrap();
+    sim.a.ep.send_cancel(now, call).unwrap();
+    assert!(sim.run_until(Duration::from_secs(60), |s| !s
+        .a
+        .find(is_terminated)
+        .is_empty()));
+    assert_eq!(
+        sim.a.find(is_terminated)[0].1,
+        Event::Terminated {
+            call,
+            reason: TerminationReason::Cancelled
+        }
+    );
+    assert!(sim.packets(|p| p.is_request("CANCEL")).is_empty());
+}

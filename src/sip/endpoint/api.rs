@@ -414,6 +414,16 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The call's dialog (identifiers, route set, remote target, CSeqs) once confirmed.
+    pub fn dialog(&self, call: CallHandle) -> Option<&Dialog> {
+        self.calls.get(&call.0)?.dialog.as_ref()
+    }
+
+    /// Whether the call has ended (it may still be kept a while to absorb retransmissions).
+    pub fn is_terminated(&self, call: CallHandle) -> bool {
+        self.calls.get(&call.0).is_none_or(|c| c.terminated)
+    }
+
     /// Answers the peer's pending re-INVITE: the same as [`Self::answer_invite`], named for the call layer.
     pub fn answer_reinvite(
         &mut self,

@@ -38,9 +38,9 @@ impl Endpoint {
         }
         // §8.2: malformed requests and unsupported extensions/bodies are refused statelessly.
         if let Err(rej) = validate_request(&req, &self.policy) {
-            // Without Call-ID and CSeq the sender could not match an answer: drop.
-            let answerable = req.headers.contains(&HeaderName::CallId)
-                && req.headers.contains(&HeaderName::CSeq);
+            // A client transaction matches its response by the top Via's branch and the CSeq method (§17.1.3),
+            // so a request with those gets an answer even without Call-ID, From or To (RFC 4475 §3.3.1).
+            let answerable = req.headers.contains(&HeaderName::CSeq);
             if req.method != Method::Ack && answerable {
                 let tag = self.token();
                 let payload = rej.response(&req, &self.policy, &tag).to_bytes();
@@ -109,6 +109,20 @@ impl Endpoint {
             self.on_dialog_ack(now, &req);
             return;
         }
+        if self.servers.len() >= self.config.max_server_transactions {
+            // A flood must not grow the table without bound: refuse statelessly (RFC 3261 §21.5.4).
+            let tag = self.token();
+            let mut r = Response::for_request(&req, StatusCode::SERVICE_UNAVAILABLE);
+            r.set_to_tag(&tag);
+            r.headers
+                .push(HeaderName::RetryAfter, Bytes::from_static(b"5"));
+            self.outbox.push_back(Transmit {
+                destination,
+                transport,
+                payload: r.to_bytes(),
+            });
+            return;
+        }
         let kind = if req.method == Method::Invite {
             TxKind::Invite
         } else {
@@ -131,7 +145,7 @@ impl Endpoint {
             return;
         }
         match to_tag(&req.headers) {
-            Some(tag) => self.in_dialog_request(now, id, &req, call_id, tag, cseq, remote),
+            Some(tag) => self.in_dialog_request(now, id, &req, call_id, tag, cseq),
             None => self.out_of_dialog_request(now, id, &req, destination),
         }
     }
@@ -237,7 +251,6 @@ impl Endpoint {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn in_dialog_request(
         &mut self,
         now: Instant,
@@ -246,7 +259,6 @@ impl Endpoint {
         call_id: Bytes,
         tag: Bytes,
         cseq: u32,
-        remote: SocketAddr,
     ) {
         let Some(&h) = self.dialog_index.get(&(call_id, tag)) else {
             return self.respond(now, id, 481, None, |_| {});
@@ -259,17 +271,22 @@ impl Endpoint {
             .get(&HeaderName::From)
             .and_then(|f| hdr::tag(f))
             .map(Bytes::copy_from_slice);
+        // The confirmed dialog, or an early one (e.g. an UPDATE for early media, RFC 3311).
         let Some(d) = c
             .dialog
             .as_mut()
             .filter(|d| Some(&d.id.remote_tag) == remote_tag.as_ref())
+            .or_else(|| {
+                c.early
+                    .iter_mut()
+                    .find(|d| Some(&d.id.remote_tag) == remote_tag.as_ref())
+            })
         else {
             return self.respond(now, id, 481, None, |_| {});
         };
         if d.check_remote_cseq(cseq).is_err() {
             return self.respond(now, id, 500, None, |_| {});
         }
-        let _ = remote;
         match &req.method {
             Method::Bye => {
                 let pending = c.pending_invite.take();
@@ -363,11 +380,6 @@ impl Endpoint {
         let Some(&inv) = self.server_index.get(&invite_key) else {
             return self.respond(now, cancel_id, 481, None, |_| {});
         };
-        self.respond(now, cancel_id, 200, None, |_| {});
-        let still_open = self.servers.get(&inv).is_some_and(|e| !e.tx.has_final());
-        if !still_open {
-            return;
-        }
         let h = self
             .calls
             .iter()
@@ -376,6 +388,12 @@ impl Endpoint {
         let tag = h
             .and_then(|h| self.calls.get(&h))
             .map(|c| c.local_tag.clone());
+        // §9.2: the CANCEL's 200 carries the same To tag as the INVITE's responses.
+        self.respond(now, cancel_id, 200, tag.as_ref(), |_| {});
+        let still_open = self.servers.get(&inv).is_some_and(|e| !e.tx.has_final());
+        if !still_open {
+            return;
+        }
         self.respond(now, inv, 487, tag.as_ref(), |_| {});
         if let Some(h) = h {
             if let Some(c) = self.calls.get_mut(&h) {

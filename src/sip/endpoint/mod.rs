@@ -16,7 +16,9 @@
 //! | other RFC methods (REGISTER, MESSAGE, SUBSCRIBE, ...) | 405 with Allow |
 //! | extension methods | 501 |
 //! | re-INVITE while our own re-INVITE is pending | 491 (glare, RFC 3261 §14.2) |
-//! | unparsable request with Via, Call-ID and CSeq | stateless 400 |
+//! | unparsable request with Via, Call-ID and CSeq | stateless 400 (505, 513 as the codec decides) |
+//! | request the codec's [`UaPolicy`] refuses (Require, body type, URI scheme, Max-Forwards 0) | 420/415/416/483 |
+//! | beyond [`EndpointConfig::max_server_transactions`] | stateless 503 |
 //!
 //! RFC 3581: `received` and `rport` are filled in on the top Via of each request, and responses go to the source
 //! address when `rport` was asked for (always on reliable transports).
@@ -26,6 +28,46 @@
 //! A call ([`CallHandle`]) is one INVITE dialog, as UAC ([`Endpoint::start_invite`]) or, when enabled, as UAS.
 //! Forked early dialogs are tracked; the first 2xx wins and any later 2xx from another fork is ACKed and
 //! immediately BYE'd (RFC 3261 §13.2.2.4). 401/407 challenges are answered from the call's credentials.
+//!
+//! Files: `mod.rs` holds the types, the transaction plumbing and timers; `incoming.rs` requests from the network;
+//! `responses.rs` responses to our requests; `api.rs` the TU-facing calls.
+//!
+//! # Driving it
+//!
+//! ```
+//! use rappel::sip::endpoint::{Endpoint, EndpointConfig, Event, InviteRequest};
+//! use std::time::{Duration, Instant};
+//!
+//! let mut ep = Endpoint::new(EndpointConfig::new("192.0.2.10:5060".parse().unwrap()));
+//! let now = Instant::now();
+//! let call = ep
+//!     .start_invite(now, InviteRequest {
+//!         target: "sip:+33100000000@192.0.2.20".into(),
+//!         from: "sip:rappel@example.com".into(),
+//!         to: None,
+//!         next_hop: "192.0.2.20:5060".parse().unwrap(),
+//!         sdp: "v=0\r\n".into(),
+//!         credentials: None,
+//!         extra_headers: Vec::new(),
+//!     })
+//!     .unwrap();
+//! // The driver's loop: send what is queued, hand events to the call layer, sleep until the timeout.
+//! let invite = ep.poll_transmit().unwrap();
+//! assert_eq!(invite.destination, "192.0.2.20:5060".parse().unwrap());
+//! assert_eq!(ep.poll_timeout(), Some(now + Duration::from_millis(500)), "Timer A");
+//! // Nobody answers: after 64*T1 the call ends.
+//! let mut t = now;
+//! while let Some(next) = ep.poll_timeout() {
+//!     t = next;
+//!     ep.handle_timeout(t);
+//!     while ep.poll_transmit().is_some() {}
+//!     if let Some(Event::Terminated { call: c, .. }) = ep.poll_event() {
+//!         assert_eq!(c, call);
+//!         break;
+//!     }
+//! }
+//! assert_eq!(t - now, Duration::from_secs(32));
+//! ```
 
 mod api;
 mod incoming;
@@ -48,6 +90,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// At most this many early dialogs, and this many surplus forks ACKed and BYE'd, per call.
+const MAX_DIALOGS_PER_CALL: usize = 16;
+
 /// Methods listed in Allow.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 
@@ -60,7 +105,8 @@ pub struct EndpointConfig {
     pub advertised_addr: SocketAddr,
     /// The transport used for requests we originate.
     pub transport: Transport,
-    /// Seed for branches, tags, Call-IDs, cnonces and glare back-off.
+    /// Seed for branches, tags, Call-IDs, cnonces and glare back-off. [`EndpointConfig::new`] draws it from the
+    /// OS, because Call-IDs and branches must not repeat across restarts; tests set it for reproducible runs.
     pub rng_seed: u64,
     /// Max-Forwards on requests we originate.
     pub max_forwards: u8,
@@ -69,19 +115,23 @@ pub struct EndpointConfig {
     pub accept_invites: bool,
     /// The value of User-Agent / Server, if any.
     pub user_agent: Option<String>,
+    /// At most this many live server transactions; new requests beyond it get a stateless 503. Default 10 000
+    /// (a Timer J linger of 32 s makes that about 300 requests/s sustained).
+    pub max_server_transactions: usize,
 }
 
 impl EndpointConfig {
-    /// A configuration advertising `addr`, UDP, default timers, seed 0.
+    /// A configuration advertising `addr`: UDP, default timers, a seed from OS entropy.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             timers: TimerConfig::default(),
             advertised_addr: addr,
             transport: Transport::Udp,
-            rng_seed: 0,
+            rng_seed: rand::random(),
             max_forwards: 70,
             accept_invites: false,
             user_agent: None,
+            max_server_transactions: 10_000,
         }
     }
     /// Sets the timers.
@@ -102,6 +152,11 @@ impl EndpointConfig {
     /// Accept incoming INVITEs (see the field).
     pub fn accept_invites(&mut self, v: bool) -> &mut Self {
         self.accept_invites = v;
+        self
+    }
+    /// Sets the cap on live server transactions.
+    pub fn max_server_transactions(&mut self, n: usize) -> &mut Self {
+        self.max_server_transactions = n;
         self
     }
     /// Sets User-Agent / Server.
@@ -393,8 +448,8 @@ struct Call {
     /// ACK for the 2xx of the INVITE / re-INVITE: (CSeq, bytes), re-sent on 2xx retransmissions.
     /// ACKs for 2xx responses (initial INVITE, latest re-INVITE) by CSeq, re-sent on 2xx retransmissions.
     acks: Vec<(u32, Bytes)>,
-    /// Surplus forks already ACKed and BYE'd: (remote tag, ACK) to re-ACK their retransmissions.
-    forks: Vec<(Bytes, Bytes)>,
+    /// Surplus forks already ACKed and BYE'd: (remote tag, next hop, ACK) to re-ACK their retransmissions.
+    forks: Vec<(Bytes, SocketAddr, Bytes)>,
     // re-INVITE of ours
     reinvite_tx: Option<TxId>,
     glare_retry: Option<(Instant, Bytes)>,
@@ -685,9 +740,15 @@ impl Endpoint {
     fn on_client_timeout(&mut self, now: Instant, owner: Owner, method: Method) {
         match owner {
             Owner::Invite(h) => {
-                let no_dialog = self.calls.get(&h).is_some_and(|c| !c.confirmed());
-                if no_dialog {
-                    self.terminate(now, h, TerminationReason::Timeout);
+                let Some(c) = self.calls.get(&h) else { return };
+                if !c.confirmed() {
+                    // A CANCEL still waiting for a provisional response counts as the TU's cancel.
+                    let reason = if c.cancel == CancelState::None {
+                        TerminationReason::Timeout
+                    } else {
+                        TerminationReason::Cancelled
+                    };
+                    self.terminate(now, h, reason);
                 }
             }
             Owner::ReInvite(h) => {

@@ -162,13 +162,15 @@ impl Endpoint {
             c.got_provisional = true;
             let remote_tag = to_tag(&resp.headers);
             if let Some(tag) = remote_tag.clone() {
+                let room = c.early.len() < MAX_DIALOGS_PER_CALL;
                 match c.early.iter_mut().find(|d| d.id.remote_tag == tag) {
                     Some(d) => d.refresh_target(&resp.headers),
-                    None => {
+                    None if room => {
                         if let Some(d) = Dialog::uac(request, &resp.headers, true) {
                             c.early.push(d);
                         }
                     }
+                    None => {}
                 }
             }
             let cancel_now = c.cancel == CancelState::Pending;
@@ -286,10 +288,13 @@ impl Endpoint {
         tag: Bytes,
     ) {
         let Some(c) = self.calls.get(&h) else { return };
-        if let Some((_, ack)) = c.forks.iter().find(|(t, _)| *t == tag) {
-            let (hop, ack) = (c.next_hop, ack.clone());
+        if let Some((_, hop, ack)) = c.forks.iter().find(|(t, _, _)| *t == tag) {
+            let (hop, ack) = (*hop, ack.clone());
             self.send_raw(hop, ack);
             return;
+        }
+        if c.forks.len() >= MAX_DIALOGS_PER_CALL {
+            return; // a peer inventing tags gets no more BYE transactions out of us
         }
         let Some(mut d) = Dialog::uac(request, &resp.headers, false) else {
             return;
@@ -313,7 +318,7 @@ impl Endpoint {
             self.start_client(now, bye, hop, Owner::Orphan);
         }
         if let Some(c) = self.calls.get_mut(&h) {
-            c.forks.push((tag, ack));
+            c.forks.push((tag, hop, ack));
         }
     }
 
