@@ -71,7 +71,11 @@
 
 mod api;
 mod incoming;
+mod prack;
 mod responses;
+mod session;
+
+pub use session::{min_se, Refresher, SessionExpires};
 
 use crate::sip::auth::{Credentials, DigestClient};
 use crate::sip::dialog::{glare_retry_delay, hdr, Dialog};
@@ -95,6 +99,16 @@ const MAX_DIALOGS_PER_CALL: usize = 16;
 
 /// Methods listed in Allow.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
+
+/// Option tags put in Supported on our INVITEs: reliable provisionals (RFC 3262, as UAC) and session timers
+/// (RFC 4028, refreshed by the call layer).
+const SUPPORTED: [&str; 2] = ["100rel", "timer"];
+
+/// Whether the comma-separated option-tag list `v` (Supported, Require) holds `token` (case-insensitive).
+fn has_token(v: &[u8], token: &str) -> bool {
+    v.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
 
 /// Endpoint configuration. Build with [`EndpointConfig::new`] and the `&mut self` setters.
 #[derive(Debug, Clone)]
@@ -229,6 +243,9 @@ pub enum TerminationReason {
     DialogGone,
     /// We rejected the peer's INVITE with this status.
     Declined(StatusCode),
+    /// The transport could not send the INVITE (RFC 3261 §17.1.4: ICMP unreachable, TCP connection refused),
+    /// reported through [`Endpoint::handle_transport_error`]. The next DNS target may be tried.
+    TransportError,
 }
 
 /// What the endpoint tells the TU (the call layer). Drain with [`Endpoint::poll_event`].
@@ -364,6 +381,8 @@ enum Owner {
     InDialog(u64),
     /// A REGISTER.
     Register(u64),
+    /// A PRACK (RFC 3262) in an early dialog of a call.
+    Prack(u64),
     /// A BYE to a surplus fork or a request nobody waits for.
     Orphan,
 }
@@ -416,6 +435,8 @@ struct Registration {
     cseq: u32,
     auth: Option<DigestClient>,
     tx: Option<TxId>,
+    /// The headers of the last final response, for the TU (Min-Expires of a 423, Contact list of a 2xx).
+    last_headers: Option<Headers>,
 }
 
 /// The UAS core's 2xx retransmission (§13.3.1.4).
@@ -453,7 +474,13 @@ struct Call {
     // re-INVITE of ours
     reinvite_tx: Option<TxId>,
     glare_retry: Option<(Instant, Bytes)>,
+    /// The extra headers of our latest re-INVITE (Session-Expires...), re-used when it is retried after 491.
+    reinvite_headers: Vec<(HeaderName, Bytes)>,
     update_tx: Option<TxId>,
+    /// RFC 3262: the RSeq of the last reliable provisional response acknowledged, per early dialog (remote tag).
+    rseq: Vec<(Bytes, u32)>,
+    /// The headers of the last message reported to the TU for this call (see [`Endpoint::last_headers`]).
+    last_headers: Option<Headers>,
     // requests of the peer waiting for the TU
     pending_invite: Option<TxId>,
     pending_update: Option<TxId>,
@@ -481,7 +508,10 @@ impl Call {
             forks: Vec::new(),
             reinvite_tx: None,
             glare_retry: None,
+            reinvite_headers: Vec::new(),
             update_tx: None,
+            rseq: Vec::new(),
+            last_headers: None,
             pending_invite: None,
             pending_update: None,
             retrans: None,
@@ -547,9 +577,10 @@ fn to_tag(h: &Headers) -> Option<Bytes> {
 impl Endpoint {
     /// A new endpoint.
     pub fn new(config: EndpointConfig) -> Self {
-        // No option tags: 100rel and session timers are not implemented, so a Require for them gets 420.
+        // Requests from the peer may require session timers (the call layer answers refreshes with
+        // `answer_invite_with`); 100rel as UAS is not implemented, so a Require for it gets 420.
         let policy = UaPolicy {
-            supported: Vec::new(),
+            supported: vec!["timer".into()],
             content_types: vec![
                 ("application".into(), "sdp".into()),
                 ("application".into(), "dtmf-relay".into()),
@@ -800,6 +831,13 @@ impl Endpoint {
         }
     }
 
+    /// Keeps `headers` as the last ones reported for call `h` ([`Self::last_headers`]).
+    fn note_headers(&mut self, h: u64, headers: &Headers) {
+        if let Some(c) = self.calls.get_mut(&h) {
+            c.last_headers = Some(headers.clone());
+        }
+    }
+
     fn send_raw(&mut self, destination: SocketAddr, payload: Bytes) {
         self.outbox.push_back(Transmit {
             destination,
@@ -838,6 +876,48 @@ impl Endpoint {
                     });
                 }
             }
+        }
+    }
+
+    /// The transport failed to send to `destination` over `transport` (ICMP unreachable, connection refused, no
+    /// route). RFC 3261 §17.1.4: every client transaction still waiting for a final response from there ends as
+    /// if it timed out, except that an initial INVITE ends with [`TerminationReason::TransportError`] so the call
+    /// layer can try the next DNS target. Server transactions are left alone (their retransmissions may still
+    /// get through, and a request's sender retries on its own).
+    pub fn handle_transport_error(
+        &mut self,
+        now: Instant,
+        destination: SocketAddr,
+        transport: Transport,
+    ) {
+        let failed: Vec<TxId> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.tx.destination() == (destination, transport) && !e.tx.has_final())
+            .map(|(k, _)| *k)
+            .collect();
+        for id in failed {
+            let Some(e) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            if let Owner::Invite(h) = e.owner {
+                // Terminate with the typed reason before the transaction's Timeout event reports `Timeout`.
+                let reason = match self.calls.get(&h) {
+                    Some(c) if c.cancel != CancelState::None => TerminationReason::Cancelled,
+                    _ => TerminationReason::TransportError,
+                };
+                let open = self
+                    .calls
+                    .get(&h)
+                    .is_some_and(|c| !c.confirmed() && c.invite_tx == Some(id));
+                if open {
+                    self.terminate(now, h, reason);
+                }
+            }
+            if let Some(e) = self.clients.get_mut(&id) {
+                e.tx.handle_transport_error();
+            }
+            self.drain_client(now, id);
         }
     }
 
@@ -909,8 +989,9 @@ impl Endpoint {
         if let Some((at, _)) = &c.glare_retry {
             if *at <= now {
                 let sdp = c.glare_retry.take().map(|g| g.1).unwrap_or_default();
+                let extra = c.reinvite_headers.clone();
                 if let Err(EndpointError::RequestPending) =
-                    self.send_reinvite(now, CallHandle(h), sdp.clone())
+                    self.send_reinvite_with(now, CallHandle(h), sdp.clone(), extra)
                 {
                     // The peer's re-INVITE is being answered: try again after another back-off.
                     let delay = glare_retry_delay(&mut self.rng, true);
