@@ -18,7 +18,9 @@ pub(super) enum Reliable {
 
 /// The RSeq of a response that requires 100rel (§7.1: 1 to 2^31−1).
 fn rseq(h: &Headers) -> Option<u32> {
-    let required = h.values(&HeaderName::Require).any(|v| has_token(&v, "100rel"));
+    let required = h
+        .values(&HeaderName::Require)
+        .any(|v| has_token(&v, "100rel"));
     if !required {
         return None;
     }
@@ -30,7 +32,12 @@ fn rseq(h: &Headers) -> Option<u32> {
 impl Endpoint {
     /// Classifies a provisional response to the initial INVITE of call `h` from the early dialog `tag`, and
     /// records its RSeq when it is the next one.
-    pub(super) fn classify_reliable(&mut self, h: u64, tag: Option<&Bytes>, resp: &Response) -> Reliable {
+    pub(super) fn classify_reliable(
+        &mut self,
+        h: u64,
+        tag: Option<&Bytes>,
+        resp: &Response,
+    ) -> Reliable {
         let Some(n) = rseq(&resp.headers) else {
             return Reliable::No;
         };

@@ -414,10 +414,10 @@ impl Endpoint {
             _ => {
                 self.note_headers(h, &resp.headers);
                 self.events.push_back(Event::Response {
-                call: CallHandle(h),
-                method: Method::Invite,
-                status: resp.status,
-                body: resp.body,
+                    call: CallHandle(h),
+                    method: Method::Invite,
+                    status: resp.status,
+                    body: resp.body,
                 });
             }
         }
