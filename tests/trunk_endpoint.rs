@@ -234,10 +234,8 @@ fn transport_error_ends_the_invite_at_once() {
     // The transaction is gone: no more INVITE retransmissions.
     let (_, clients, _) = ep.live_counts();
     assert_eq!(clients, 0);
-    let mut t = now;
     while let Some(next) = ep.poll_timeout() {
-        t = next;
-        ep.handle_timeout(t);
+        ep.handle_timeout(next);
         assert!(ep.poll_transmit().is_none());
     }
     assert_eq!(ep.live_counts(), (0, 0, 0));
