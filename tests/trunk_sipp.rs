@@ -14,7 +14,7 @@ use rappel::sip::endpoint::{
 };
 use rappel::sip::message::{StatusCode, Uri};
 use rappel::sip::register::{RegistrationAgent, RegistrationEvent, RegistrationPolicy};
-use rappel::sip::transaction::{TimerConfig, Transport};
+use rappel::sip::transaction::Transport;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -161,13 +161,10 @@ impl Dns {
     }
 }
 
-async fn start_driver(transport: Transport, t1_ms: u64) -> SipDriver {
+async fn start_driver(transport: Transport) -> SipDriver {
     let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut ep = EndpointConfig::new(bind);
     ep.user_agent("rappel-test").transport(transport);
-    let mut timers = TimerConfig::default();
-    timers.t1 = Duration::from_millis(t1_ms);
-    ep.timers(timers);
     SipDriver::start(SipTransportConfig::new(bind), ep)
         .await
         .expect("start SIP driver")
@@ -241,7 +238,7 @@ async fn hang_up(client: &SipClient, events: &mut mpsc::Receiver<Event>, call: C
 #[tokio::test]
 async fn reliable_183_is_pracked() {
     let sipp = Sipp::uas("uas_prack.xml", free_port(), false);
-    let mut d = start_driver(Transport::Udp, 500).await;
+    let mut d = start_driver(Transport::Udp).await;
     let call = invite(&d.client, &format!("sip:visitor@{}", sipp.addr), sipp.addr).await;
     let (prov, result) = outcome(&mut d.events, call).await;
     assert_eq!(result, Ok(()));
@@ -261,7 +258,7 @@ async fn reliable_183_is_pracked() {
 #[tokio::test]
 async fn registration_refreshed_and_removed_at_a_registrar() {
     let sipp = Sipp::uas("registrar.xml", free_port(), false);
-    let mut d = start_driver(Transport::Udp, 500).await;
+    let mut d = start_driver(Transport::Udp).await;
     let req = RegisterRequest {
         registrar: format!("sip:{}", sipp.addr),
         aor: "sip:rappel@trunk.test".into(),
@@ -418,7 +415,7 @@ async fn dns_srv_failover_from_a_503_to_the_next_priority() {
 
     let bad = Sipp::uas("uas_503.xml", p1, false);
     let good = Sipp::uas("uas_answer.xml", p2, false);
-    let mut d = start_driver(Transport::Udp, 500).await;
+    let mut d = start_driver(Transport::Udp).await;
     let (targets, results, call) =
         call_with_failover(&mut d, &resolver, "sip:visitor@trunk.test").await;
     assert_eq!(
@@ -458,7 +455,7 @@ async fn dns_srv_failover_over_tcp_from_a_dead_target() {
     ]);
     let resolver = SipResolver::with_nameservers(&[dns.addr]).unwrap();
     let good = Sipp::uas("uas_answer.xml", p2, true);
-    let mut d = start_driver(Transport::Tcp, 500).await;
+    let mut d = start_driver(Transport::Tcp).await;
     let begin = tokio::time::Instant::now();
     let (targets, results, call) =
         call_with_failover(&mut d, &resolver, "sip:visitor@tcp.test").await;
