@@ -17,7 +17,7 @@
 //! | extension methods | 501 |
 //! | re-INVITE while our own re-INVITE is pending | 491 (glare, RFC 3261 §14.2) |
 //! | unparsable request with Via, Call-ID and CSeq | stateless 400 (505, 513 as the codec decides) |
-//! | request the codec's [`UaPolicy`] refuses (Require, body type, URI scheme, Max-Forwards 0) | 420/415/416/483 |
+//! | request the codec's [`UaPolicy`] refuses (Require other than `timer`, body type, URI scheme, Max-Forwards 0) | 420/415/416/483 |
 //! | beyond [`EndpointConfig::max_server_transactions`] | stateless 503 |
 //!
 //! RFC 3581: `received` and `rport` are filled in on the top Via of each request, and responses go to the source
@@ -29,8 +29,20 @@
 //! Forked early dialogs are tracked; the first 2xx wins and any later 2xx from another fork is ACKed and
 //! immediately BYE'd (RFC 3261 §13.2.2.4). 401/407 challenges are answered from the call's credentials.
 //!
+//! Our INVITEs carry `Supported: 100rel, timer`. A provisional response with `Require: 100rel` and an `RSeq`
+//! (RFC 3262) is acknowledged with a PRACK in its early dialog (`prack.rs`); retransmitted and out-of-order ones
+//! are dropped. Responses are never checked against [`UaPolicy`]: their Require lists are not refused.
+//! Session timers (RFC 4028) are the call layer's: the endpoint carries their headers (the `*_with` methods,
+//! [`Endpoint::last_headers`], [`SessionExpires`]), and a 422 ends the call as `Rejected(422)` with the
+//! `Min-SE` readable afterwards.
+//!
+//! A send failure reported by the driver ([`Endpoint::handle_transport_error`]) fails the transactions sending
+//! there at once (RFC 3261 §17.1.4); an initial INVITE then ends with [`TerminationReason::TransportError`], so the
+//! call layer can try the next RFC 3263 target (`crate::net::dns`).
+//!
 //! Files: `mod.rs` holds the types, the transaction plumbing and timers; `incoming.rs` requests from the network;
-//! `responses.rs` responses to our requests; `api.rs` the TU-facing calls.
+//! `responses.rs` responses to our requests; `prack.rs` reliable provisionals; `session.rs` session-timer header
+//! values; `api.rs` the TU-facing calls.
 //!
 //! # Driving it
 //!
