@@ -27,6 +27,8 @@ struct ReliableUas {
     racks: Vec<String>,
     cseqs: Vec<(u32, String)>,
     retransmitted: usize,
+    /// Challenge every PRACK without Proxy-Authorization with a 407.
+    challenge_prack: bool,
 }
 
 impl ReliableUas {
@@ -40,6 +42,7 @@ impl ReliableUas {
             racks: Vec::new(),
             cseqs: Vec::new(),
             retransmitted: 0,
+            challenge_prack: false,
         }
     }
 
@@ -90,6 +93,17 @@ impl Node for ReliableUas {
                 self.invite = Some(req.clone());
                 self.send(reply(&req, 100, "").to_bytes());
                 self.send_reliable(now, 183, 1);
+            }
+            Method::Prack
+                if self.challenge_prack
+                    && !req.headers.contains(&HeaderName::ProxyAuthorization) =>
+            {
+                let mut r = reply(&req, 407, "uas1");
+                r.headers.push(
+                    HeaderName::ProxyAuthenticate,
+                    Bytes::from_static(b"Digest realm=\"trunk.test\", nonce=\"p1\", qop=\"auth\""),
+                );
+                self.send(r.to_bytes());
             }
             Method::Prack => {
                 let rack = String::from_utf8_lossy(req.headers.get(&HeaderName::RAck).unwrap())
@@ -255,4 +269,37 @@ fn unreliable_provisional_gets_no_prack() {
         sim.a.find(|e| matches!(e, Event::Provisional { .. })).len(),
         1
     );
+}
+
+#[test]
+fn challenged_prack_is_resent_with_credentials_and_the_next_cseq() {
+    let mut uas = ReliableUas::new(addr_b());
+    uas.challenge_prack = true;
+    let mut sim = Sim::new(EpNode::new(addr_a(), 9, false), uas);
+    let mut inv = invite_to_b("v=0 a");
+    inv.credentials = Some(rappel::sip::auth::Credentials {
+        username: "rappel".into(),
+        password: "secret".into(),
+        realm: None,
+    });
+    let now = sim.now;
+    sim.a.ep.start_invite(now, inv).unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| !s
+        .a
+        .find(is_answered)
+        .is_empty()));
+    assert_eq!(sim.b.racks, vec!["1 1 INVITE", "2 1 INVITE"]);
+    let pracks: Vec<u32> = sim
+        .b
+        .cseqs
+        .iter()
+        .filter(|(_, m)| m == "PRACK")
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(
+        pracks,
+        vec![2, 3, 4, 5],
+        "each PRACK challenged once, retried with the next CSeq"
+    );
+    assert_eq!(provisionals(&sim), vec![183, 180]);
 }

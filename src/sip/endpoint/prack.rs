@@ -3,6 +3,7 @@
 //! previous plus one: a repeated RSeq is a retransmission (our PRACK transaction is already retransmitting, §4),
 //! and one that skips ahead arrived out of order; neither is acknowledged nor reported to the TU.
 
+use super::responses::{answer_challenge, resend_headers};
 use super::*;
 
 /// What to do with a provisional response, as far as RFC 3262 goes.
@@ -88,6 +89,48 @@ impl Endpoint {
             Bytes::from(format!("{rseq} {invite_seq} INVITE")),
         );
         let hop = d.next_hop().unwrap_or(fallback);
+        self.start_client(now, req, hop, Owner::Prack(h));
+    }
+
+    /// The final response to a PRACK. A 2xx only confirms the RSeq we already acknowledged; a 401/407 is
+    /// answered from the call's credentials with a new PRACK (next CSeq of the early dialog); anything else is
+    /// left alone (the INVITE goes on: the UAS retransmits its provisional and gives up on its own).
+    pub(super) fn on_prack_response(
+        &mut self,
+        now: Instant,
+        h: u64,
+        request: &Request,
+        resp: Response,
+    ) {
+        if resp.status.is_provisional() {
+            return;
+        }
+        if !matches!(resp.status.as_u16(), 401 | 407) {
+            self.auth_done(h);
+            return;
+        }
+        let cnonce = self.token();
+        let via = self.new_via();
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
+        let Some(auth) = c.auth.as_mut() else {
+            return;
+        };
+        let Some((name, value)) = answer_challenge(auth, request, &resp, &cnonce) else {
+            return;
+        };
+        let Some(tag) = to_tag(&request.headers) else {
+            return;
+        };
+        let fallback = c.next_hop;
+        let Some(d) = c.early.iter_mut().find(|d| d.id.remote_tag == tag) else {
+            return; // the dialog was confirmed or ended meanwhile
+        };
+        let seq = d.next_seq();
+        let hop = d.next_hop().unwrap_or(fallback);
+        let mut req = request.clone();
+        resend_headers(&mut req, via, seq, name, value);
         self.start_client(now, req, hop, Owner::Prack(h));
     }
 }

@@ -39,8 +39,8 @@ impl Endpoint {
             Owner::ReInvite(h) => self.on_reinvite_response(now, h, id, &request, resp),
             Owner::InDialog(h) => self.on_in_dialog_response(now, h, &request, resp),
             Owner::Register(r) => self.on_register_response(now, r, id, &request, resp),
-            // A PRACK's answer needs no action: its 2xx only confirms the RSeq we already acknowledged.
-            Owner::Prack(_) | Owner::Cancel(_) | Owner::Orphan => {}
+            Owner::Prack(h) => self.on_prack_response(now, h, &request, resp),
+            Owner::Cancel(_) | Owner::Orphan => {}
         }
     }
 
@@ -483,7 +483,7 @@ fn granted_expires(h: &Headers) -> Option<u32> {
 }
 
 /// Answers a 401/407 from `auth`: the header to add and its value, or `None` when we cannot or must not retry.
-fn answer_challenge(
+pub(super) fn answer_challenge(
     auth: &mut DigestClient,
     request: &Request,
     resp: &Response,
@@ -510,7 +510,13 @@ fn answer_challenge(
 }
 
 /// Prepares a copy of a challenged request for re-sending: new top Via (branch), new CSeq, credentials.
-fn resend_headers(req: &mut Request, via: Bytes, seq: u32, answer_hdr: HeaderName, value: String) {
+pub(super) fn resend_headers(
+    req: &mut Request,
+    via: Bytes,
+    seq: u32,
+    answer_hdr: HeaderName,
+    value: String,
+) {
     let others: Vec<Bytes> = req.headers.values(&HeaderName::Via).skip(1).collect();
     req.headers.remove(&HeaderName::Via);
     req.headers.push(HeaderName::Via, via);
