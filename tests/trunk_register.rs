@@ -318,3 +318,31 @@ fn shutdown_while_registering_waits_then_removes() {
         RegistrationEvent::Unregistered { removed: true }
     );
 }
+
+#[test]
+fn retry_after_is_a_floor_for_the_retry() {
+    let mut n = 0;
+    let mut s = sim(600, move |req| {
+        n += 1;
+        if n == 1 {
+            let mut r = reply(req, 503, "reg");
+            r.headers
+                .push(HeaderName::RetryAfter, Bytes::from_static(b"30"));
+            return vec![Message::Response(r)];
+        }
+        let mut r = reply(req, 200, "reg");
+        r.headers
+            .push(HeaderName::Expires, Bytes::from_static(b"600"));
+        vec![Message::Response(r)]
+    });
+    s.run_to(Duration::from_secs(40));
+    // 503 at 40 ms with Retry-After: 30 → retry at 30.040 s rather than after the 2 s back-off.
+    assert_eq!(register_times(&s), vec![0, 30_040]);
+    assert_eq!(
+        s.a.events[0].1,
+        RegistrationEvent::Failed {
+            status: Some(StatusCode::SERVICE_UNAVAILABLE),
+            retry_in: Duration::from_secs(30)
+        }
+    );
+}

@@ -2,7 +2,7 @@
 //!
 //! [`RegistrationAgent`] drives the endpoint's REGISTER primitives ([`Endpoint::register`],
 //! [`Endpoint::refresh_register`]): it refreshes the binding before it expires, retries after failures with an
-//! exponential back-off, follows a 423 Interval Too Brief to the registrar's `Min-Expires`, and removes the
+//! exponential back-off (never sooner than a `Retry-After`), follows a 423 Interval Too Brief to the registrar's `Min-Expires`, and removes the
 //! binding (`Expires: 0`) on shutdown. 401/407 challenges are answered inside the endpoint from the request's
 //! credentials; a challenge it cannot answer arrives here as a failure.
 //!
@@ -273,14 +273,29 @@ impl RegistrationAgent {
                     _ => self.fail(now, status),
                 }
             }
-            _ => self.fail(now, status),
+            Some(_) => {
+                // A registrar's Retry-After (503, 480...) is a floor for the wait (RFC 3261 §20.33).
+                let after = ep
+                    .registration_headers(h)
+                    .and_then(|hd| hd.get(&HeaderName::RetryAfter))
+                    .and_then(|v| retry_after(v));
+                self.fail_after(now, status, after);
+            }
+            None => self.fail(now, status),
         }
         true
     }
 
     fn fail(&mut self, now: Instant, status: Option<StatusCode>) {
+        self.fail_after(now, status, None);
+    }
+
+    fn fail_after(&mut self, now: Instant, status: Option<StatusCode>, at_least: Option<Duration>) {
         self.failures = self.failures.saturating_add(1);
-        let retry_in = self.policy.retry_delay(self.failures);
+        let retry_in = self
+            .policy
+            .retry_delay(self.failures)
+            .max(at_least.unwrap_or_default());
         self.state = RegistrationState::Retrying { at: now + retry_in };
         self.events
             .push_back(RegistrationEvent::Failed { status, retry_in });
@@ -304,6 +319,20 @@ impl RegistrationAgent {
     }
 }
 
+/// The delta-seconds of a Retry-After value (`120 (busy);duration=60`), capped at a day.
+fn retry_after(v: &[u8]) -> Option<Duration> {
+    let end = v
+        .iter()
+        .position(|b| !b.is_ascii_digit() && *b != b' ')
+        .unwrap_or(v.len());
+    let secs: u64 = std::str::from_utf8(v.get(..end)?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(86_400)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +350,21 @@ mod tests {
         assert_eq!(p.refresh_delay(1), s(1), "floor");
         assert_eq!(p.refresh_delay(0), s(1), "floor");
         assert_eq!(p.refresh_delay(u32::MAX), s(u64::from(u32::MAX)) / 2);
+    }
+
+    #[test]
+    fn retry_after_values() {
+        assert_eq!(retry_after(b"120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after(b"18000;duration=3600"),
+            Some(Duration::from_secs(18000))
+        );
+        assert_eq!(retry_after(b"5 (busy)"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            retry_after(b"99999999999"),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(retry_after(b"soon"), None);
     }
 
     #[test]
