@@ -265,3 +265,54 @@ fn transport_error_on_in_dialog_request_reports_transaction_timeout() {
     );
     assert!(!sim.a.ep.is_terminated(call), "the call goes on");
 }
+
+#[test]
+fn failover_after_timer_b_reaches_the_second_target() {
+    use rappel::net::dns::{Failover, Target};
+    let udp = |addr: &str| Target {
+        transport: Transport::Udp,
+        addr: addr.parse().unwrap(),
+    };
+    // The first target is silent (nobody there): Timer B (64·T1 = 32 s) ends the INVITE with Timeout and the
+    // Failover walk moves on to B, which answers.
+    let mut f = Failover::new(vec![
+        udp("10.0.0.9:5060"),
+        Target {
+            transport: Transport::Udp,
+            addr: addr_b(),
+        },
+    ]);
+    let mut sim = call_pair();
+    let mut inv = invite_to_b("v=0 a");
+    inv.next_hop = f.next_target().unwrap().addr;
+    let now = sim.now;
+    let first = sim.a.ep.start_invite(now, inv).unwrap();
+    assert!(sim.run_until(Duration::from_secs(60), |s| !s
+        .a
+        .find(is_terminated)
+        .is_empty()));
+    let (at, ev) = sim.a.find(is_terminated)[0].clone();
+    let Event::Terminated { call, reason } = ev else {
+        unreachable!()
+    };
+    assert_eq!((call, reason), (first, TerminationReason::Timeout));
+    assert_eq!(at - sim.start, Duration::from_secs(32));
+    let next = f.after(&reason).expect("a second target");
+    assert_eq!(next.addr, addr_b());
+    let mut inv = invite_to_b("v=0 a");
+    inv.next_hop = next.addr;
+    let now = sim.now;
+    let second = sim.a.ep.start_invite(now, inv).unwrap();
+    assert!(sim.run_until(Duration::from_secs(5), |s| !s
+        .a
+        .find(is_answered)
+        .is_empty()));
+    assert_eq!(
+        sim.a.find(is_answered)[0].1,
+        Event::Answered {
+            call: second,
+            body: Bytes::from_static(b"v=0 b")
+        }
+    );
+    assert_eq!(f.remaining(), 0);
+}
