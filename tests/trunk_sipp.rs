@@ -338,10 +338,10 @@ async fn registration_refreshed_and_removed_at_a_registrar() {
             RegistrationEvent::Unregistered { removed: true },
         ]
     );
-    // The refresh came about 2 s (4/2) after the first binding, well before it expired.
+    // The refresh came about 2 s (4/2) after the first binding, before it expired (SIPp also waits at most 4 s).
     let gap = seen[1].0 - seen[0].0;
     assert!(
-        gap >= Duration::from_millis(1900) && gap < Duration::from_millis(3500),
+        gap >= Duration::from_millis(1900) && gap < Duration::from_secs(4),
         "{gap:?}"
     );
     assert_eq!(
