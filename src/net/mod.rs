@@ -3,4 +3,6 @@
 pub mod rtp_io;
 pub mod sip;
 pub(crate) mod sys;
+pub mod dns;
+pub mod sys;
 pub mod transport;

@@ -235,6 +235,7 @@ impl Endpoint {
         let local_tag = Bytes::from(self.token());
         let mut call = Call::new(false, local_tag.clone(), destination);
         call.pending_invite = Some(id);
+        call.last_headers = Some(req.headers.clone());
         let h = self.id();
         self.calls.insert(h, call);
         self.dialog_index.insert((call_id, local_tag), h);
@@ -319,6 +320,7 @@ impl Endpoint {
                 }
                 d.refresh_target(&req.headers);
                 c.pending_invite = Some(id);
+                c.last_headers = Some(req.headers.clone());
                 self.respond(now, id, 100, None, |_| {});
                 self.events.push_back(Event::Request {
                     call: CallHandle(h),
@@ -332,6 +334,7 @@ impl Endpoint {
                 }
                 d.refresh_target(&req.headers);
                 c.pending_update = Some(id);
+                c.last_headers = Some(req.headers.clone());
                 self.events.push_back(Event::Request {
                     call: CallHandle(h),
                     method: Method::Update,
@@ -339,6 +342,7 @@ impl Endpoint {
                 });
             }
             Method::Info => {
+                c.last_headers = Some(req.headers.clone());
                 self.respond(now, id, 200, None, |_| {});
                 self.events.push_back(Event::Request {
                     call: CallHandle(h),
