@@ -10,7 +10,10 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod callback;
+pub mod config;
 pub mod media;
 pub mod net;
 pub mod sdp;
 pub mod sip;
+#[cfg(feature = "http")]
+pub mod web;
