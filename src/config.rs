@@ -400,6 +400,15 @@ fn is_sip_uri(s: &str) -> bool {
     !host.is_empty() && !host.starts_with(':') && !s.chars().any(char::is_whitespace)
 }
 
+/// Serde names Rust types (`expected u32`); say what a person writes instead.
+fn readable(message: &str) -> String {
+    let mut m = message.to_owned();
+    for t in ["u16", "u32", "u64", "usize"] {
+        m = m.replace(&format!("expected {t}"), "expected a non-negative integer");
+    }
+    m
+}
+
 impl Config {
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -433,7 +442,7 @@ impl Config {
             ConfigError::Parse {
                 key,
                 line: line_of(inner.span()),
-                message: inner.message().to_owned(),
+                message: readable(inner.message()),
             }
         })?;
         config.validate()?;
