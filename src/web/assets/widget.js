@@ -109,7 +109,8 @@
         text += " · " + new Date(v.scheduled_at).toLocaleString();
       }
       setStatus(v.state, text);
-      if (v["final"]) { stop(); cancel.setAttribute("hidden", ""); } else { cancel.removeAttribute("hidden"); }
+      if (v["final"]) { stop(); }
+      if (v["final"] || v.state === "connected") { cancel.setAttribute("hidden", ""); } else { cancel.removeAttribute("hidden"); }
     }
 
     function refresh() {
