@@ -9,8 +9,14 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod call;
 pub mod callback;
 pub mod media;
 pub mod net;
 pub mod sdp;
 pub mod sip;
+
+pub use call::{
+    BridgeEvent, BridgeOptions, CallError, CallOptions, EarlyMedia, LegEvent, LegId, ShutdownMode,
+};
+pub use net::engine::{Bridge, Engine, EngineBuilder, Leg};
