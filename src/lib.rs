@@ -6,11 +6,17 @@
 //! The crate is built as sans-IO protocol cores (SIP transactions and dialogs, SDP offer/answer, the RTP relay's
 //! per-stream state) that take bytes and an [`std::time::Instant`] in and give messages, timers and events out,
 //! driven by a thin tokio layer in [`net`] that owns the sockets and the clock. See `ARCHITECTURE.md`.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod call;
 pub mod callback;
 pub mod media;
 pub mod net;
 pub mod sdp;
 pub mod sip;
+
+pub use call::{
+    BridgeEvent, BridgeOptions, CallError, CallOptions, EarlyMedia, LegEvent, LegId, ShutdownMode,
+};
+pub use net::engine::{Bridge, Engine, EngineBuilder, Leg};
