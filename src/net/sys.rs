@@ -1,0 +1,345 @@
+//! The one module with `unsafe`: thin, safe wrappers over the Linux calls the RTP driver batches with
+//! (`epoll`, `recvmmsg`, `sendmmsg`), thread pinning (`sched_setaffinity`), timer slack and per-thread CPU time.
+//!
+//! Every pointer handed to the kernel points into buffers owned by `Batch`, which never resizes after
+//! construction; lengths passed are the lengths of those buffers. Nothing here outlives a call.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Size of each packet buffer: a full Ethernet-MTU UDP payload fits.
+pub(crate) const BUF_LEN: usize = 1536;
+
+/// An epoll instance.
+#[derive(Debug)]
+pub(crate) struct Epoll {
+    fd: OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Epoll {
+    pub(crate) fn new(max_events: usize) -> io::Result<Self> {
+        // SAFETY: plain syscall, no pointers.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: epoll_event is plain data; all-zero is valid.
+        let events = vec![unsafe { zeroed::<libc::epoll_event>() }; max_events.max(1)];
+        Ok(Self { fd, events })
+    }
+
+    /// Register `fd` edge-triggered: the driver always drains a socket it is told about (every read loop runs
+    /// until the kernel reports it empty), and each new datagram raises a new edge, so nothing is stranded.
+    pub(crate) fn add(&self, fd: RawFd, data: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: data,
+        };
+        // SAFETY: `ev` lives across the call.
+        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Wait up to `timeout` (ms resolution, rounded up) and return the ready tokens.
+    pub(crate) fn wait(&mut self, timeout: Duration, out: &mut Vec<u64>) -> io::Result<()> {
+        out.clear();
+        let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        let max = i32::try_from(self.events.len()).unwrap_or(i32::MAX);
+        // SAFETY: the kernel writes at most `max` events into our buffer of that length.
+        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), self.events.as_mut_ptr(), max, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        out.extend(self.events.iter().take(n as usize).map(|e| e.u64));
+        Ok(())
+    }
+}
+
+/// Fixed-size packet buffers with the `mmsghdr`/`iovec`/`sockaddr` arrays to receive into and send from them.
+pub(crate) struct Batch {
+    bufs: Box<[[u8; BUF_LEN]]>,
+    lens: Box<[usize]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    iovs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+    send_hdrs: Box<[libc::mmsghdr; SEND_MAX]>,
+    send_iovs: Box<[libc::iovec; SEND_MAX]>,
+    send_names: Box<[libc::sockaddr_in6; SEND_MAX]>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("slots", &self.bufs.len())
+            .finish()
+    }
+}
+
+impl Batch {
+    pub(crate) fn new(slots: usize) -> Self {
+        // SAFETY: these libc structs are plain data; all-zero is a valid value for each.
+        let (addr, iov, hdr) = unsafe {
+            (
+                zeroed::<libc::sockaddr_storage>(),
+                zeroed::<libc::iovec>(),
+                zeroed::<libc::mmsghdr>(),
+            )
+        };
+        Self {
+            bufs: vec![[0u8; BUF_LEN]; slots].into_boxed_slice(),
+            lens: vec![0; slots].into_boxed_slice(),
+            addrs: vec![addr; slots].into_boxed_slice(),
+            iovs: vec![iov; slots].into_boxed_slice(),
+            hdrs: vec![hdr; slots].into_boxed_slice(),
+            send_hdrs: Box::new([hdr; SEND_MAX]),
+            send_iovs: Box::new([iov; SEND_MAX]),
+            // SAFETY: plain data, all-zero valid.
+            send_names: Box::new(unsafe { zeroed() }),
+        }
+    }
+
+    pub(crate) fn slots(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// Receive up to `max` datagrams from `fd` into slots `start..`, without blocking. Returns how many.
+    pub(crate) fn recv(&mut self, fd: RawFd, start: usize, max: usize) -> io::Result<usize> {
+        let end = start.saturating_add(max).min(self.bufs.len());
+        if start >= end {
+            return Ok(0);
+        }
+        for i in start..end {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: BUF_LEN,
+            };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        let vlen = (end - start) as libc::c_uint;
+        // SAFETY: hdrs[start..end] point to live buffers/iovecs/addresses of this Batch with their true sizes.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs[start..].as_mut_ptr(),
+                vlen,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        let n = n as usize;
+        for i in start..start + n {
+            let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            // A truncated datagram is reported with length 0: callers treat it as malformed.
+            self.lens[i] = if truncated {
+                0
+            } else {
+                (self.hdrs[i].msg_len as usize).min(BUF_LEN)
+            };
+        }
+        Ok(n)
+    }
+
+    /// The packet in slot `i` and its source address.
+    pub(crate) fn packet(&mut self, i: usize) -> Option<(&mut [u8], Option<SocketAddr>)> {
+        let len = *self.lens.get(i)?;
+        let from = self.addrs.get(i).and_then(from_storage);
+        Some((self.bufs.get_mut(i)?.get_mut(..len)?, from))
+    }
+
+    /// Mutable buffer of slot `i` (to build a packet in).
+    pub(crate) fn buf_mut(&mut self, i: usize) -> Option<&mut [u8; BUF_LEN]> {
+        self.bufs.get_mut(i)
+    }
+
+    /// Send the packets in `items` (slot, length, destination) from `fd` with as few `sendmmsg` calls as it
+    /// takes (one unless the kernel sends partially). Returns how many were sent; the rest failed (e.g. buffer
+    /// full) and are dropped.
+    pub(crate) fn send(
+        &mut self,
+        fd: RawFd,
+        items: &[(usize, usize, SocketAddr)],
+    ) -> (usize, usize) {
+        let Self {
+            bufs,
+            send_hdrs: hdrs,
+            send_iovs: iovs,
+            send_names: names,
+            ..
+        } = self;
+        let mut sent = 0usize;
+        let mut calls = 0usize;
+        for chunk in items.chunks(SEND_MAX) {
+            let mut built = 0usize;
+            for &(slot, len, to) in chunk {
+                let k = built;
+                let Some(buf) = bufs.get_mut(slot) else {
+                    continue;
+                };
+                iovs[k] = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: len.min(BUF_LEN),
+                };
+                let namelen = to_sockaddr(to, &mut names[k]);
+                let h = &mut hdrs[k].msg_hdr;
+                h.msg_name = (&mut names[k] as *mut libc::sockaddr_in6).cast();
+                h.msg_namelen = namelen;
+                h.msg_iov = &mut iovs[k];
+                h.msg_iovlen = 1;
+                built += 1;
+            }
+            let mut off = 0usize;
+            while off < built {
+                calls += 1;
+                // SAFETY: hdrs[off..built] point to live iovecs/addresses and slot buffers owned by this Batch.
+                let n = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        hdrs[off..].as_mut_ptr(),
+                        (built - off) as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n <= 0 {
+                    // Skip the packet that failed and go on with the rest.
+                    off += 1;
+                    continue;
+                }
+                sent += n as usize;
+                off += n as usize;
+            }
+        }
+        (sent, calls)
+    }
+}
+
+const SEND_MAX: usize = 64;
+
+/// Write `addr` into `out` (large enough for both families); return the length to pass to the kernel.
+fn to_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_in6) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in is smaller than sockaddr_in6 and both are plain data.
+            unsafe {
+                std::ptr::write(
+                    (out as *mut libc::sockaddr_in6).cast::<libc::sockaddr_in>(),
+                    sin,
+                )
+            };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            *out = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: family says the storage holds a sockaddr_in; storage is larger and suitably aligned.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(a.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Pin the calling thread to one CPU.
+pub(crate) fn pin_current_thread(core: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against its size; pid 0 = calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Set the calling thread's timer slack (how late the kernel may wake a sleeper), for precise pacing sleeps.
+pub(crate) fn set_timer_slack(nanos: u64) {
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, nanos as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// CPU time consumed by the calling thread (user + system).
+pub fn thread_cpu_time() -> Duration {
+    // SAFETY: clock_gettime writes into `ts`, which lives across the call.
+    let mut ts: libc::timespec = unsafe { zeroed() };
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r < 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Linux thread id of the calling thread (for `/proc/self/task/TID/stat`).
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
