@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::callback::service::ServiceConfig;
 use crate::callback::{AgentConfig, CallbackConfig, FlowConfig, Strategy};
 
 /// Cap on the size of a configuration file.
@@ -557,6 +558,29 @@ impl Config {
             max_concurrent: c.max_concurrent_calls,
             default_strategy: c.strategy,
             ..CallbackConfig::default()
+        }
+    }
+
+    /// The trunk's visitor URI template: `sip:{number}@host[:port]` (the trunk URI's user part, if any, is
+    /// replaced by the visitor's E.164 number).
+    pub fn visitor_uri(&self) -> String {
+        let rest = self
+            .trunk
+            .uri
+            .strip_prefix("sip:")
+            .unwrap_or(&self.trunk.uri);
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        format!("sip:{{number}}@{host}")
+    }
+
+    /// The callback service's configuration (timings, agents, trunk); prompts, recovery and webhook keep their
+    /// defaults.
+    pub fn service_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            callback: self.callback_config(),
+            agents: self.agent_configs(),
+            visitor_uri: self.visitor_uri(),
+            ..ServiceConfig::default()
         }
     }
 

@@ -75,6 +75,11 @@ fn the_documented_example_loads() {
     assert_eq!(cc.flow.visitor_ring_timeout, Duration::from_secs(30));
     assert_eq!(cc.flow.max_hold, Duration::from_secs(120));
     assert_eq!(cc.default_strategy, Strategy::AgentFirst);
+    assert_eq!(c.visitor_uri(), "sip:{number}@127.0.0.1:5070");
+    let sc = c.service_config();
+    assert_eq!(sc.visitor_uri, "sip:{number}@127.0.0.1:5070");
+    assert_eq!(sc.agents.len(), 2);
+    assert_eq!(sc.callback.flow.max_attempts, 3);
     let agents = c.agent_configs();
     assert_eq!(agents[1].uri, "sip:bob@127.0.0.1:5081");
     assert_eq!(agents[0].max_concurrent, 1);

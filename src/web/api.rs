@@ -545,9 +545,10 @@ async fn list(
             None => return error(StatusCode::BAD_REQUEST, "unknown state"),
         },
     };
+    let filter_limit = q.limit.unwrap_or(200).clamp(1, 1000);
     let filter = ListFilter {
         state: filter_state,
-        limit: q.limit.unwrap_or(200).clamp(1, 1000),
+        limit: filter_limit,
     };
     match state.inner.api.list(filter).await {
         Ok(mut views) => {
@@ -560,6 +561,7 @@ async fn list(
                 };
                 (rank, std::cmp::Reverse(v.created), std::cmp::Reverse(v.id))
             });
+            views.truncate(filter_limit);
             let items: Vec<Value> = views.iter().map(|v| view_json(&state, v, true)).collect();
             let mut r = Json(json!({ "requests": items })).into_response();
             r.headers_mut()

@@ -42,6 +42,7 @@ pub mod abuse;
 mod api;
 mod assets;
 mod events;
+mod service_api;
 
 use abuse::{FormTokens, PhonePolicy, RateLimiter, RequestKeys, UnknownCountry};
 
@@ -111,7 +112,8 @@ pub enum ApiError {
 
 /// The callback service as the web layer uses it.
 ///
-/// Implemented by the tokio callback service; tests implement it with doubles. Numbers passed in are E.164.
+/// Implemented by the tokio [`CallbackService`](crate::callback::service::CallbackService); tests implement it
+/// with doubles. Numbers passed in are E.164.
 pub trait CallbackApi: Send + Sync + 'static {
     /// Accepts a validated request.
     fn submit(&self, req: NewRequest) -> BoxFuture<'_, Result<Submission, ApiError>>;
