@@ -266,3 +266,73 @@ async fn widget_embedded_cross_origin_follows_the_request() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_and_admin_page() {
+    let Some(exe) = chromium() else {
+        eprintln!("chromium not installed: browser test not run (apt-get install -y chromium)");
+        return;
+    };
+    let fake = web_support::FakeService::new(web_support::wall());
+    let state = rappel::web::WebState::new(fake.clone(), web_support::config()).unwrap();
+    let addr = serve(router(state)).await;
+    let (_browser, mut cdp) = launch(&exe).await;
+
+    // The demo page at / carries the widget (same origin, under its Content-Security-Policy).
+    cdp.call("Page.navigate", json!({ "url": format!("http://{addr}/") }))
+        .await;
+    cdp.wait_for("!!document.querySelector('[data-rappel-widget] [data-rappel=\"phone\"]')")
+        .await;
+    cdp.eval(
+        "(() => {
+            document.querySelector('[data-rappel=\"phone\"]').value = '+33 6 98 76 54 32';
+            document.querySelector('[data-rappel=\"submit\"]').click();
+            return true;
+        })()",
+    )
+    .await;
+    cdp.wait_for("document.querySelector('[data-rappel=\"status\"]').textContent.includes('calling_visitor')")
+        .await;
+    // A second request, straight to the service, that ends missed (the visitor hangs up while held).
+    let missed = rappel::web::CallbackApi::submit(
+        &*fake,
+        rappel::callback::NewRequest {
+            phone: "+33611223344".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .id;
+    fake.input(missed, Input::VisitorAnswered);
+    fake.input(missed, Input::VisitorHungUp);
+
+    cdp.call(
+        "Page.navigate",
+        json!({ "url": format!("http://{addr}/admin") }),
+    )
+    .await;
+    cdp.wait_for("!!document.querySelector('[data-rappel=\"token\"]')")
+        .await;
+    cdp.eval(
+        "(() => {
+            document.querySelector('[data-rappel=\"token\"]').value = 'secret-token';
+            document.querySelector('[data-rappel=\"login\"] button').click();
+            return true;
+        })()",
+    )
+    .await;
+    cdp.wait_for("document.querySelectorAll('[data-rappel=\"requests\"] tbody tr').length === 2")
+        .await;
+    let rows = cdp
+        .eval("Array.from(document.querySelectorAll('[data-rappel=\"requests\"] tbody tr')).map(r => [r.getAttribute('data-state'), r.children[1].textContent, r.children[5].textContent])")
+        .await;
+    assert_eq!(rows[0][0], "missed", "{rows}");
+    assert_eq!(rows[0][1], "+33611223344");
+    assert!(
+        rows[0][2].as_str().unwrap().contains("the visitor hung up"),
+        "{rows}"
+    );
+    assert_eq!(rows[1][0], "calling_visitor");
+    assert_eq!(rows[1][1], "+33698765432");
+}
