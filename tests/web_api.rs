@@ -661,3 +661,74 @@ async fn live_events_per_request_and_for_the_admin() {
         .expect("ends");
     assert!(end.is_none());
 }
+
+#[tokio::test]
+async fn event_streams_are_capped() {
+    let cfg = WebConfig {
+        max_event_streams: 2,
+        ..config()
+    };
+    let (router, ..) = app(cfg, client(1));
+    let json = submit_ok(&router, r#"{"phone": "+33612345678"}"#).await;
+    let path = format!("/api/callbacks/{}/events", json["id"].as_str().unwrap());
+    let open = |p: String| {
+        let router = router.clone();
+        async move { tower::ServiceExt::oneshot(router, get(&p)).await.unwrap() }
+    };
+    let a = open(path.clone()).await;
+    let b = open("/api/events?access_token=secret-token".into()).await;
+    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+    let c = open(path.clone()).await;
+    assert_eq!(c.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(c.headers().get("retry-after").unwrap(), "5");
+    // Closing a stream frees its place.
+    drop(a);
+    assert_eq!(open(path).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn forwarded_for_only_behind_a_trusted_proxy() {
+    let fwd = |xff: &str| {
+        let mut r = post_json(r#"{"phone": "nope"}"#);
+        r.headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+        r
+    };
+    // Trusted: the proxy's last entry is the client; what the client put before it does not matter.
+    let cfg = WebConfig {
+        trust_forwarded_for: true,
+        ip_rate: (1, Duration::from_secs(60)),
+        ..config()
+    };
+    let (router, ..) = app(cfg, client(1));
+    assert_eq!(
+        send(&router, fwd("203.0.113.1")).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        send(&router, fwd("203.0.113.1")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        send(&router, fwd("1.2.3.4, 203.0.113.1")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        send(&router, fwd("203.0.113.2")).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    // Not trusted: the header is ignored and the connection's address counts.
+    let cfg = WebConfig {
+        ip_rate: (1, Duration::from_secs(60)),
+        ..config()
+    };
+    let (router, ..) = app(cfg, client(1));
+    assert_eq!(
+        send(&router, fwd("203.0.113.1")).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        send(&router, fwd("203.0.113.2")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

@@ -3,13 +3,14 @@
 use std::convert::Infallible;
 
 use axum::extract::{Path, Query, State as AxState};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::api::{admin_denied, error};
 use super::WebState;
@@ -137,6 +138,21 @@ fn sse_event(state: &WebState, id: RequestId, e: &RequestEvent) -> Event {
     Event::default().event("state").data(v.to_string())
 }
 
+/// A permit for one more open stream (released when the stream is dropped), if under the cap.
+fn stream_permit(state: &WebState) -> Option<OwnedSemaphorePermit> {
+    state.inner.streams.clone().try_acquire_owned().ok()
+}
+
+fn too_many_streams() -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many open event streams, poll the status instead",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
 #[derive(Debug, Deserialize)]
 pub(super) struct TokenQuery {
     access_token: Option<String>,
@@ -151,9 +167,13 @@ pub(super) async fn all(
     if let Some(r) = admin_denied(&state, &headers, q.access_token.as_deref()) {
         return r;
     }
+    let Some(permit) = stream_permit(&state) else {
+        return too_many_streams();
+    };
     let rx = state.inner.api.subscribe();
     let st = state.clone();
     let s = futures_util::StreamExt::map(events(rx), move |(id, e)| {
+        let _held = &permit;
         Ok::<_, Infallible>(sse_event(&st, id, &e))
     });
     Sse::new(s).keep_alive(KeepAlive::default()).into_response()
@@ -164,10 +184,14 @@ pub(super) async fn one(AxState(state): AxState<WebState>, Path(id): Path<String
     let Some(rid) = state.inner.keys.open(&id) else {
         return error(StatusCode::NOT_FOUND, "no such request");
     };
+    let Some(permit) = stream_permit(&state) else {
+        return too_many_streams();
+    };
     let rx = state.inner.api.subscribe();
     let st = state.clone();
     let filtered = stream::unfold((Box::pin(events(rx)), false), move |(mut s, done)| {
         let st = st.clone();
+        let _held = &permit;
         async move {
             if done {
                 return None;

@@ -164,6 +164,8 @@ pub struct WebConfig {
     pub topics: Vec<String>,
     /// Furthest wished time accepted.
     pub max_schedule_ahead: Duration,
+    /// Server-sent event streams open at once; more get 503.
+    pub max_event_streams: usize,
 }
 
 impl Default for WebConfig {
@@ -183,6 +185,7 @@ impl Default for WebConfig {
             allowed_origins: vec!["*".to_owned()],
             topics: Vec::new(),
             max_schedule_ahead: Duration::from_secs(90 * 86_400),
+            max_event_streams: 1000,
         }
     }
 }
@@ -243,6 +246,8 @@ struct Inner {
     /// Serialises "is there an open request for this number?" with the submission.
     submit_lock: tokio::sync::Mutex<()>,
     rejections: api::Rejections,
+    /// One permit per open event stream.
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for WebState {
@@ -277,13 +282,14 @@ impl WebState {
         Ok(WebState {
             inner: Arc::new(Inner {
                 api,
-                config,
                 policy,
                 tokens,
                 keys,
                 limits: Mutex::new(limits),
                 submit_lock: tokio::sync::Mutex::new(()),
                 rejections: api::Rejections::default(),
+                streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
+                config,
             }),
         })
     }
