@@ -29,7 +29,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|_| "usage: bridge [--proxy IP:PORT] [--ring-timeout SECS] URI1 URI2")?;
 
     let engine = Engine::builder().outbound_proxy(proxy).start().await?;
-    let mut a = engine.call(&first, CallOptions::default().ring_timeout(ring)).await?;
+    let mut a = engine
+        .call(&first, CallOptions::default().ring_timeout(ring))
+        .await?;
     let a_ok = a.answered().await;
     let mut b = None;
     if a_ok.is_ok() {

@@ -73,11 +73,21 @@ fn free_port() -> u16 {
 fn sipp_peer() -> (Peer, SocketAddr) {
     let port = free_port();
     let media = free_port();
-    let sf = format!("{}/tests/sipp/call_rate_uas.xml", env!("CARGO_MANIFEST_DIR"));
+    let sf = format!(
+        "{}/tests/sipp/call_rate_uas.xml",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let child = Command::new("sipp")
         .args(["-sf", &sf, "-i", "127.0.0.1", "-p", &port.to_string()])
         .args(["-mp", &media.to_string(), "-nostdin", "-t", "u1"])
-        .args(["-buff_size", "4194304", "-max_recv_loops", "10000", "-max_sched_loops", "10000"])
+        .args([
+            "-buff_size",
+            "4194304",
+            "-max_recv_loops",
+            "10000",
+            "-max_sched_loops",
+            "10000",
+        ])
         .args(["-timeout", "600s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -116,14 +126,20 @@ async fn flow(
         .call(&visitor, opts.clone())
         .await
         .map_err(|e| FlowError::Call("call visitor", e))?;
-    v.answered().await.map_err(|e| FlowError::Call("visitor answer", e))?;
-    v.play(music).await.map_err(|e| FlowError::Call("play", e))?;
+    v.answered()
+        .await
+        .map_err(|e| FlowError::Call("visitor answer", e))?;
+    v.play(music)
+        .await
+        .map_err(|e| FlowError::Call("play", e))?;
     tokio::time::sleep(hold).await;
     let mut a = engine
         .call(&agent, opts)
         .await
         .map_err(|e| FlowError::Call("call agent", e))?;
-    a.answered().await.map_err(|e| FlowError::Call("agent answer", e))?;
+    a.answered()
+        .await
+        .map_err(|e| FlowError::Call("agent answer", e))?;
     let setup = t0.elapsed();
     let _bridge = engine
         .bridge(&v, &a, BridgeOptions::default())
@@ -152,7 +168,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let visitor = format!("sip:visitor@{visitor_addr}");
     let agent = format!("sip:agent@{agent_addr}");
-    let (hold, talk) = (Duration::from_millis(a.hold_ms), Duration::from_millis(a.talk_ms));
+    let (hold, talk) = (
+        Duration::from_millis(a.hold_ms),
+        Duration::from_millis(a.talk_ms),
+    );
     let interval = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(a.max_secs);
@@ -170,7 +189,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             results.clone(),
         );
         tasks.spawn(async move {
-            let res = tokio::time::timeout(Duration::from_secs(30), flow(e, v, ag, m, hold, talk)).await;
+            let res =
+                tokio::time::timeout(Duration::from_secs(30), flow(e, v, ag, m, hold, talk)).await;
             let res = res.unwrap_or(Err(FlowError::Cdr("flow timed out")));
             if let Ok(mut g) = r.lock() {
                 g.push((res, Instant::now()));

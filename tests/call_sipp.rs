@@ -56,7 +56,9 @@ impl Sipp {
         let dir = tempfile::tempdir().expect("tempdir");
         let audio = dir.path().join("tone.pcmu");
         let pcm: Vec<i16> = (0..16_000)
-            .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16)
+            .map(|i| {
+                ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16
+            })
             .collect();
         let mut enc = Vec::new();
         Law::Ulaw.encode_into(&pcm, &mut enc);
@@ -85,7 +87,10 @@ impl Sipp {
             if let Some(status) = self.child.try_wait().expect("wait sipp") {
                 return status.code().unwrap_or(-1);
             }
-            assert!(tokio::time::Instant::now() < deadline, "sipp did not finish");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sipp did not finish"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await; // polling a child process: no event to await
         }
     }
@@ -122,7 +127,8 @@ fn free_port() -> u16 {
     loop {
         let base = 20_000 + (std::process::id() % 50) as u16 * 200;
         let p = base + NEXT.fetch_add(50, Ordering::Relaxed) % 10_000;
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
         {
             return p;
         }
@@ -152,9 +158,15 @@ async fn bridged_call(player_is_visitor: bool) {
         (&echo, &player)
     };
     let e = engine().await;
-    let mut visitor = e.call(&v_peer.uri("visitor"), CallOptions::default()).await.unwrap();
+    let mut visitor = e
+        .call(&v_peer.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
     within(visitor.answered()).await.unwrap();
-    let mut agent = e.call(&a_peer.uri("agent"), CallOptions::default()).await.unwrap();
+    let mut agent = e
+        .call(&a_peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
     within(agent.answered()).await.unwrap();
     let mut bridge = e
         .bridge(&visitor, &agent, BridgeOptions::default())
@@ -163,20 +175,42 @@ async fn bridged_call(player_is_visitor: bool) {
     let bcdr = within(bridge.ended()).await.unwrap();
     let v = within(visitor.ended()).await.unwrap();
     let a = within(agent.ended()).await.unwrap();
-    let (p, q) = if player_is_visitor { (&v, &a) } else { (&a, &v) };
-    assert_eq!(bcdr.ended_by_leg, Some(p.leg), "the player's BYE ended the bridge");
-    assert_eq!((p.hangup_by, p.end_cause), (HangupBy::Remote, EndCause::Normal));
-    assert_eq!((q.hangup_by, q.end_cause), (HangupBy::Local, EndCause::Normal));
+    let (p, q) = if player_is_visitor {
+        (&v, &a)
+    } else {
+        (&a, &v)
+    };
+    assert_eq!(
+        bcdr.ended_by_leg,
+        Some(p.leg),
+        "the player's BYE ended the bridge"
+    );
+    assert_eq!(
+        (p.hangup_by, p.end_cause),
+        (HangupBy::Remote, EndCause::Normal)
+    );
+    assert_eq!(
+        (q.hangup_by, q.end_cause),
+        (HangupBy::Local, EndCause::Normal)
+    );
     // About 2 s of 20 ms packets from the player; all but those before the bridge crossed it to the echo peer,
     // came back, and crossed it again to the player.
     assert!(p.media.packets_in >= 60, "player sent {:?}", p.media);
     assert!(q.media.packets_out >= 50, "echo peer got {:?}", q.media);
     assert!(q.media.packets_out <= p.media.packets_in);
     assert!(q.media.packets_in >= 40, "echo peer echoed {:?}", q.media);
-    assert!(p.media.packets_out >= 40, "player got the echo {:?}", p.media);
+    assert!(
+        p.media.packets_out >= 40,
+        "player got the echo {:?}",
+        p.media
+    );
     assert!(p.media.packets_out <= q.media.packets_in);
     assert!(p.talk_ms >= 1500 && q.talk_ms >= 1000, "{p:?} {q:?}");
-    assert_eq!(player.finish().await, 0, "player peer completed its scenario");
+    assert_eq!(
+        player.finish().await,
+        0,
+        "player peer completed its scenario"
+    );
     assert_eq!(echo.finish().await, 0, "echo peer got its BYE");
 }
 
@@ -194,14 +228,21 @@ async fn bridge_audio_both_ways_agent_hangs_up() {
 async fn hold_and_unhold_reinvites_reach_the_peer() {
     let peer = Sipp::uas("call_peer_hold.xml", &[]);
     let e = engine().await;
-    let mut leg = e.call(&peer.uri("agent"), CallOptions::default()).await.unwrap();
+    let mut leg = e
+        .call(&peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
     within(leg.answered()).await.unwrap();
     within(leg.hold()).await.expect("hold accepted");
     within(leg.unhold()).await.expect("unhold accepted");
     leg.hangup().await.unwrap();
     let cdr = within(leg.ended()).await.unwrap();
     assert_eq!(cdr.hangup_by, HangupBy::Local);
-    assert_eq!(peer.finish().await, 0, "SIPp saw sendonly, then sendrecv, then BYE");
+    assert_eq!(
+        peer.finish().await,
+        0,
+        "SIPp saw sendonly, then sendrecv, then BYE"
+    );
 }
 
 #[tokio::test]
@@ -226,7 +267,11 @@ async fn ring_timeout_sends_cancel() {
     let cdr = leg.cdr().unwrap();
     assert_eq!(cdr.end_cause, EndCause::RingTimeout);
     assert!(cdr.ring_ms.is_some() && cdr.answer_ms.is_none());
-    assert_eq!(peer.finish().await, 0, "SIPp got the CANCEL and the ACK for its 487");
+    assert_eq!(
+        peer.finish().await,
+        0,
+        "SIPp got the CANCEL and the ACK for its 487"
+    );
 }
 
 #[tokio::test]
@@ -244,10 +289,17 @@ async fn trunk_answering_401_first() {
         realm: None,
     });
     // A host name: only the trunk knows where it goes.
-    let mut leg = e.call("sip:+33100000000@trunk.example.net", opts).await.unwrap();
+    let mut leg = e
+        .call("sip:+33100000000@trunk.example.net", opts)
+        .await
+        .unwrap();
     within(leg.answered()).await.unwrap();
     drop(leg); // dropping an answered leg sends BYE
-    assert_eq!(trunk.finish().await, 0, "SIPp verified the digest and got the BYE");
+    assert_eq!(
+        trunk.finish().await,
+        0,
+        "SIPp verified the digest and got the BYE"
+    );
 }
 
 #[tokio::test]
@@ -275,12 +327,24 @@ async fn transfer_keeps_the_visitor_up() {
     let agent1_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
     let agent2_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
     let e = engine().await;
-    let mut visitor = e.call(&visitor_peer.uri("v"), CallOptions::default()).await.unwrap();
+    let mut visitor = e
+        .call(&visitor_peer.uri("v"), CallOptions::default())
+        .await
+        .unwrap();
     within(visitor.answered()).await.unwrap();
-    let mut agent1 = e.call(&agent1_peer.uri("a1"), CallOptions::default()).await.unwrap();
+    let mut agent1 = e
+        .call(&agent1_peer.uri("a1"), CallOptions::default())
+        .await
+        .unwrap();
     within(agent1.answered()).await.unwrap();
-    let mut bridge = e.bridge(&visitor, &agent1, BridgeOptions::default()).await.unwrap();
-    let mut agent2 = e.call(&agent2_peer.uri("a2"), CallOptions::default()).await.unwrap();
+    let mut bridge = e
+        .bridge(&visitor, &agent1, BridgeOptions::default())
+        .await
+        .unwrap();
+    let mut agent2 = e
+        .call(&agent2_peer.uri("a2"), CallOptions::default())
+        .await
+        .unwrap();
     within(agent2.answered()).await.unwrap();
     bridge.transfer(&agent1, &agent2).await.unwrap();
     assert_eq!(
@@ -291,7 +355,11 @@ async fn transfer_keeps_the_visitor_up() {
         })
     );
     let a1 = within(agent1.ended()).await.unwrap();
-    assert_eq!(a1.hangup_by, HangupBy::Local, "the replaced agent was hung up");
+    assert_eq!(
+        a1.hangup_by,
+        HangupBy::Local,
+        "the replaced agent was hung up"
+    );
     agent2.hangup().await.unwrap();
     let cdr = within(bridge.ended()).await.unwrap();
     assert_eq!(cdr.legs, vec![visitor.id().0, agent1.id().0, agent2.id().0]);
