@@ -698,7 +698,7 @@ impl Task {
             } => {
                 if self.shutdown.is_some() {
                     let _ = reply.send(Err(CallError::Shutdown));
-                    let _ = self.relay.remove_leg(info.id);
+                    fire(self.relay.remove_leg(info.id));
                     return;
                 }
                 let span = tracing::info_span!("leg", id, target = %target);
@@ -827,7 +827,7 @@ impl Task {
         self.players
             .start(now, PlayerId(id), playlist, PlayerOptions::new(l.law))?;
         l.playing = true;
-        let _ = self.relay.set_source(l.info.id, Source::Generated);
+        fire(self.relay.set_source(l.info.id, Source::Generated));
         Ok(())
     }
 
@@ -860,7 +860,7 @@ impl Task {
                 }
             }
         }
-        let _ = self.relay.set_source(l.info.id, src);
+        fire(self.relay.set_source(l.info.id, src));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1046,7 +1046,7 @@ impl Task {
                     self.stop_player(x);
                     self.stop_player(y);
                     if let (Some(lx), Some(ly)) = (self.legs.get(&x), self.legs.get(&y)) {
-                        let _ = self.relay.connect(lx.info.id, ly.info.id);
+                        fire(self.relay.connect(lx.info.id, ly.info.id));
                     }
                 }
                 BridgeCommand::Listen(x, what) => {
@@ -1061,7 +1061,7 @@ impl Task {
                         }
                         _ => {
                             if let Some(l) = self.legs.get(&x) {
-                                let _ = self.relay.set_source(l.info.id, Source::Silence);
+                                fire(self.relay.set_source(l.info.id, Source::Silence));
                             }
                         }
                     }
@@ -1215,13 +1215,13 @@ impl Task {
                     rtcp,
                     telephone_event_pt,
                 } => {
-                    let _ = self.relay.with_relay(move |r, _| {
+                    fire(self.relay.with_relay(move |r, _| {
                         let _ = r.set_remote(rid, Some(rtp), Some(rtcp));
                         let _ = r.set_telephone_event_pt(rid, telephone_event_pt);
-                    });
+                    }));
                 }
                 LegCommand::MediaHold(on) => {
-                    let _ = self.relay.set_hold(rid, on);
+                    fire(self.relay.set_hold(rid, on));
                 }
                 LegCommand::Done { op, result } => {
                     if let Some(l) = self.legs.get_mut(&id) {
@@ -1289,7 +1289,7 @@ impl Task {
                         if cl.bridge.is_none() {
                             self.stop_player(c);
                             if let Some(cl) = self.legs.get(&c) {
-                                let _ = self.relay.set_source(cl.info.id, Source::Leg(src));
+                                fire(self.relay.set_source(cl.info.id, Source::Leg(src)));
                             }
                         }
                     }
@@ -1372,7 +1372,7 @@ impl Task {
         }
         self.stop_player(c);
         if let Some(cl) = self.legs.get(&c) {
-            let _ = self.relay.set_source(cl.info.id, Source::Silence);
+            fire(self.relay.set_source(cl.info.id, Source::Silence));
         }
     }
 
@@ -1450,6 +1450,11 @@ impl Task {
         }
         self.dirty.push_back(id);
     }
+}
+
+/// A relay control call whose answer we do not need: the command is already queued to the relay thread.
+fn fire<T>(reply: crate::net::rtp_io::Reply<T>) {
+    drop(reply);
 }
 
 fn counters(s: &LegStats) -> MediaCounters {
