@@ -1,4 +1,4 @@
-//! A callback service process on a SQLite file, with simulated phones: the subject of the kill -9 test
+//! A callback service process on a SQLite file, with simulated phones or real SIP: the subject of the kill -9 test
 //! (`tests/callback_service_kill.rs`), and a small demo.
 //!
 //! ```text
@@ -11,20 +11,25 @@
 //! - `--answer-ms N`: visitors answer after N ms (default 300). Agents answer after 200 ms.
 //! - `--talk-ms N`: once bridged, the visitor hangs up after N ms (default 1000).
 //! - `--backoff-ms N`: wait before calling a busy visitor again (default 3000).
+//! - `--sip-trunk IP:PORT --sip-agent IP:PORT [--rtp-ports MIN-MAX]`: real SIP calls through rappel's engine
+//!   instead of simulated phones (visitors at `sip:<number>@trunk`, the agent at `sip:alice@agent`); `--submit`
+//!   then submits two requests due now and one in an hour.
 //! - `--exit-when-settled`: exit 0 once every stored request is final or scheduled more than 10 minutes ahead
 //!   (exit 2 after 60 s otherwise).
 //!
 //! Every event is printed on stdout after it was stored, one per line: `EVENT <id> <state> <kind as JSON>`.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rappel::callback::agents::AgentsPolicy;
-use rappel::callback::calls::{PhoneScript, SimulatedCalls};
+use rappel::callback::calls::{CallControl, EngineCalls, PhoneScript, SimulatedCalls};
 use rappel::callback::service::{CallbackService, Clock, ServiceConfig, SystemClock};
 use rappel::callback::store::{ListFilter, SqliteStore};
 use rappel::callback::{AgentConfig, CallFailure, NewRequest, State, WishedTime};
+use rappel::{CallOptions, Engine};
 
 /// The demo requests' numbers.
 const NOW: [&str; 3] = ["+33610000001", "+33610000002", "+33610000003"];
@@ -38,6 +43,8 @@ struct Args {
     talk: Duration,
     backoff: Duration,
     exit_when_settled: bool,
+    /// Visitor trunk, agent phone, RTP port range.
+    sip: Option<(SocketAddr, SocketAddr, (u16, u16))>,
 }
 
 fn parse(argv: Vec<String>) -> Result<Args, String> {
@@ -48,7 +55,9 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
         talk: Duration::from_millis(1000),
         backoff: Duration::from_millis(3000),
         exit_when_settled: false,
+        sip: None,
     };
+    let (mut trunk, mut agent, mut rtp) = (None, None, (30_000, 39_999));
     let mut it = argv.into_iter();
     let ms = |v: Option<String>| -> Result<Duration, String> {
         v.and_then(|v| v.parse().ok())
@@ -63,12 +72,28 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
             "--talk-ms" => a.talk = ms(it.next())?,
             "--backoff-ms" => a.backoff = ms(it.next())?,
             "--exit-when-settled" => a.exit_when_settled = true,
+            "--sip-trunk" => trunk = it.next().and_then(|v| v.parse().ok()),
+            "--sip-agent" => agent = it.next().and_then(|v| v.parse().ok()),
+            "--rtp-ports" => {
+                rtp = it
+                    .next()
+                    .and_then(|v| {
+                        let (a, b) = v.split_once('-')?;
+                        Some((a.parse().ok()?, b.parse().ok()?))
+                    })
+                    .ok_or("--rtp-ports needs MIN-MAX")?
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     if a.db.is_empty() {
         return Err("--db is required".into());
     }
+    a.sip = match (trunk, agent) {
+        (Some(t), Some(g)) => Some((t, g, rtp)),
+        (None, None) => None,
+        _ => return Err("--sip-trunk and --sip-agent go together (IP:port each)".into()),
+    };
     Ok(a)
 }
 
@@ -100,9 +125,40 @@ pub fn run(argv: Vec<String>) -> i32 {
 }
 
 async fn serve(args: Args) -> i32 {
-    let (answer, talk) = (args.answer, args.talk);
+    match args.sip {
+        Some((trunk, agent, rtp)) => {
+            let engine = match Engine::builder().rtp_ports(rtp.0, rtp.1).start().await {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("callback_worker: engine: {e}");
+                    return 1;
+                }
+            };
+            let calls = EngineCalls::new(engine, CallOptions::default(), None);
+            let uris = (
+                format!("sip:{{number}}@{trunk}"),
+                format!("sip:alice@{agent}"),
+            );
+            let submit = [NOW[0], NOW[1]];
+            serve_with(args, calls, uris, &submit).await
+        }
+        None => {
+            let calls = simulated(args.answer, args.talk);
+            let uris = (
+                "sip:{number}@trunk.example".to_owned(),
+                "sip:alice@agents.example".to_owned(),
+            );
+            let submit = [NOW[0], NOW[1], NOW[2], BUSY];
+            serve_with(args, calls, uris, &submit).await
+        }
+    }
+}
+
+/// The simulated phones: alice answers after 200 ms; visitors after `answer` and hang up `talk` after the bridge;
+/// [`BUSY`] is busy on the first call.
+fn simulated(answer: Duration, talk: Duration) -> SimulatedCalls {
     let mut busy_once: BTreeSet<String> = BTreeSet::from([BUSY.to_owned()]);
-    let calls = SimulatedCalls::new(move |dial| {
+    SimulatedCalls::new(move |dial| {
         if dial.target.starts_with("sip:alice@") {
             PhoneScript::answers(Duration::from_millis(200), Duration::from_secs(3600))
         } else if busy_once.iter().any(|n| dial.target.contains(n.as_str())) {
@@ -111,10 +167,20 @@ async fn serve(args: Args) -> i32 {
         } else {
             PhoneScript::answers(answer, talk)
         }
-    });
+    })
+}
+
+/// Runs the service over `calls`; `uris` are the visitor URI template and the agent's URI; with `--submit`,
+/// submits `now` (due now) and [`LATER`].
+async fn serve_with(
+    args: Args,
+    calls: impl CallControl,
+    uris: (String, String),
+    now: &[&str],
+) -> i32 {
     let mut config = ServiceConfig {
-        agents: vec![AgentConfig::new("alice", "sip:alice@agents.example", &[])],
-        visitor_uri: "sip:{number}@trunk.example".into(),
+        agents: vec![AgentConfig::new("alice", &uris.1, &[])],
+        visitor_uri: uris.0,
         ..ServiceConfig::default()
     };
     config.callback.flow.caller_id = "+33100000000".into();
@@ -143,9 +209,8 @@ async fn serve(args: Args) -> i32 {
     let mut sub = svc.subscribe();
     if args.submit {
         let later = clock.now() + chrono::Duration::hours(1);
-        let mut requests: Vec<NewRequest> = NOW
+        let mut requests: Vec<NewRequest> = now
             .iter()
-            .chain([BUSY].iter())
             .map(|p| NewRequest {
                 phone: (*p).to_owned(),
                 ..NewRequest::default()

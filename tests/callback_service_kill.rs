@@ -13,6 +13,9 @@
 //! previous stored event left; nothing follows a final event; the row's state is the last event's; the scheduled
 //! request kept its due time; the interrupted requests were requeued and completed (or, connected, marked missed).
 //!
+//! `kill_during_sip_calls` does the same over real SIP: rappel's engine calling SIPp peers (a visitor trunk and
+//! the agent's phone), killed while one request is bridged and another holds (needs `sipp`).
+//!
 //! Custom harness (`harness = false`): the same binary is both the test and the worker. Wall-clock time: the
 //! waits are for events the killed process printed, each bounded.
 
@@ -134,10 +137,10 @@ fn seen(p: &[Printed], id: u64, state: &str) -> bool {
 }
 
 /// The stored history of every request, as (state, kind JSON) pairs.
-fn stored(db: &std::path::Path) -> BTreeMap<u64, Vec<(String, String)>> {
+fn stored(db: &std::path::Path, n: u64) -> BTreeMap<u64, Vec<(String, String)>> {
     let store = SqliteStore::open(db).expect("open store");
     let mut out = BTreeMap::new();
-    for id in 1..=5 {
+    for id in 1..=n {
         let rec = store
             .load(RequestId(id))
             .expect("load")
@@ -187,9 +190,9 @@ fn check_printed(
     }
 }
 
-fn check_history(db: &std::path::Path) {
+fn check_history(db: &std::path::Path, n: u64) {
     let store = SqliteStore::open(db).expect("open store");
-    for id in 1..=5 {
+    for id in 1..=n {
         let rec = store.load(RequestId(id)).expect("load").expect("stored");
         let ev = &rec.events;
         assert_eq!(
@@ -271,7 +274,7 @@ fn kill_and_restart() {
         "states stored at the first kill"
     );
     let due5 = state_of(&db, 5).1;
-    check_printed(&stored(&db), &printed1, true);
+    check_printed(&stored(&db, 5), &printed1, true);
 
     // Phase 2: visitors slow to answer; kill while the requeued requests are being called again.
     let w = {
@@ -286,8 +289,8 @@ fn kill_and_restart() {
     };
     let printed2 = w.kill();
     assert_eq!(state_of(&db, 2).0, State::CallingVisitor);
-    check_printed(&stored(&db), &printed2, false);
-    check_history(&db);
+    check_printed(&stored(&db, 5), &printed2, false);
+    check_history(&db, 5);
 
     // Phase 3: run until settled.
     let (code, printed3, settled) = Worker::start(&format!(
@@ -296,9 +299,9 @@ fn kill_and_restart() {
     .exit();
     assert_eq!(code, 0, "worker settled and exited cleanly");
     assert!(settled);
-    let history = stored(&db);
+    let history = stored(&db, 5);
     check_printed(&history, &printed3, false);
-    check_history(&db);
+    check_history(&db, 5);
 
     // Outcomes.
     assert_eq!(
@@ -348,23 +351,146 @@ fn kill_and_restart() {
     );
 }
 
+/// SIPp as UAS on a free loopback port (any number of calls).
+struct Sipp {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Sipp {
+    fn uas(name: &str, extra: &[&str]) -> Sipp {
+        let scenario = format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"));
+        let port = free_port();
+        let child = Command::new("sipp")
+            .args(["-sf", &scenario, "-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-t", "u1", "-nostdin", "-timeout", "90s"])
+            .args(["-mp", &free_port().to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp not found: install Debian's sip-tester");
+        let needle = format!(":{port:04X} ");
+        let bound = || {
+            std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
+                t.lines().skip(1).any(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|a| format!("{a} ").ends_with(&needle))
+                })
+            })
+        };
+        for _ in 0..500 {
+            if bound() {
+                return Sipp {
+                    child,
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
+        }
+        panic!("sipp did not bind port {port}");
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        // Our own child, by PID.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Ports in a band per test process, away from the other SIPp tests' bands and the engines' RTP ranges.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    loop {
+        let base = 46_000 + (std::process::id() % 20) as u16 * 200;
+        let p = base + NEXT.fetch_add(50, Ordering::Relaxed) % 4_000;
+        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+/// The same over real SIP (rappel's engine, SIPp as the visitor trunk and the agent's phone): kill -9 while one
+/// request is bridged and another holds, restart until settled.
+fn kill_during_sip_calls() {
+    let visitor = Sipp::uas("callback_visitor_talk8s.xml", &[]);
+    let agent = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("callbacks.db");
+    let base = format!(
+        "--db {} --sip-trunk {} --sip-agent {} --rtp-ports 44000-44499",
+        db.display(),
+        visitor.addr,
+        agent.addr
+    );
+    // Ids: 1 and 2 due now, 3 in an hour.
+    let mut w = Worker::start(&format!("{base} --submit"));
+    w.until("a bridged call and a held visitor", |p| {
+        seen(p, 1, "connected") && seen(p, 2, "holding") && seen(p, 3, "scheduled")
+    });
+    let printed1 = w.kill();
+    assert_eq!(state_of(&db, 1).0, State::Connected);
+    assert_eq!(state_of(&db, 2).0, State::Holding);
+    let due3 = state_of(&db, 3).1;
+    check_printed(&stored(&db, 3), &printed1, true);
+
+    let (code, printed2, settled) = Worker::start(&format!("{base} --exit-when-settled")).exit();
+    assert_eq!(code, 0, "worker settled and exited cleanly");
+    assert!(settled);
+    check_printed(&stored(&db, 3), &printed2, false);
+    check_history(&db, 3);
+    assert_eq!(state_of(&db, 1).0, State::Missed);
+    assert_eq!(
+        recovered(&db, 1),
+        vec![(State::Connected, RecoveryAction::MarkedMissed)]
+    );
+    assert_eq!(state_of(&db, 2).0, State::Completed);
+    assert_eq!(
+        recovered(&db, 2),
+        vec![(State::Holding, RecoveryAction::Requeued)]
+    );
+    // After its recovery, request 2 was called again over SIP, bridged to the agent and completed.
+    let kinds2: Vec<&str> = printed2
+        .iter()
+        .filter(|(i, _, _)| *i == 2)
+        .map(|(_, s, _)| s.as_str())
+        .collect();
+    assert!(kinds2.contains(&"connected"), "{kinds2:?}");
+    assert_eq!(kinds2.last(), Some(&"completed"));
+    assert_eq!(state_of(&db, 3), (State::Scheduled, due3));
+}
+
 fn main() {
     if let Ok(args) = std::env::var(ENV) {
         let argv = args.split_whitespace().map(str::to_owned).collect();
         std::process::exit(worker::run(argv));
     }
-    // `cargo test -- --list` and filters: this binary has one test.
+    // `cargo test -- --list` and name filters, as libtest would.
+    let tests: [(&str, fn()); 2] = [
+        ("kill_and_restart", kill_and_restart),
+        ("kill_during_sip_calls", kill_during_sip_calls),
+    ];
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.iter().any(|a| a == "--list") {
-        println!("kill_and_restart: test");
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
         return;
     }
-    if let Some(filter) = argv.iter().find(|a| !a.starts_with('-')) {
-        if !"kill_and_restart".contains(filter.as_str()) {
-            return;
-        }
+    let filter = argv.iter().find(|a| !a.starts_with('-'));
+    let chosen: Vec<_> = tests
+        .into_iter()
+        .filter(|(name, _)| filter.is_none_or(|f| name.contains(f.as_str())))
+        .collect();
+    println!("running {} tests", chosen.len());
+    for (name, test) in chosen {
+        test();
+        println!("test {name} ... ok");
     }
-    println!("running 1 test");
-    kill_and_restart();
-    println!("test kill_and_restart ... ok");
 }
