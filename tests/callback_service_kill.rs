@@ -370,6 +370,11 @@ impl Sipp {
             .stderr(Stdio::null())
             .spawn()
             .expect("sipp not found: install Debian's sip-tester");
+        // Owned at once: dropped (killed and reaped) if the wait below panics.
+        let sipp = Sipp {
+            child,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        };
         let needle = format!(":{port:04X} ");
         let bound = || {
             std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
@@ -382,10 +387,7 @@ impl Sipp {
         };
         for _ in 0..500 {
             if bound() {
-                return Sipp {
-                    child,
-                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                };
+                return sipp;
             }
             std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
         }
