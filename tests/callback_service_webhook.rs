@@ -208,3 +208,52 @@ async fn a_full_queue_drops_and_counts_instead_of_slowing_the_service() {
     assert_eq!(svc.list(Default::default()).await.unwrap().len(), 5);
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn recovery_events_are_delivered_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("callbacks.db");
+    let ringing =
+        || SimulatedCalls::new(|_| PhoneScript::answers(Duration::from_secs(3600), Duration::ZERO));
+    // First run, no webhook: the visitor's phone is still ringing when the service stops.
+    let store = rappel::callback::store::SqliteStore::open(&db).unwrap();
+    let svc = CallbackService::start(
+        ServiceConfig::default(),
+        store,
+        ringing(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let id = svc
+        .submit(NewRequest {
+            phone: "+33 6 10 20 30 50".into(),
+            ..NewRequest::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    svc.shutdown().await;
+    // Second run with the webhook: the recovery's event is delivered first (refused once, then retried).
+    let (url, mut rx) = server().await;
+    let config = ServiceConfig {
+        webhook: Some(WebhookConfig::new(&url, SECRET)),
+        ..ServiceConfig::default()
+    };
+    let store = rappel::callback::store::SqliteStore::open(&db).unwrap();
+    let svc = CallbackService::start(config, store, ringing(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let refused = next(&mut rx).await;
+    assert_eq!((refused.status, kind(&refused)), (503, "recovered"));
+    let d = next(&mut rx).await;
+    assert_eq!((d.status, kind(&d)), (200, "recovered"));
+    assert!(d.signature_ok);
+    assert_eq!(d.body["request"], serde_json::json!(id.0));
+    assert_eq!(d.body["kind"]["from"], "calling_visitor");
+    assert_eq!(d.body["kind"]["action"], "requeued");
+    let d = next(&mut rx).await;
+    assert_eq!(kind(&d), "calling_visitor");
+    assert_eq!(d.body["kind"]["attempt"], 2);
+    svc.shutdown().await;
+}
