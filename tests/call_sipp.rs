@@ -369,3 +369,64 @@ async fn transfer_keeps_the_visitor_up() {
         assert_eq!(p.finish().await, 0);
     }
 }
+
+#[tokio::test]
+async fn play_reaches_the_peer_and_reports_the_end() {
+    use rappel::media::player::{Clip, PlayItem, Playlist};
+    let echo = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let e = engine().await;
+    let mut leg = e
+        .call(&echo.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    // One second of a 440 Hz tone: 50 frames of 20 ms.
+    let pcm = (0..8000)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16)
+        .collect();
+    leg.play(Playlist::new().then(PlayItem::Once(Clip::from_pcm(pcm))))
+        .await
+        .unwrap();
+    loop {
+        match within(leg.next_event()).await {
+            Some(LegEvent::PlayFinished) => break,
+            Some(_) => {}
+            None => panic!("ended before the playlist finished"),
+        }
+    }
+    leg.hangup().await.unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    assert_eq!(cdr.media.packets_out, 50, "{:?}", cdr.media);
+    assert_eq!(cdr.media.bytes_out, 50 * 172);
+    assert!(
+        cdr.media.packets_in >= 45,
+        "SIPp echoed what we played: {:?}",
+        cdr.media
+    );
+    assert_eq!(echo.finish().await, 0);
+}
+
+#[tokio::test]
+async fn shutdown_hangs_up_every_leg_and_refuses_new_calls() {
+    let p1 = Sipp::uas("call_peer_echo.xml", &[]);
+    let p2 = Sipp::uas("uas_noanswer.xml", &[]);
+    let e = engine().await;
+    let mut answered = e.call(&p1.uri("a"), CallOptions::default()).await.unwrap();
+    within(answered.answered()).await.unwrap();
+    let mut ringing = e.call(&p2.uri("b"), CallOptions::default()).await.unwrap();
+    while within(ringing.next_event()).await != Some(LegEvent::Ringing) {}
+    within(e.shutdown(rappel::ShutdownMode::HangUp)).await;
+    assert_eq!(
+        e.call(&p1.uri("c"), CallOptions::default()).await.err(),
+        Some(rappel::CallError::Shutdown)
+    );
+    let a = within(answered.ended()).await.unwrap();
+    let b = within(ringing.ended()).await.unwrap();
+    assert_eq!(
+        (a.end_cause, a.hangup_by),
+        (EndCause::Shutdown, HangupBy::Local)
+    );
+    assert_eq!(b.end_cause, EndCause::Shutdown);
+    assert_eq!(p1.finish().await, 0, "BYE");
+    assert_eq!(p2.finish().await, 0, "CANCEL");
+}

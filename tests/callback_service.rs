@@ -643,3 +643,95 @@ fn prompts_map_to_distinct_audio() {
             .is_some_and(|d| d > Duration::ZERO)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn confirmation_digit_from_the_call_layer_reaches_the_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::default();
+    let mut cfg = config(&[]);
+    cfg.callback.default_strategy = rappel::callback::Strategy::Confirmation;
+    let mut h = Harness::start(cfg, sqlite(&dir, &log), log.clone()).await;
+    let id = h.svc.submit(visitor("+33 6 88 88 88 01")).await.unwrap().id;
+    let (vcall, _) = dialled(&h.next_command().await);
+    h.phone(vcall, CallEvent::Answered);
+    assert_eq!(h.next_command().await, Entry::Play(vcall, "confirm"));
+    h.phone(vcall, CallEvent::Dtmf('7'));
+    h.phone(vcall, CallEvent::Dtmf('1'));
+    assert_eq!(h.next_command().await, Entry::Play(vcall, "hold_music"));
+    let kinds = h.until_state(id, State::Holding).await;
+    assert_eq!(kinds.last(), Some(&EventKind::Confirmed));
+    h.svc.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_hold_plays_the_apology_before_hanging_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::default();
+    let mut cfg = config(&[]);
+    cfg.callback.flow.max_hold = Duration::from_secs(60);
+    cfg.callback.flow.still_connecting_every = Duration::from_secs(45);
+    let mut h = Harness::start(cfg, sqlite(&dir, &log), log.clone()).await;
+    let id = h.svc.submit(visitor("+33 6 88 88 88 02")).await.unwrap().id;
+    let (vcall, _) = dialled(&h.next_command().await);
+    h.phone(vcall, CallEvent::Answered);
+    assert_eq!(h.next_command().await, Entry::Play(vcall, "greeting"));
+    // No agent: 45 s later the "still connecting" prompt, at 60 s the apology (time moves on the service's timer).
+    assert_eq!(
+        h.next_command().await,
+        Entry::Play(vcall, "still_connecting")
+    );
+    assert_eq!(h.next_command().await, Entry::Play(vcall, "apology"));
+    let kinds = h.until_state(id, State::Missed).await;
+    assert!(kinds.contains(&EventKind::Missed {
+        reason: rappel::callback::MissReason::MaxHold
+    }));
+    // Final, but the visitor's call stays up for the apology: nothing hangs it up before it ends.
+    assert_eq!(h.svc.live_calls(), 1);
+    assert_eq!(h.svc.open_request_for("+33688888802").await, None);
+    h.phone(vcall, CallEvent::PlayFinished);
+    assert_eq!(h.next_command().await, Entry::HangUp(vcall));
+    h.svc.shutdown().await;
+}
+
+#[test]
+fn prompts_load_from_wav_files() {
+    use rappel::callback::calls::PromptFiles;
+    use rappel::media::wav::{build_wav, WavFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, samples: usize, rate: u32| {
+        let pcm: Vec<u8> = (0..samples)
+            .flat_map(|i| ((i as i16).wrapping_mul(37)).to_le_bytes())
+            .collect();
+        let path = dir.path().join(name);
+        std::fs::write(&path, build_wav(WavFormat::Pcm16, 1, rate, &pcm)).unwrap();
+        path
+    };
+    let mut files = PromptFiles {
+        greeting: write("greeting.wav", 8000, 8000),
+        hold_music: write("music.wav", 16000, 8000),
+        still_connecting: write("still.wav", 4000, 8000),
+        apology: write("apology.wav", 4000, 8000),
+        confirm: write("confirm.wav", 4000, 8000),
+        whisper: write("whisper.wav", 2000, 8000),
+        whispers: [("billing".to_owned(), write("billing.wav", 3000, 8000))].into(),
+    };
+    let p = Prompts::load(&files).unwrap();
+    assert_eq!(p.greeting.len(), 8000);
+    assert_eq!(p.greeting.duration(), Duration::from_secs(1));
+    let billing = p.playlist(&Prompt::Whisper(Some("billing".into())));
+    let other = p.playlist(&Prompt::Whisper(Some("sales".into())));
+    assert_eq!(
+        rappel::callback::calls::playlist_duration(&billing),
+        Some(Duration::from_millis(375))
+    );
+    assert_eq!(
+        rappel::callback::calls::playlist_duration(&other),
+        Some(Duration::from_millis(250))
+    );
+    // Not telephony audio, or missing: refused with the file named.
+    files.apology = write("wideband.wav", 16000, 16000);
+    let e = Prompts::load(&files).unwrap_err();
+    assert!(e.path.ends_with("wideband.wav"), "{e}");
+    files.apology = dir.path().join("missing.wav");
+    assert!(Prompts::load(&files).is_err());
+}

@@ -443,10 +443,12 @@ impl LegCore {
             }
             Event::Request { method, body, .. } => self.remote_offer(now, method, body),
             Event::Acked { body, .. } => {
-                if std::mem::take(&mut self.offer_in_2xx) && !body.is_empty() {
-                    if let Some(n) = self.read_answer(body) {
-                        self.apply(n);
-                    }
+                let ours = std::mem::take(&mut self.offer_in_2xx);
+                if let Some(n) = (ours && !body.is_empty())
+                    .then(|| self.read_answer(body))
+                    .flatten()
+                {
+                    self.apply(n);
                 }
             }
             Event::Response {
@@ -497,11 +499,9 @@ impl LegCore {
                     }
                 }
             }
-            Event::TransactionTimeout { method, .. } => {
-                if *method == Method::Update {
-                    if let Some(p) = self.pending.take() {
-                        self.fail_pending(p, CallError::Timeout);
-                    }
+            Event::TransactionTimeout { method, .. } if *method == Method::Update => {
+                if let Some(p) = self.pending.take() {
+                    self.fail_pending(p, CallError::Timeout);
                 }
             }
             Event::Terminated { reason, .. } => self.terminated(now, *reason, final_headers),

@@ -7,7 +7,7 @@
 //!
 //! Implementations:
 //! - [`SimulatedCalls`]: an in-process phone network with scripted answers, for demos and the kill test (no SIP).
-//! - the adapter over the SIP call layer's `Engine` (when that layer is built in).
+//! - [`EngineCalls`]: the adapter over the SIP call layer's [`Engine`](crate::net::engine::Engine).
 //!
 //! [`Prompts`] maps the flow's [`Prompt`]s to audio: WAV files from disk ([`PromptFiles`]) or generated tones
 //! ([`Prompts::tones`]) for demos.
@@ -23,8 +23,10 @@ use crate::media::player::{Clip, PlayItem, Playlist};
 use crate::media::tone::{Country, ToneSpec};
 use crate::media::wav::{Wav, WavError};
 
+mod engine;
 mod sim;
 
+pub use engine::{failure_of, EngineCalls};
 pub use sim::{PhoneScript, SimulatedCalls};
 
 /// Identifies one call placed through a [`CallControl`] (unique for the life of that call control).

@@ -32,9 +32,9 @@ use tokio::task::JoinHandle;
 use super::agents::{AgentConfig, AgentError};
 use super::calls::{CallControl, Prompts};
 use super::event::{RequestEvent, State};
-use super::queue::{CallbackConfig, DispatchError, Dispatcher, RequestStatus, Submitted};
+use super::queue::{CallbackConfig, DispatchError, Dispatcher, RequestStatus};
 use super::request::{normalise_phone, NewRequest, RequestError, RequestId};
-use super::store::{recover, ListFilter, RecoveryPolicy, RequestRecord, Store, StoreError};
+use super::store::{recover, RequestRecord, Store, StoreError};
 use super::{add, since, Time};
 
 mod core;
@@ -42,6 +42,8 @@ mod hook;
 
 use self::core::{Core, Op};
 pub use self::hook::WebhookStats;
+pub use super::queue::Submitted;
+pub use super::store::{ListFilter, RecoveryPolicy};
 
 /// Where the service reads the time. Called only by the service's tokio layer.
 pub trait Clock: Send + Sync + 'static {
@@ -271,9 +273,21 @@ impl CallbackService {
         let now = clock.now();
         let policy = config.recovery;
         let max_attempts = config.callback.flow.max_attempts;
-        let (resumed, max_id) = with_store(&store, move |s| {
+        let (resumed, recovered, max_id) = with_store(&store, move |s| {
+            let before: Vec<(RequestId, usize)> = s
+                .list_unfinished()?
+                .iter()
+                .map(|r| (r.summary.request.id, r.events.len()))
+                .collect();
             let resumed = recover(s, policy, max_attempts, now)?;
-            Ok((resumed, s.max_id()?))
+            // The events recovery wrote, for the webhook.
+            let mut recovered = Vec::new();
+            for (id, n) in before {
+                if let Some(rec) = s.load(id)? {
+                    recovered.extend(rec.events.into_iter().skip(n).map(|e| (id, e)));
+                }
+            }
+            Ok((resumed, recovered, s.max_id()?))
         })
         .await?;
         let first_id = max_id.map_or(1, |m| m.0.saturating_add(1));
@@ -301,7 +315,7 @@ impl CallbackService {
             live_calls.clone(),
             phones,
         );
-        let task = tokio::spawn(core.run(ops_rx));
+        let task = tokio::spawn(core.run(ops_rx, recovered));
         Ok(CallbackService {
             ops: ops_tx,
             events,
@@ -409,7 +423,8 @@ impl CallbackService {
     }
 
     /// Stops the service: hangs up the calls in progress (their requests stay as stored, for recovery at the next
-    /// start) and waits for the task to end. Later calls on any handle answer [`ServiceError::Stopped`].
+    /// start) and waits for the task to end. Webhook deliveries not yet made are abandoned (the store has the
+    /// history). Later calls on any handle answer [`ServiceError::Stopped`].
     pub async fn shutdown(&self) {
         let _ = self.ask(Op::Shutdown).await;
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -185,6 +185,9 @@ impl EngineBuilder {
             dirty: VecDeque::new(),
             shutdown: None,
             ringback: ToneSpec::ringback(Country::Fr).render(),
+            ep_next: None,
+            ep_recheck_at: now,
+            ep_dirty: true,
         };
         tokio::spawn(
             task.run(sockets, rx, relay_events)
@@ -518,7 +521,14 @@ struct Task {
     dirty: VecDeque<u64>,
     shutdown: Option<ShutdownState>,
     ringback: crate::media::player::Clip,
+    /// The endpoint's deadline as last read, when to read it again, and whether it may have changed.
+    ep_next: Option<Instant>,
+    ep_recheck_at: Instant,
+    ep_dirty: bool,
 }
+
+/// How often at most the endpoint's deadline is recomputed (see [`Task::run`]).
+const EP_RECHECK: Duration = Duration::from_millis(5);
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -535,26 +545,33 @@ impl Task {
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
         let mut cmds_open = true;
+        let mut relay_open = true;
         let mut linger_until: Option<Instant> = None;
         loop {
             tokio::select! {
                 r = sockets.recv() => {
                     let Some(r) = r else { return };
                     self.ep.handle(now(), r.remote, r.transport, r.data);
+                    self.ep_dirty = true;
                 }
                 c = cmds.recv(), if cmds_open => match c {
-                    Some(c) => self.command(now(), c),
+                    Some(c) => {
+                        self.command(now(), c);
+                        self.ep_dirty = true;
+                    }
                     None => {
                         cmds_open = false;
                         let n = now();
                         self.start_shutdown(n, ShutdownMode::HangUp, None);
                     }
                 },
-                e = relay_events.recv() => {
-                    if let Some(DriverEvent::Relay(crate::media::relay::Event::Inactive { leg })) = e {
+                e = relay_events.recv(), if relay_open => match e {
+                    Some(DriverEvent::Relay(crate::media::relay::Event::Inactive { leg })) => {
                         tracing::debug!(?leg, "RTP inactive");
                     }
-                }
+                    Some(_) => {}
+                    None => relay_open = false,
+                },
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
                     self.timeout(now());
@@ -572,7 +589,19 @@ impl Task {
                     }
                 }
             }
-            let mut next = self.ep.poll_timeout();
+            // The endpoint's poll_timeout scans every transaction: under load, re-read it at most every
+            // EP_RECHECK (its timers are T1-grained: a few ms late is harmless).
+            let n = now();
+            if self.ep_dirty && n >= self.ep_recheck_at {
+                self.ep_next = self.ep.poll_timeout();
+                self.ep_recheck_at = n + EP_RECHECK;
+                self.ep_dirty = false;
+            }
+            let mut next = match (self.ep_dirty, self.ep_next) {
+                (true, Some(t)) => Some(t.min(self.ep_recheck_at)),
+                (true, None) => Some(self.ep_recheck_at),
+                (false, t) => t,
+            };
             for t in [
                 self.players.poll_timeout(),
                 self.deadlines.first().map(|d| d.0),
@@ -594,7 +623,11 @@ impl Task {
     }
 
     fn timeout(&mut self, now: Instant) {
-        self.ep.handle_timeout(now);
+        if self.ep_next.is_some_and(|t| t <= now) {
+            self.ep.handle_timeout(now);
+            self.ep_next = None;
+            self.ep_dirty = true;
+        }
         self.players.handle_timeout(now);
         while let Some(&(t, id)) = self.deadlines.first() {
             if t > now {
@@ -665,7 +698,7 @@ impl Task {
             } => {
                 if self.shutdown.is_some() {
                     let _ = reply.send(Err(CallError::Shutdown));
-                    let _ = self.relay.remove_leg(info.id);
+                    fire(self.relay.remove_leg(info.id));
                     return;
                 }
                 let span = tracing::info_span!("leg", id, target = %target);
@@ -794,7 +827,7 @@ impl Task {
         self.players
             .start(now, PlayerId(id), playlist, PlayerOptions::new(l.law))?;
         l.playing = true;
-        let _ = self.relay.set_source(l.info.id, Source::Generated);
+        fire(self.relay.set_source(l.info.id, Source::Generated));
         Ok(())
     }
 
@@ -827,7 +860,7 @@ impl Task {
                 }
             }
         }
-        let _ = self.relay.set_source(l.info.id, src);
+        fire(self.relay.set_source(l.info.id, src));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1013,7 +1046,7 @@ impl Task {
                     self.stop_player(x);
                     self.stop_player(y);
                     if let (Some(lx), Some(ly)) = (self.legs.get(&x), self.legs.get(&y)) {
-                        let _ = self.relay.connect(lx.info.id, ly.info.id);
+                        fire(self.relay.connect(lx.info.id, ly.info.id));
                     }
                 }
                 BridgeCommand::Listen(x, what) => {
@@ -1028,7 +1061,7 @@ impl Task {
                         }
                         _ => {
                             if let Some(l) = self.legs.get(&x) {
-                                let _ = self.relay.set_source(l.info.id, Source::Silence);
+                                fire(self.relay.set_source(l.info.id, Source::Silence));
                             }
                         }
                     }
@@ -1182,13 +1215,13 @@ impl Task {
                     rtcp,
                     telephone_event_pt,
                 } => {
-                    let _ = self.relay.with_relay(move |r, _| {
+                    fire(self.relay.with_relay(move |r, _| {
                         let _ = r.set_remote(rid, Some(rtp), Some(rtcp));
                         let _ = r.set_telephone_event_pt(rid, telephone_event_pt);
-                    });
+                    }));
                 }
                 LegCommand::MediaHold(on) => {
-                    let _ = self.relay.set_hold(rid, on);
+                    fire(self.relay.set_hold(rid, on));
                 }
                 LegCommand::Done { op, result } => {
                     if let Some(l) = self.legs.get_mut(&id) {
@@ -1256,7 +1289,7 @@ impl Task {
                         if cl.bridge.is_none() {
                             self.stop_player(c);
                             if let Some(cl) = self.legs.get(&c) {
-                                let _ = self.relay.set_source(cl.info.id, Source::Leg(src));
+                                fire(self.relay.set_source(cl.info.id, Source::Leg(src)));
                             }
                         }
                     }
@@ -1339,7 +1372,7 @@ impl Task {
         }
         self.stop_player(c);
         if let Some(cl) = self.legs.get(&c) {
-            let _ = self.relay.set_source(cl.info.id, Source::Silence);
+            fire(self.relay.set_source(cl.info.id, Source::Silence));
         }
     }
 
@@ -1417,6 +1450,11 @@ impl Task {
         }
         self.dirty.push_back(id);
     }
+}
+
+/// A relay control call whose answer we do not need: the command is already queued to the relay thread.
+fn fire<T>(reply: crate::net::rtp_io::Reply<T>) {
+    drop(reply);
 }
 
 fn counters(s: &LegStats) -> MediaCounters {

@@ -3,5 +3,5 @@
 pub mod engine;
 pub mod rtp_io;
 pub mod sip;
-pub mod sys;
+pub(crate) mod sys;
 pub mod transport;

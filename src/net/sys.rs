@@ -328,7 +328,7 @@ pub(crate) fn set_timer_slack(nanos: u64) {
 }
 
 /// CPU time consumed by the calling thread (user + system).
-pub fn thread_cpu_time() -> Duration {
+pub(crate) fn thread_cpu_time() -> Duration {
     // SAFETY: clock_gettime writes into `ts`, which lives across the call.
     let mut ts: libc::timespec = unsafe { zeroed() };
     let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
@@ -339,7 +339,7 @@ pub fn thread_cpu_time() -> Duration {
 }
 
 /// Linux thread id of the calling thread (for `/proc/self/task/TID/stat`).
-pub fn thread_id() -> i32 {
+pub(crate) fn thread_id() -> i32 {
     // SAFETY: gettid has no arguments and cannot fail.
     unsafe { libc::gettid() }
 }

@@ -80,6 +80,7 @@ pub(crate) struct Core<C: CallControl> {
     legs: HashMap<RequestId, Legs>,
     by_call: HashMap<CallId, (RequestId, Leg)>,
     open_by_phone: HashMap<String, RequestId>,
+    phone_of: HashMap<RequestId, String>,
     inserts: Vec<(CallbackRequest, State, Time)>,
     events_tx: broadcast::Sender<(RequestId, RequestEvent)>,
     webhook: Option<mpsc::Sender<(RequestId, RequestEvent)>>,
@@ -123,6 +124,7 @@ impl<C: CallControl> Core<C> {
             agent_ring: flow.agent_ring_timeout,
             legs: HashMap::new(),
             by_call: HashMap::new(),
+            phone_of: open.iter().map(|(p, id)| (*id, p.clone())).collect(),
             open_by_phone: open.into_iter().collect(),
             inserts: Vec::new(),
             events_tx,
@@ -134,7 +136,13 @@ impl<C: CallControl> Core<C> {
         }
     }
 
-    pub(crate) async fn run(mut self, mut ops: mpsc::Receiver<Op>) {
+    /// The task; `recovered` are the events the start-up recovery stored (published first).
+    pub(crate) async fn run(
+        mut self,
+        mut ops: mpsc::Receiver<Op>,
+        recovered: Vec<(RequestId, RequestEvent)>,
+    ) {
+        self.publish(recovered);
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         loop {
@@ -237,6 +245,7 @@ impl<C: CallControl> Core<C> {
         }
         let sub = self.disp.submit(req, now)?;
         self.open_by_phone.insert(sub.request.phone.clone(), sub.id);
+        self.phone_of.insert(sub.id, sub.request.phone.clone());
         self.inserts
             .push((sub.request.clone(), State::Queued, sub.due));
         let failed = self.flush().await;
@@ -263,17 +272,7 @@ impl<C: CallControl> Core<C> {
             let (written, failed) = Self::persist(&self.store, inserts, events).await;
             let failed_ids: BTreeSet<RequestId> = failed.iter().map(|(id, _)| *id).collect();
             // 2. Publish what is stored.
-            for (id, ev) in written {
-                if ev.state.is_final() && self.open_by_phone.values().any(|o| *o == id) {
-                    self.open_by_phone.retain(|_, o| *o != id);
-                }
-                if let Some(w) = &self.webhook {
-                    if w.try_send((id, ev.clone())).is_err() {
-                        self.webhook_stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                let _ = self.events_tx.send((id, ev));
-            }
+            self.publish(written);
             // 3. Act: nothing for a request whose events are not stored, except hanging up.
             for (id, cmd) in commands {
                 let undo = matches!(cmd, Command::HangUp { .. } | Command::CancelAgentCall);
@@ -290,13 +289,37 @@ impl<C: CallControl> Core<C> {
                 tracing::error!(request = %id, error = %e, "store write failed; cancelling the request");
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
                 let _ = self.disp.cancel(id, now);
-                self.open_by_phone.retain(|_, o| *o != id);
+                self.close(id);
                 failures.push((id, e));
             }
             self.sweep();
         }
         self.live_calls.store(self.by_call.len(), Ordering::Relaxed);
         failures
+    }
+
+    /// Hands stored events to the subscribers and the webhook.
+    fn publish(&mut self, events: Vec<(RequestId, RequestEvent)>) {
+        for (id, ev) in events {
+            if ev.state.is_final() {
+                self.close(id);
+            }
+            if let Some(w) = &self.webhook {
+                if w.try_send((id, ev.clone())).is_err() {
+                    self.webhook_stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let _ = self.events_tx.send((id, ev));
+        }
+    }
+
+    /// The request is final: its number may have a new request.
+    fn close(&mut self, id: RequestId) {
+        if let Some(phone) = self.phone_of.remove(&id) {
+            if self.open_by_phone.get(&phone) == Some(&id) {
+                self.open_by_phone.remove(&phone);
+            }
+        }
     }
 
     /// Writes the batch in one blocking task; returns the events written, in order, and the failures.
