@@ -237,3 +237,41 @@ fn exit_code_is_2() {
     };
     assert_eq!(exit_code(&e), 2);
 }
+
+/// Seeded random edits of a valid file: every outcome is a config or an error with a message, never a panic.
+#[test]
+fn mangled_files_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let pieces = [
+        "=",
+        "\"",
+        "[",
+        "]",
+        "\n",
+        "0",
+        "-1",
+        "x",
+        "[[agents]]",
+        "'",
+        "{",
+        "}",
+        "#",
+        ",",
+    ];
+    let mut errors = 0;
+    for _ in 0..3000 {
+        let mut text = FULL.to_owned();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..=text.len());
+            if text.is_char_boundary(at) {
+                text.insert_str(at, pieces[rng.random_range(0..pieces.len())]);
+            }
+        }
+        if let Err(e) = Config::parse(&text) {
+            assert!(!e.to_string().is_empty());
+            errors += 1;
+        }
+    }
+    assert!(errors > 0);
+}
