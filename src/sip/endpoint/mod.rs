@@ -500,6 +500,8 @@ struct Call {
     bye_pending: bool,
     terminated: bool,
     expire_at: Option<Instant>,
+    /// Headers of the final response to our initial INVITE (Session-Expires, Min-SE, ... for the call layer).
+    final_headers: Option<Headers>,
 }
 
 impl Call {
@@ -530,6 +532,7 @@ impl Call {
             bye_pending: false,
             terminated: false,
             expire_at: None,
+            final_headers: None,
         }
     }
 

@@ -1,0 +1,776 @@
+//! One outgoing call leg (UAC) as a sans-IO state machine.
+//!
+//! A [`LegCore`] sits above the SIP [`Endpoint`](crate::sip::endpoint::Endpoint): it consumes the endpoint's
+//! [`Event`]s for its [`CallHandle`] and the application's commands (hold, unhold, hang up), owns the leg's SDP
+//! state ([`LocalSession`], the last offer, what was negotiated), and gives out [`LegCommand`]s (what to ask of
+//! the endpoint and of the relay), [`LegEvent`]s (what the application sees) and one timeout
+//! ([`LegCore::poll_timeout`]): the ring timeout and the RFC 4028 session timer.
+//!
+//! Drain order after every input: [`LegCore::poll_command`] until `None`, then [`LegCore::poll_event`], then
+//! re-read [`LegCore::poll_timeout`].
+//!
+//! # Session timers (RFC 4028), as UAC
+//! With [`SessionTimerOptions`] the INVITE carries `Supported: timer`, `Session-Expires: N;refresher=uac` and
+//! `Min-SE`. A 422 answer is retried (at most twice) with the larger of our interval and the 422's Min-SE (a new
+//! INVITE: the endpoint gives it a new Call-ID, where §7.2 would keep the old one). The 2xx's Session-Expires
+//! decides: when we are the refresher we refresh (re-INVITE or UPDATE with an unchanged SDP, so the `o=` version
+//! stays, RFC 3264 §8) at half the interval; either way, with no refresh seen by `interval − min(32 s,
+//! interval/3)` we send BYE (§10). A re-INVITE or UPDATE from the peer counts as a refresh. Without
+//! Session-Expires in the 2xx there is no timer (§7.4).
+//!
+//! # Hold
+//! [`LegCore::hold`] re-offers our SDP `sendonly`, [`LegCore::unhold`] `sendrecv` (RFC 3264 §8.4); the outcome
+//! comes back as [`LegCommand::Done`]. A re-INVITE from the peer is answered at once; when it makes our side
+//! `recvonly`/`inactive` (or uses `c=0.0.0.0`), the peer is holding us: [`LegEvent::RemoteHold`].
+
+use super::cdr::{CdrTimes, EndCause, HangupBy};
+use super::{CallError, LegEvent};
+use crate::sdp::{Codec, Direction, LocalSession, Negotiated, Sdp};
+use crate::sip::endpoint::{CallHandle, Event, TerminationReason};
+use crate::sip::message::{HeaderName, Headers, Method};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// At most this many 422 retries.
+const MAX_422_RETRIES: u32 = 2;
+
+/// How the session is refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshMethod {
+    /// A re-INVITE with the unchanged SDP.
+    Reinvite,
+    /// An UPDATE (RFC 3311) with the unchanged SDP.
+    Update,
+}
+
+/// RFC 4028 session timer settings for a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimerOptions {
+    /// The Session-Expires we ask for (seconds, at least 90). Default 1800.
+    pub expires: u32,
+    /// Our Min-SE (seconds, at least 90). Default 90.
+    pub min_se: u32,
+    /// Refresh by re-INVITE or UPDATE. Default re-INVITE.
+    pub refresh: RefreshMethod,
+}
+
+impl Default for SessionTimerOptions {
+    fn default() -> Self {
+        Self {
+            expires: 1800,
+            min_se: 90,
+            refresh: RefreshMethod::Reinvite,
+        }
+    }
+}
+
+/// What a leg needs to start.
+#[derive(Debug, Clone)]
+pub struct LegSetup {
+    /// The leg's id.
+    pub id: u64,
+    /// The Request-URI (for the CDR).
+    pub target: String,
+    /// Our RTP address (from the relay) for the SDP.
+    pub local_rtp: SocketAddr,
+    /// Codecs to offer, in preference order (include telephone-event for DTMF).
+    pub codecs: Vec<Codec>,
+    /// CANCEL when not answered within this.
+    pub ring_timeout: Option<Duration>,
+    /// Session timer, if wanted.
+    pub session_timer: Option<SessionTimerOptions>,
+    /// The SDP `o=` session id.
+    pub sdp_session_id: u64,
+    /// Wall-clock start for the CDR (ms since the Unix epoch).
+    pub start_unix_ms: u64,
+}
+
+/// An operation of ours whose outcome comes back as [`LegCommand::Done`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// [`LegCore::hold`].
+    Hold,
+    /// [`LegCore::unhold`].
+    Unhold,
+    /// [`LegCore::reoffer`] (e.g. codec alignment for a bridge).
+    Reoffer,
+}
+
+/// What the leg asks of the endpoint and the relay.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum LegCommand {
+    /// Place the INVITE (initial, or again after a 422) with this offer and these extra headers; then call
+    /// [`LegCore::attach`] with the new handle.
+    Invite {
+        /// SDP offer.
+        body: Bytes,
+        /// Session-timer headers.
+        headers: Vec<(HeaderName, Bytes)>,
+    },
+    /// CANCEL the pending INVITE.
+    Cancel,
+    /// Send BYE.
+    Bye,
+    /// Send a re-INVITE with this SDP.
+    Reinvite(Bytes),
+    /// Send an UPDATE with this SDP.
+    Update(Bytes),
+    /// Answer the peer's re-INVITE.
+    AnswerReinvite {
+        /// Status.
+        code: u16,
+        /// SDP answer (or offer, when the re-INVITE had none).
+        body: Bytes,
+    },
+    /// Answer the peer's UPDATE.
+    AnswerUpdate {
+        /// Status.
+        code: u16,
+        /// SDP answer.
+        body: Bytes,
+    },
+    /// Point the relay leg at the peer's media (from SDP).
+    Remote {
+        /// RTP address.
+        rtp: SocketAddr,
+        /// RTCP address.
+        rtcp: SocketAddr,
+        /// The peer's telephone-event payload type.
+        telephone_event_pt: Option<u8>,
+    },
+    /// The peer stops sending (hold either way): suspend (true) or resume (false) the inactivity watchdog.
+    MediaHold(bool),
+    /// One of our operations finished.
+    Done {
+        /// Which.
+        op: Op,
+        /// Its outcome.
+        result: Result<(), CallError>,
+    },
+}
+
+/// Where the leg is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Created, INVITE not sent yet.
+    Idle,
+    /// INVITE sent, no 2xx yet.
+    Calling,
+    /// Answered.
+    Answered,
+    /// Ended: no more events.
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Op(Op),
+    Refresh,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timer {
+    interval: Duration,
+    we_refresh: bool,
+    refresh_at: Option<Instant>,
+    expire_at: Instant,
+}
+
+/// The leg state machine. See the module docs.
+#[derive(Debug)]
+pub struct LegCore {
+    setup: LegSetup,
+    phase: Phase,
+    call: Option<CallHandle>,
+    call_id: Option<String>,
+    session: LocalSession,
+    last_offer: Option<Sdp>,
+    /// We answered an offer-less re-INVITE with an offer: the answer comes in the ACK.
+    offer_in_2xx: bool,
+    negotiated: Option<Negotiated>,
+    /// Our own hold (we sent sendonly).
+    held: bool,
+    /// The peer holds us.
+    remote_held: bool,
+    pending: Option<Pending>,
+    ring_deadline: Option<Instant>,
+    ringing_seen: bool,
+    early_seen: bool,
+    session_expires: u32,
+    retries_422: u32,
+    timer: Option<Timer>,
+    local_cause: Option<EndCause>,
+    sip_status: Option<u16>,
+    times: CdrTimes,
+    commands: VecDeque<LegCommand>,
+    events: VecDeque<LegEvent>,
+}
+
+impl LegCore {
+    /// A leg created at `now`; nothing is sent until [`Self::start`].
+    pub fn new(now: Instant, setup: LegSetup) -> Self {
+        let session = LocalSession::new(setup.sdp_session_id, setup.local_rtp);
+        let se = setup.session_timer.map_or(0, |t| t.expires.max(90));
+        Self {
+            setup,
+            phase: Phase::Idle,
+            call: None,
+            call_id: None,
+            session,
+            last_offer: None,
+            offer_in_2xx: false,
+            negotiated: None,
+            held: false,
+            remote_held: false,
+            pending: None,
+            ring_deadline: None,
+            ringing_seen: false,
+            early_seen: false,
+            session_expires: se,
+            retries_422: 0,
+            timer: None,
+            local_cause: None,
+            sip_status: None,
+            times: CdrTimes::new(now),
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The leg id.
+    pub fn id(&self) -> u64 {
+        self.setup.id
+    }
+
+    /// Where the leg is.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The endpoint call handle of the current INVITE, once attached.
+    pub fn call(&self) -> Option<CallHandle> {
+        self.call
+    }
+
+    /// What was negotiated with the peer (the latest offer/answer), once answered or in early media.
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.negotiated.as_ref()
+    }
+
+    /// Whether we hold the peer.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// Whether the peer holds us.
+    pub fn is_remote_held(&self) -> bool {
+        self.remote_held
+    }
+
+    /// Sends the INVITE: queues [`LegCommand::Invite`] and starts the ring timeout.
+    pub fn start(&mut self, now: Instant) {
+        if self.phase != Phase::Idle {
+            return;
+        }
+        self.phase = Phase::Calling;
+        self.ring_deadline = self.setup.ring_timeout.map(|d| now + d);
+        self.send_invite();
+    }
+
+    fn send_invite(&mut self) {
+        let offer = self.session.offer(&self.setup.codecs, Direction::SendRecv);
+        let body = Bytes::from(offer.to_bytes());
+        self.last_offer = Some(offer);
+        let mut headers = Vec::new();
+        if let Some(t) = self.setup.session_timer {
+            headers.push((HeaderName::Supported, Bytes::from_static(b"timer")));
+            headers.push((
+                HeaderName::SessionExpires,
+                Bytes::from(format!("{};refresher=uac", self.session_expires)),
+            ));
+            headers.push((HeaderName::MinSe, Bytes::from(t.min_se.max(90).to_string())));
+        }
+        self.commands
+            .push_back(LegCommand::Invite { body, headers });
+    }
+
+    /// The endpoint accepted the INVITE as `call` (with its Call-ID, for the CDR).
+    pub fn attach(&mut self, call: CallHandle, call_id: Option<String>) {
+        self.call = Some(call);
+        if call_id.is_some() {
+            self.call_id = call_id;
+        }
+    }
+
+    /// The INVITE could not be placed (bad URI): the leg ends with [`EndCause::Error`].
+    pub fn invite_failed(&mut self, now: Instant) {
+        self.local_cause = Some(EndCause::Error);
+        self.end(now, EndCause::Error, HangupBy::Local);
+    }
+
+    /// Hangs up: CANCEL before an answer, BYE after. The leg ends when the endpoint reports the call
+    /// terminated.
+    pub fn hangup(&mut self, cause: EndCause) {
+        match self.phase {
+            Phase::Calling => {
+                self.local_cause.get_or_insert(cause);
+                self.commands.push_back(LegCommand::Cancel);
+            }
+            Phase::Answered => {
+                self.local_cause.get_or_insert(cause);
+                self.commands.push_back(LegCommand::Bye);
+            }
+            Phase::Idle | Phase::Ended => {}
+        }
+    }
+
+    fn offer_codecs(&self) -> Vec<Codec> {
+        let mut v = Vec::with_capacity(self.setup.codecs.len());
+        if let Some(n) = &self.negotiated {
+            v.push(n.codec.clone());
+        }
+        for c in &self.setup.codecs {
+            if !v.iter().any(|x| x.same_codec(c) && x.name == c.name) {
+                v.push(c.clone());
+            }
+        }
+        v
+    }
+
+    fn our_direction(&self) -> Direction {
+        if self.held {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        }
+    }
+
+    fn reinvite(
+        &mut self,
+        codecs: &[Codec],
+        dir: Direction,
+        what: Pending,
+    ) -> Result<(), CallError> {
+        if self.phase != Phase::Answered {
+            return Err(CallError::NotAnswered);
+        }
+        if self.pending.is_some() {
+            return Err(CallError::Busy);
+        }
+        let offer = self.session.offer(codecs, dir);
+        let body = Bytes::from(offer.to_bytes());
+        self.last_offer = Some(offer);
+        self.pending = Some(what);
+        let use_update = what == Pending::Refresh
+            && self
+                .setup
+                .session_timer
+                .is_some_and(|t| t.refresh == RefreshMethod::Update);
+        self.commands.push_back(if use_update {
+            LegCommand::Update(body)
+        } else {
+            LegCommand::Reinvite(body)
+        });
+        Ok(())
+    }
+
+    /// Puts the peer on hold (re-INVITE `sendonly`). The outcome comes as [`LegCommand::Done`].
+    pub fn hold(&mut self) -> Result<(), CallError> {
+        let codecs = self.offer_codecs();
+        self.reinvite(&codecs, Direction::SendOnly, Pending::Op(Op::Hold))
+    }
+
+    /// Takes the peer off hold (re-INVITE `sendrecv`).
+    pub fn unhold(&mut self) -> Result<(), CallError> {
+        let codecs = self.offer_codecs();
+        self.reinvite(&codecs, Direction::SendRecv, Pending::Op(Op::Unhold))
+    }
+
+    /// Re-offers with only `codecs` (a bridge aligning this leg's codec with the other leg's).
+    pub fn reoffer(&mut self, codecs: &[Codec]) -> Result<(), CallError> {
+        let dir = self.our_direction();
+        self.reinvite(codecs, dir, Pending::Op(Op::Reoffer))
+    }
+
+    /// Feeds an endpoint event for this leg's call. `final_headers` are
+    /// [`Endpoint::final_response_headers`](crate::sip::endpoint::Endpoint::final_response_headers) of the call.
+    pub fn handle_sip(&mut self, now: Instant, ev: &Event, final_headers: Option<&Headers>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        match ev {
+            Event::Provisional { status, body, .. } => {
+                if self.phase != Phase::Calling {
+                    return;
+                }
+                if self.times.ring.is_none() {
+                    self.times.ring = Some(now);
+                }
+                if !self.ringing_seen && status.as_u16() != 183 {
+                    self.ringing_seen = true;
+                    self.events.push_back(LegEvent::Ringing);
+                }
+                if !body.is_empty() && !self.early_seen {
+                    if let Some(n) = self.read_answer(body) {
+                        self.early_seen = true;
+                        self.apply(n);
+                        self.events.push_back(LegEvent::EarlyMedia);
+                    }
+                }
+            }
+            Event::Answered { body, .. } => {
+                if self.phase != Phase::Calling {
+                    return;
+                }
+                self.phase = Phase::Answered;
+                self.ring_deadline = None;
+                self.times.answer = Some(now);
+                self.sip_status = Some(200);
+                match self.read_answer(body) {
+                    Some(n) => self.apply(n),
+                    None if self.negotiated.is_some() => {} // answer was in the reliable 18x
+                    None => {
+                        self.events.push_back(LegEvent::Answered);
+                        self.hangup(EndCause::Error);
+                        return;
+                    }
+                }
+                self.start_timer(now, final_headers);
+                self.events.push_back(LegEvent::Answered);
+            }
+            Event::Request { method, body, .. } => self.remote_offer(now, method, body),
+            Event::Acked { body, .. } => {
+                let ours = std::mem::take(&mut self.offer_in_2xx);
+                if let Some(n) = (ours && !body.is_empty())
+                    .then(|| self.read_answer(body))
+                    .flatten()
+                {
+                    self.apply(n);
+                }
+            }
+            Event::Response {
+                method,
+                status,
+                body,
+                ..
+            } if *method == Method::Invite || *method == Method::Update => {
+                let Some(p) = self.pending.take() else { return };
+                let ok = status.is_success();
+                if ok {
+                    if let Some(n) = self.read_answer(body) {
+                        self.apply(n);
+                    }
+                }
+                match p {
+                    Pending::Refresh => {
+                        if ok {
+                            self.rearm_timer(now);
+                        }
+                    }
+                    Pending::Op(op) => {
+                        if ok {
+                            match op {
+                                Op::Hold => {
+                                    self.held = true;
+                                    self.commands.push_back(LegCommand::MediaHold(true));
+                                }
+                                Op::Unhold => {
+                                    self.held = false;
+                                    if !self.remote_held {
+                                        self.commands.push_back(LegCommand::MediaHold(false));
+                                    }
+                                }
+                                Op::Reoffer => {}
+                            }
+                            // Any successful re-INVITE refreshes the session (RFC 4028 §10).
+                            self.rearm_timer(now);
+                        }
+                        let result = if ok {
+                            Ok(())
+                        } else {
+                            Err(CallError::Rejected {
+                                status: status.as_u16(),
+                            })
+                        };
+                        self.commands.push_back(LegCommand::Done { op, result });
+                    }
+                }
+            }
+            Event::TransactionTimeout { method, .. } if *method == Method::Update => {
+                if let Some(p) = self.pending.take() {
+                    self.fail_pending(p, CallError::Timeout);
+                }
+            }
+            Event::Terminated { reason, .. } => self.terminated(now, *reason, final_headers),
+            _ => {}
+        }
+    }
+
+    fn fail_pending(&mut self, p: Pending, e: CallError) {
+        if let Pending::Op(op) = p {
+            self.commands
+                .push_back(LegCommand::Done { op, result: Err(e) });
+        }
+    }
+
+    fn terminated(&mut self, now: Instant, reason: TerminationReason, h: Option<&Headers>) {
+        if let TerminationReason::Rejected(st) = reason {
+            self.sip_status = Some(st.as_u16());
+            if st.as_u16() == 422 && self.phase == Phase::Calling && self.retry_422(h) {
+                return;
+            }
+        }
+        if let Some(p) = self.pending.take() {
+            self.fail_pending(p, CallError::Ended);
+        }
+        let (cause, by) = match reason {
+            TerminationReason::Rejected(st) => (EndCause::Rejected(st.as_u16()), HangupBy::Remote),
+            TerminationReason::Cancelled => {
+                self.sip_status.get_or_insert(487);
+                (EndCause::Cancelled, HangupBy::Local)
+            }
+            TerminationReason::LocalBye => (EndCause::Normal, HangupBy::Local),
+            TerminationReason::RemoteBye => (EndCause::Normal, HangupBy::Remote),
+            TerminationReason::DialogGone => (EndCause::DialogGone, HangupBy::Remote),
+            TerminationReason::Timeout | TerminationReason::AckTimeout => {
+                (EndCause::Timeout, HangupBy::Local)
+            }
+            _ => (EndCause::Error, HangupBy::Local),
+        };
+        // A cause we chose (ring timeout, session expiry, shutdown) wins over the endpoint's generic one, unless
+        // the peer hung up first.
+        let cause = match (self.local_cause, by) {
+            (Some(c), HangupBy::Local) => c,
+            (Some(c), HangupBy::Remote) if matches!(reason, TerminationReason::Rejected(_)) => {
+                // CANCEL crossed a final non-2xx: the peer's answer is what happened.
+                let _ = c;
+                cause
+            }
+            _ => cause,
+        };
+        if !matches!(self.phase, Phase::Answered) {
+            let status = self.sip_status;
+            self.events.push_back(LegEvent::Failed { status, cause });
+        }
+        self.end(now, cause, by);
+    }
+
+    fn retry_422(&mut self, h: Option<&Headers>) -> bool {
+        if self.setup.session_timer.is_none() || self.retries_422 >= MAX_422_RETRIES {
+            return false;
+        }
+        let min_se = h
+            .and_then(|h| h.get(&HeaderName::MinSe))
+            .and_then(|v| leading_u32(v));
+        let Some(min_se) = min_se else { return false };
+        self.retries_422 += 1;
+        self.session_expires = self.session_expires.max(min_se);
+        self.call = None;
+        self.send_invite();
+        true
+    }
+
+    fn end(&mut self, now: Instant, cause: EndCause, by: HangupBy) {
+        self.phase = Phase::Ended;
+        self.ring_deadline = None;
+        self.timer = None;
+        let cdr = self.times.finish(
+            self.setup.id,
+            self.setup.target.clone(),
+            self.call_id.clone(),
+            self.setup.start_unix_ms,
+            now,
+            cause,
+            by,
+            self.sip_status,
+        );
+        self.events.push_back(LegEvent::Ended {
+            by,
+            cause,
+            cdr: Box::new(cdr),
+        });
+    }
+
+    fn read_answer(&self, body: &Bytes) -> Option<Negotiated> {
+        let offer = self.last_offer.as_ref()?;
+        let answer = Sdp::parse(body).ok()?;
+        self.session.accept_answer(offer, &answer).ok()
+    }
+
+    fn apply(&mut self, n: Negotiated) {
+        let changed = self.negotiated.as_ref().is_none_or(|o| {
+            o.remote_rtp != n.remote_rtp || o.telephone_event_pt != n.telephone_event_pt
+        });
+        if changed {
+            self.commands.push_back(LegCommand::Remote {
+                rtp: n.remote_rtp,
+                rtcp: n.remote_rtcp,
+                telephone_event_pt: n.telephone_event_pt,
+            });
+        }
+        self.negotiated = Some(n);
+    }
+
+    fn remote_offer(&mut self, now: Instant, method: &Method, body: &Bytes) {
+        let is_invite = *method == Method::Invite;
+        if !is_invite && *method != Method::Update {
+            return;
+        }
+        if self.phase != Phase::Answered {
+            return;
+        }
+        // The peer refreshed the session (RFC 4028 §10).
+        self.rearm_timer(now);
+        let answer = |code: u16, body: Bytes| {
+            if is_invite {
+                LegCommand::AnswerReinvite { code, body }
+            } else {
+                LegCommand::AnswerUpdate { code, body }
+            }
+        };
+        if body.is_empty() {
+            if !is_invite {
+                self.commands.push_back(answer(200, Bytes::new()));
+                return;
+            }
+            // Offer in our 2xx, answer in the ACK (RFC 3261 §14.2).
+            let codecs = self.offer_codecs();
+            let dir = self.our_direction();
+            let offer = self.session.offer(&codecs, dir);
+            let b = Bytes::from(offer.to_bytes());
+            self.last_offer = Some(offer);
+            self.offer_in_2xx = true;
+            self.commands.push_back(answer(200, b));
+            return;
+        }
+        let Ok(offer) = Sdp::parse(body) else {
+            self.commands.push_back(answer(400, Bytes::new()));
+            return;
+        };
+        let codecs = self.offer_codecs();
+        let dir = self.our_direction();
+        match self.session.answer(&offer, &codecs, dir) {
+            Ok((sdp, n)) => {
+                let peer_holds = matches!(n.direction, Direction::RecvOnly | Direction::Inactive);
+                self.apply(n);
+                self.commands
+                    .push_back(answer(200, Bytes::from(sdp.to_bytes())));
+                if peer_holds != self.remote_held {
+                    self.remote_held = peer_holds;
+                    if !self.held {
+                        self.commands.push_back(LegCommand::MediaHold(peer_holds));
+                    }
+                    self.events.push_back(if peer_holds {
+                        LegEvent::RemoteHold
+                    } else {
+                        LegEvent::RemoteResume
+                    });
+                }
+            }
+            Err(_) => self.commands.push_back(answer(488, Bytes::new())),
+        }
+    }
+
+    fn start_timer(&mut self, now: Instant, h: Option<&Headers>) {
+        if self.setup.session_timer.is_none() {
+            return;
+        }
+        let Some(v) = h.and_then(|h| h.get(&HeaderName::SessionExpires)) else {
+            return; // §7.4: no Session-Expires in the 2xx, no timer
+        };
+        let Some(secs) = leading_u32(v) else { return };
+        let text = String::from_utf8_lossy(v).to_ascii_lowercase();
+        let we_refresh = !text.contains("refresher=uas");
+        self.timer = Some(Timer {
+            interval: Duration::from_secs(u64::from(secs.max(1))),
+            we_refresh,
+            refresh_at: None,
+            expire_at: now,
+        });
+        self.rearm_timer(now);
+    }
+
+    fn rearm_timer(&mut self, now: Instant) {
+        if let Some(t) = &mut self.timer {
+            let i = t.interval;
+            t.refresh_at = t.we_refresh.then(|| now + i / 2);
+            t.expire_at = now + i - (i / 3).min(Duration::from_secs(32));
+        }
+    }
+
+    /// The next instant [`Self::handle_timeout`] must run: ring timeout, session refresh or expiry.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = self
+            .timer
+            .map(|t| t.refresh_at.map_or(t.expire_at, |r| r.min(t.expire_at)));
+        match (self.ring_deadline, t) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ring_deadline.is_some_and(|d| d <= now) {
+            self.ring_deadline = None;
+            if self.phase == Phase::Calling {
+                self.hangup(EndCause::RingTimeout);
+            }
+        }
+        let Some(t) = self.timer else { return };
+        if t.expire_at <= now {
+            self.timer = None;
+            self.hangup(EndCause::SessionExpired);
+            return;
+        }
+        if t.refresh_at.is_some_and(|r| r <= now) {
+            if let Some(tm) = &mut self.timer {
+                tm.refresh_at = None;
+            }
+            if self.pending.is_none() {
+                let codecs = self.offer_codecs();
+                let dir = self.our_direction();
+                let _ = self.reinvite(&codecs, dir, Pending::Refresh);
+            } else if let Some(tm) = &mut self.timer {
+                // Another re-INVITE is in progress: its 2xx refreshes; look again shortly.
+                tm.refresh_at = Some(now + Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// The next command for the endpoint or relay.
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<LegCommand> {
+        self.commands.pop_front()
+    }
+
+    /// The next event for the application.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<LegEvent> {
+        self.events.pop_front()
+    }
+}
+
+/// The leading decimal number of a header value (`1800;refresher=uac` → 1800).
+fn leading_u32(v: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(v).ok()?;
+    let digits = s.trim_start().split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leading_u32;
+
+    #[test]
+    fn header_numbers() {
+        assert_eq!(leading_u32(b"1800;refresher=uac"), Some(1800));
+        assert_eq!(leading_u32(b" 90"), Some(90));
+        assert_eq!(leading_u32(b"x"), None);
+        assert_eq!(leading_u32(b"99999999999999"), None);
+    }
+}

@@ -1,0 +1,1467 @@
+//! The engine: rappel's typed async call API over one tokio task and the relay thread.
+//!
+//! One task owns the SIP [`Endpoint`] and its sockets, every leg's and bridge's state machine
+//! ([`LegCore`], [`BridgeCore`]) and the [`PlayerSet`] (one shared pacing grid for all announcements and hold
+//! music). The RTP relay runs on its own thread ([`RelayDriver`]); the task sends it control calls and generated
+//! frames and never waits for it (replies it needs, like final counters, are awaited in small spawned tasks).
+//! Application handles ([`Engine`], [`Leg`], [`Bridge`]) talk to the task over a channel.
+//!
+//! After every input (a datagram, a command, a timer) the task drains the endpoint's transmits and events, the
+//! legs' and bridges' commands, the players' frames, and re-arms its single timer at the earliest deadline
+//! (endpoint, players, and a sorted set of leg deadlines).
+
+use crate::call::bridge::{plan, BridgeCommand, BridgeCore, Listen, Plan};
+use crate::call::leg::{LegCommand, LegCore, LegSetup, Op, Phase};
+use crate::call::{
+    BridgeCdr, BridgeEvent, BridgeId, BridgeOptions, CallError, CallOptions, Cdr, EarlyMedia,
+    EndCause, LegEvent, LegId, MediaCounters, ShutdownMode,
+};
+use crate::media::g711::Law;
+use crate::media::player::{PlayItem, PlayerEvent, PlayerId, PlayerOptions, PlayerSet, Playlist};
+use crate::media::relay::{LegConfig, LegStats, RelayConfig, Source};
+use crate::media::tone::{Country, ToneSpec};
+use crate::net::rtp_io::{DriverConfig, DriverEvent, LegInfo, RelayDriver};
+use crate::net::transport::{SipSockets, SipTransportConfig};
+use crate::sip::endpoint::{CallHandle, Endpoint, EndpointConfig, Event, InviteRequest};
+use crate::sip::message::{HeaderName, Uri};
+use crate::sip::transaction::TimerConfig;
+use bytes::Bytes;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+/// Builds and starts an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    sip_bind: Vec<SocketAddr>,
+    tcp: bool,
+    public_addr: Option<SocketAddr>,
+    rtp_ip: IpAddr,
+    rtp_ports: (u16, u16),
+    timers: TimerConfig,
+    user_agent: Option<String>,
+    outbound_proxy: Option<SocketAddr>,
+    from: String,
+    relay_core: Option<usize>,
+    rng_seed: Option<u64>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EngineBuilder {
+    /// SIP on UDP 127.0.0.1 (a free port), RTP on 127.0.0.1 ports 30000–39999, default timers, no proxy.
+    pub fn new() -> Self {
+        Self {
+            sip_bind: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            tcp: false,
+            public_addr: None,
+            rtp_ip: IpAddr::from([127, 0, 0, 1]),
+            rtp_ports: (30000, 39999),
+            timers: TimerConfig::default(),
+            user_agent: Some(concat!("rappel/", env!("CARGO_PKG_VERSION")).to_owned()),
+            outbound_proxy: None,
+            from: "sip:rappel@localhost".to_owned(),
+            relay_core: None,
+            rng_seed: None,
+        }
+    }
+    /// SIP bind addresses (port 0 picks one). The first one is advertised unless [`Self::public_addr`] is set.
+    pub fn sip_bind(mut self, addrs: Vec<SocketAddr>) -> Self {
+        self.sip_bind = addrs;
+        self
+    }
+    /// Also listen on TCP on the same addresses (calls are still placed over UDP).
+    pub fn tcp(mut self, on: bool) -> Self {
+        self.tcp = on;
+        self
+    }
+    /// The address put in Via and Contact (the public address behind NAT).
+    pub fn public_addr(mut self, addr: SocketAddr) -> Self {
+        self.public_addr = Some(addr);
+        self
+    }
+    /// Where RTP sockets bind (and the address put in SDP).
+    pub fn rtp_ip(mut self, ip: IpAddr) -> Self {
+        self.rtp_ip = ip;
+        self
+    }
+    /// The RTP port range (inclusive; two ports per leg).
+    pub fn rtp_ports(mut self, min: u16, max: u16) -> Self {
+        self.rtp_ports = (min, max);
+        self
+    }
+    /// SIP timers T1, T2, T4.
+    pub fn timers(mut self, t: TimerConfig) -> Self {
+        self.timers = t;
+        self
+    }
+    /// The User-Agent header value (`None` for none).
+    pub fn user_agent(mut self, ua: Option<String>) -> Self {
+        self.user_agent = ua;
+        self
+    }
+    /// Send every call through this outbound proxy / trunk (the next hop of every INVITE).
+    pub fn outbound_proxy(mut self, proxy: Option<SocketAddr>) -> Self {
+        self.outbound_proxy = proxy;
+        self
+    }
+    /// The default From URI of our calls.
+    pub fn from(mut self, uri: impl Into<String>) -> Self {
+        self.from = uri.into();
+        self
+    }
+    /// Pin the relay thread to this CPU.
+    pub fn relay_core(mut self, core: Option<usize>) -> Self {
+        self.relay_core = core;
+        self
+    }
+    /// Seed of the SIP endpoint's RNG (tests); from OS entropy otherwise.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+
+    /// Binds the SIP sockets, starts the relay thread and the engine task (on the current tokio runtime).
+    pub async fn start(self) -> io::Result<Engine> {
+        let mut tcfg = SipTransportConfig::new(self.sip_bind[0]);
+        tcfg.bind = self.sip_bind.clone();
+        tcfg.tcp = self.tcp;
+        let sockets = SipSockets::bind(tcfg).await?;
+        let local = sockets.local_addrs().to_vec();
+        let first = local
+            .first()
+            .copied()
+            .ok_or_else(|| io::Error::other("no SIP address"))?;
+        let mut ecfg = EndpointConfig::new(self.public_addr.unwrap_or(first));
+        ecfg.timers(self.timers);
+        if let Some(s) = self.rng_seed {
+            ecfg.rng_seed(s);
+        }
+        if let Some(ua) = &self.user_agent {
+            ecfg.user_agent(ua.clone());
+        }
+        let relay_cfg = DriverConfig {
+            bind_ip: self.rtp_ip,
+            relay: RelayConfig {
+                port_min: self.rtp_ports.0,
+                port_max: self.rtp_ports.1,
+                ..RelayConfig::default()
+            },
+            core: self.relay_core,
+            ..DriverConfig::default()
+        };
+        let (relay, relay_events) = RelayDriver::spawn(relay_cfg)?;
+        let relay = Arc::new(relay);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            cmds: tx,
+            relay: relay.clone(),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            sip_addrs: local,
+        });
+        let now = tokio::time::Instant::now().into_std();
+        let task = Task {
+            ep: Endpoint::new(ecfg),
+            relay,
+            players: PlayerSet::new(now),
+            legs: HashMap::new(),
+            by_call: HashMap::new(),
+            by_relay: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            deadline_of: HashMap::new(),
+            bridges: HashMap::new(),
+            outbound_proxy: self.outbound_proxy,
+            from: self.from,
+            dirty: VecDeque::new(),
+            shutdown: None,
+            ringback: ToneSpec::ringback(Country::Fr).render(),
+            ep_next: None,
+            ep_recheck_at: now,
+            ep_dirty: true,
+        };
+        tokio::spawn(
+            task.run(sockets, rx, relay_events)
+                .instrument(tracing::info_span!("rappel_engine")),
+        );
+        Ok(Engine { shared })
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    relay: Arc<RelayDriver>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    sip_addrs: Vec<SocketAddr>,
+}
+
+/// The engine handle. Cheap to clone; the engine runs until [`Engine::shutdown`] (or until every handle,
+/// leg and bridge is dropped).
+#[derive(Debug, Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, CallError>>;
+
+enum Cmd {
+    Call {
+        id: u64,
+        target: String,
+        opts: Box<CallOptions>,
+        info: LegInfo,
+        events: mpsc::UnboundedSender<LegEvent>,
+        reply: Reply<()>,
+    },
+    Hold(u64, bool, Reply<()>),
+    Play(u64, Playlist, Reply<()>),
+    StopMedia(u64, Reply<()>),
+    Hangup(u64, Option<Reply<()>>),
+    Bridge {
+        id: u64,
+        a: u64,
+        b: u64,
+        opts: BridgeOptions,
+        events: mpsc::UnboundedSender<BridgeEvent>,
+        reply: Reply<()>,
+    },
+    Transfer(u64, u64, u64, Reply<()>),
+    EndBridge(u64, Reply<()>),
+    Shutdown(ShutdownMode, oneshot::Sender<()>),
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Engine {
+    /// A builder with the defaults of [`EngineBuilder::new`].
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::new()
+    }
+
+    /// The bound SIP addresses.
+    pub fn sip_addrs(&self) -> &[SocketAddr] {
+        &self.shared.sip_addrs
+    }
+
+    fn send(&self, c: Cmd) -> Result<(), CallError> {
+        self.shared.cmds.send(c).map_err(|_| CallError::Shutdown)
+    }
+
+    async fn ask<T>(&self, f: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(f(tx))?;
+        rx.await.map_err(|_| CallError::Shutdown)?
+    }
+
+    /// Places a call to `target` (a SIP URI; its host must be an IP literal unless an outbound proxy is set).
+    /// Returns once the INVITE is sent; progress comes as [`LegEvent`]s on the returned [`Leg`].
+    pub async fn call(&self, target: &str, opts: CallOptions) -> Result<Leg, CallError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(CallError::Shutdown);
+        }
+        Uri::parse(target).map_err(|_| CallError::InvalidUri)?;
+        let info = self
+            .shared
+            .relay
+            .add_leg(LegConfig::g711(None))
+            .await
+            .map_err(|e| CallError::Media(e.to_string()))?
+            .map_err(|e| CallError::Media(e.to_string()))?;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (etx, erx) = mpsc::unbounded_channel();
+        let leg = Leg {
+            id: LegId(id),
+            engine: self.clone(),
+            events: erx,
+            cdr: None,
+        };
+        let target = target.to_owned();
+        self.ask(|reply| Cmd::Call {
+            id,
+            target,
+            opts: Box::new(opts),
+            info,
+            events: etx,
+            reply,
+        })
+        .await?;
+        Ok(leg)
+    }
+
+    /// Joins two answered legs through the relay. When their codecs differ (PCMU and PCMA), leg `b` is
+    /// re-INVITEd with leg `a`'s codec first; returns once the legs hear each other.
+    pub async fn bridge(&self, a: &Leg, b: &Leg, opts: BridgeOptions) -> Result<Bridge, CallError> {
+        if a.id == b.id {
+            return Err(CallError::AlreadyBridged);
+        }
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (etx, erx) = mpsc::unbounded_channel();
+        self.ask(|reply| Cmd::Bridge {
+            id,
+            a: a.id.0,
+            b: b.id.0,
+            opts,
+            events: etx,
+            reply,
+        })
+        .await?;
+        Ok(Bridge {
+            id: BridgeId(id),
+            engine: self.clone(),
+            events: erx,
+            cdr: None,
+        })
+    }
+
+    /// Refuses new calls, then hangs up or waits for the calls in progress ([`ShutdownMode`]); returns when no
+    /// leg is left. The engine task stops shortly after (it lingers briefly to absorb the BYEs' answers).
+    pub async fn shutdown(&self, mode: ShutdownMode) {
+        self.shared.closed.store(true, Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        if self.send(Cmd::Shutdown(mode, tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// An outgoing call leg. Dropping it hangs the call up (CANCEL before an answer, BYE after).
+#[derive(Debug)]
+pub struct Leg {
+    id: LegId,
+    engine: Engine,
+    events: mpsc::UnboundedReceiver<LegEvent>,
+    cdr: Option<Cdr>,
+}
+
+impl Leg {
+    /// The leg's id.
+    pub fn id(&self) -> LegId {
+        self.id
+    }
+
+    /// The next event; `None` after [`LegEvent::Ended`].
+    pub async fn next_event(&mut self) -> Option<LegEvent> {
+        let ev = self.events.recv().await?;
+        if let LegEvent::Ended { cdr, .. } = &ev {
+            self.cdr = Some((**cdr).clone());
+        }
+        Some(ev)
+    }
+
+    /// Waits for the answer, skipping progress events (a [`LegEvent::Dtmf`] or others before it are dropped).
+    /// Errors with [`CallError::Ended`] when the call failed or ended first.
+    pub async fn answered(&mut self) -> Result<(), CallError> {
+        while let Some(ev) = self.next_event().await {
+            match ev {
+                LegEvent::Answered => return Ok(()),
+                LegEvent::Ended { .. } => return Err(CallError::Ended),
+                _ => {}
+            }
+        }
+        Err(CallError::Ended)
+    }
+
+    /// Waits for [`LegEvent::Ended`] and returns the leg's record.
+    pub async fn ended(&mut self) -> Option<Cdr> {
+        while self.cdr.is_none() {
+            self.next_event().await?;
+        }
+        self.cdr.clone()
+    }
+
+    /// Puts the peer on hold (re-INVITE `sendonly`); returns when the peer accepted.
+    pub async fn hold(&self) -> Result<(), CallError> {
+        self.engine.ask(|r| Cmd::Hold(self.id.0, true, r)).await
+    }
+
+    /// Takes the peer off hold (re-INVITE `sendrecv`).
+    pub async fn unhold(&self) -> Result<(), CallError> {
+        self.engine.ask(|r| Cmd::Hold(self.id.0, false, r)).await
+    }
+
+    /// Plays `playlist` to the peer (replacing what it hears, bridged party included, until it ends; then a
+    /// bridged leg hears its partner again). [`LegEvent::PlayFinished`] follows the end.
+    pub async fn play(&self, playlist: Playlist) -> Result<(), CallError> {
+        self.engine.ask(|r| Cmd::Play(self.id.0, playlist, r)).await
+    }
+
+    /// Stops what [`Self::play`] started (no `PlayFinished`); the peer hears silence, or its bridged partner.
+    pub async fn stop_media(&self) -> Result<(), CallError> {
+        self.engine.ask(|r| Cmd::StopMedia(self.id.0, r)).await
+    }
+
+    /// Hangs up (CANCEL before an answer, BYE after). [`LegEvent::Ended`] follows.
+    pub async fn hangup(&self) -> Result<(), CallError> {
+        self.engine.ask(|r| Cmd::Hangup(self.id.0, Some(r))).await
+    }
+
+    /// The leg's record, once [`LegEvent::Ended`] was read.
+    pub fn cdr(&self) -> Option<&Cdr> {
+        self.cdr.as_ref()
+    }
+}
+
+impl Drop for Leg {
+    fn drop(&mut self) {
+        let _ = self.engine.send(Cmd::Hangup(self.id.0, None));
+    }
+}
+
+/// Two legs joined through the relay. Dropping the handle leaves the bridge running (the legs' handles govern
+/// the calls).
+#[derive(Debug)]
+pub struct Bridge {
+    id: BridgeId,
+    engine: Engine,
+    events: mpsc::UnboundedReceiver<BridgeEvent>,
+    cdr: Option<BridgeCdr>,
+}
+
+impl Bridge {
+    /// The bridge's id.
+    pub fn id(&self) -> BridgeId {
+        self.id
+    }
+
+    /// The next event; `None` after [`BridgeEvent::Ended`].
+    pub async fn next_event(&mut self) -> Option<BridgeEvent> {
+        let ev = self.events.recv().await?;
+        if let BridgeEvent::Ended(cdr) = &ev {
+            self.cdr = Some((**cdr).clone());
+        }
+        Some(ev)
+    }
+
+    /// Waits for the end and returns the bridge record.
+    pub async fn ended(&mut self) -> Option<BridgeCdr> {
+        while self.cdr.is_none() {
+            self.next_event().await?;
+        }
+        self.cdr.clone()
+    }
+
+    /// Replaces `old` (one of the bridged legs) by the answered leg `new` (transfer to another agent): the
+    /// other party stays up and hears `new`; `old` is hung up or kept as [`BridgeOptions::on_transfer`] says.
+    pub async fn transfer(&self, old: &Leg, new: &Leg) -> Result<(), CallError> {
+        self.engine
+            .ask(|r| Cmd::Transfer(self.id.0, old.id.0, new.id.0, r))
+            .await
+    }
+
+    /// Unbridges: both legs stay up and hear silence. [`BridgeEvent::Ended`] follows.
+    pub async fn end(&self) -> Result<(), CallError> {
+        self.engine.ask(|r| Cmd::EndBridge(self.id.0, r)).await
+    }
+
+    /// The record, once [`BridgeEvent::Ended`] was read.
+    pub fn cdr(&self) -> Option<&BridgeCdr> {
+        self.cdr.as_ref()
+    }
+}
+
+struct LegRec {
+    core: LegCore,
+    info: LegInfo,
+    target: String,
+    opts: Box<CallOptions>,
+    events: mpsc::UnboundedSender<LegEvent>,
+    waiters: VecDeque<(Op, Reply<()>)>,
+    law: Law,
+    playing: bool,
+    bridge: Option<u64>,
+    /// A bridge waiting for this leg's codec re-INVITE.
+    aligning: Option<u64>,
+    span: tracing::Span,
+}
+
+struct BridgeRec {
+    core: Option<BridgeCore>,
+    a: u64,
+    b: u64,
+    opts: BridgeOptions,
+    events: mpsc::UnboundedSender<BridgeEvent>,
+    reply: Option<Reply<()>>,
+    start_unix_ms: u64,
+}
+
+struct ShutdownState {
+    deadline: Option<Instant>,
+    done: Vec<oneshot::Sender<()>>,
+    hung_up: bool,
+}
+
+struct Task {
+    ep: Endpoint,
+    relay: Arc<RelayDriver>,
+    players: PlayerSet,
+    legs: HashMap<u64, LegRec>,
+    by_call: HashMap<CallHandle, u64>,
+    by_relay: HashMap<crate::media::relay::LegId, u64>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    deadline_of: HashMap<u64, Instant>,
+    bridges: HashMap<u64, BridgeRec>,
+    outbound_proxy: Option<SocketAddr>,
+    from: String,
+    /// Legs whose state machines have output to drain.
+    dirty: VecDeque<u64>,
+    shutdown: Option<ShutdownState>,
+    ringback: crate::media::player::Clip,
+    /// The endpoint's deadline as last read, when to read it again, and whether it may have changed.
+    ep_next: Option<Instant>,
+    ep_recheck_at: Instant,
+    ep_dirty: bool,
+}
+
+/// How often at most the endpoint's deadline is recomputed (see [`Task::run`]).
+const EP_RECHECK: Duration = Duration::from_millis(5);
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut sockets: SipSockets,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        mut relay_events: mpsc::UnboundedReceiver<DriverEvent>,
+    ) {
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        let mut cmds_open = true;
+        let mut relay_open = true;
+        let mut linger_until: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                r = sockets.recv() => {
+                    let Some(r) = r else { return };
+                    self.ep.handle(now(), r.remote, r.transport, r.data);
+                    self.ep_dirty = true;
+                }
+                c = cmds.recv(), if cmds_open => match c {
+                    Some(c) => {
+                        self.command(now(), c);
+                        self.ep_dirty = true;
+                    }
+                    None => {
+                        cmds_open = false;
+                        let n = now();
+                        self.start_shutdown(n, ShutdownMode::HangUp, None);
+                    }
+                },
+                e = relay_events.recv(), if relay_open => match e {
+                    Some(DriverEvent::Relay(crate::media::relay::Event::Inactive { leg })) => {
+                        tracing::debug!(?leg, "RTP inactive");
+                    }
+                    Some(_) => {}
+                    None => relay_open = false,
+                },
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    self.timeout(now());
+                }
+            }
+            self.drain(now(), &mut sockets).await;
+            if let Some(s) = &mut self.shutdown {
+                if self.legs.is_empty() {
+                    for d in s.done.drain(..) {
+                        let _ = d.send(());
+                    }
+                    let until = *linger_until.get_or_insert_with(|| now() + Duration::from_secs(2));
+                    if now() >= until {
+                        return;
+                    }
+                }
+            }
+            // The endpoint's poll_timeout scans every transaction: under load, re-read it at most every
+            // EP_RECHECK (its timers are T1-grained: a few ms late is harmless).
+            let n = now();
+            if self.ep_dirty && n >= self.ep_recheck_at {
+                self.ep_next = self.ep.poll_timeout();
+                self.ep_recheck_at = n + EP_RECHECK;
+                self.ep_dirty = false;
+            }
+            let mut next = match (self.ep_dirty, self.ep_next) {
+                (true, Some(t)) => Some(t.min(self.ep_recheck_at)),
+                (true, None) => Some(self.ep_recheck_at),
+                (false, t) => t,
+            };
+            for t in [
+                self.players.poll_timeout(),
+                self.deadlines.first().map(|d| d.0),
+                self.shutdown.as_ref().and_then(|s| s.deadline),
+                linger_until,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+            if next != armed {
+                if let Some(t) = next {
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(t));
+                }
+                armed = next;
+            }
+        }
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        if self.ep_next.is_some_and(|t| t <= now) {
+            self.ep.handle_timeout(now);
+            self.ep_next = None;
+            self.ep_dirty = true;
+        }
+        self.players.handle_timeout(now);
+        while let Some(&(t, id)) = self.deadlines.first() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            self.deadline_of.remove(&id);
+            if let Some(l) = self.legs.get_mut(&id) {
+                l.core.handle_timeout(now);
+                self.dirty.push_back(id);
+            }
+        }
+        if let Some(s) = &mut self.shutdown {
+            if s.deadline.is_some_and(|d| d <= now) && !s.hung_up {
+                s.hung_up = true;
+                s.deadline = None;
+                self.hangup_all();
+            }
+        }
+    }
+
+    fn hangup_all(&mut self) {
+        let ids: Vec<u64> = self.legs.keys().copied().collect();
+        for id in ids {
+            if let Some(l) = self.legs.get_mut(&id) {
+                l.core.hangup(EndCause::Shutdown);
+                self.dirty.push_back(id);
+            }
+        }
+    }
+
+    fn start_shutdown(
+        &mut self,
+        now: Instant,
+        mode: ShutdownMode,
+        done: Option<oneshot::Sender<()>>,
+    ) {
+        let s = self.shutdown.get_or_insert(ShutdownState {
+            deadline: None,
+            done: Vec::new(),
+            hung_up: false,
+        });
+        s.done.extend(done);
+        match mode {
+            ShutdownMode::HangUp => {
+                if !s.hung_up {
+                    s.hung_up = true;
+                    self.hangup_all();
+                }
+            }
+            ShutdownMode::Drain(d) => {
+                if !s.hung_up {
+                    s.deadline = Some(s.deadline.map_or(now + d, |x| x.min(now + d)));
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, now: Instant, c: Cmd) {
+        match c {
+            Cmd::Call {
+                id,
+                target,
+                opts,
+                info,
+                events,
+                reply,
+            } => {
+                if self.shutdown.is_some() {
+                    let _ = reply.send(Err(CallError::Shutdown));
+                    fire(self.relay.remove_leg(info.id));
+                    return;
+                }
+                let span = tracing::info_span!("leg", id, target = %target);
+                let setup = LegSetup {
+                    id,
+                    target: target.clone(),
+                    local_rtp: info.rtp,
+                    codecs: opts.codecs.clone(),
+                    ring_timeout: opts.ring_timeout,
+                    session_timer: opts.session_timer,
+                    sdp_session_id: id,
+                    start_unix_ms: unix_ms(),
+                };
+                let mut core = LegCore::new(now, setup);
+                core.start(now);
+                self.by_relay.insert(info.id, id);
+                self.legs.insert(
+                    id,
+                    LegRec {
+                        core,
+                        info,
+                        target,
+                        opts,
+                        events,
+                        waiters: VecDeque::new(),
+                        law: Law::Ulaw,
+                        playing: false,
+                        bridge: None,
+                        aligning: None,
+                        span,
+                    },
+                );
+                self.pump_leg(now, id);
+                let ok = self
+                    .legs
+                    .get(&id)
+                    .is_none_or(|l| l.core.phase() != Phase::Ended);
+                let _ = reply.send(if ok {
+                    Ok(())
+                } else {
+                    Err(CallError::InvalidUri)
+                });
+            }
+            Cmd::Hold(id, on, reply) => {
+                let Some(l) = self.legs.get_mut(&id) else {
+                    let _ = reply.send(Err(CallError::Ended));
+                    return;
+                };
+                let r = if on { l.core.hold() } else { l.core.unhold() };
+                match r {
+                    Ok(()) => {
+                        l.waiters
+                            .push_back((if on { Op::Hold } else { Op::Unhold }, reply));
+                        self.dirty.push_back(id);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Cmd::Play(id, playlist, reply) => {
+                let r = self.play(now, id, playlist);
+                let _ = reply.send(r);
+            }
+            Cmd::StopMedia(id, reply) => {
+                let r = match self.legs.get(&id) {
+                    Some(_) => {
+                        self.stop_player(id);
+                        self.restore_source(id);
+                        Ok(())
+                    }
+                    None => Err(CallError::Ended),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Hangup(id, reply) => {
+                let r = match self.legs.get_mut(&id) {
+                    Some(l) => {
+                        let cause = if l.core.phase() == Phase::Answered {
+                            EndCause::Normal
+                        } else {
+                            EndCause::Cancelled
+                        };
+                        l.core.hangup(cause);
+                        self.dirty.push_back(id);
+                        Ok(())
+                    }
+                    None => Err(CallError::Ended),
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Cmd::Bridge {
+                id,
+                a,
+                b,
+                opts,
+                events,
+                reply,
+            } => self.bridge(now, id, a, b, opts, events, reply),
+            Cmd::Transfer(bid, old, new, reply) => {
+                let r = self.transfer(now, bid, old, new);
+                let _ = reply.send(r);
+            }
+            Cmd::EndBridge(bid, reply) => {
+                let r = match self.bridges.get_mut(&bid).and_then(|b| b.core.as_mut()) {
+                    Some(core) if !core.is_ended() => {
+                        core.end(now);
+                        self.pump_bridge(now, bid);
+                        Ok(())
+                    }
+                    _ => Err(CallError::BridgeEnded),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Shutdown(mode, done) => self.start_shutdown(now, mode, Some(done)),
+        }
+    }
+
+    fn play(&mut self, now: Instant, id: u64, playlist: Playlist) -> Result<(), CallError> {
+        let l = self.legs.get_mut(&id).ok_or(CallError::Ended)?;
+        if l.core.phase() == Phase::Ended {
+            return Err(CallError::Ended);
+        }
+        self.players
+            .start(now, PlayerId(id), playlist, PlayerOptions::new(l.law))?;
+        l.playing = true;
+        fire(self.relay.set_source(l.info.id, Source::Generated));
+        Ok(())
+    }
+
+    fn stop_player(&mut self, id: u64) {
+        if let Some(l) = self.legs.get_mut(&id) {
+            if l.playing {
+                l.playing = false;
+                self.players.stop(PlayerId(id));
+            }
+        }
+    }
+
+    /// After a player stops: a bridged leg hears its partner again (unless one side holds), else silence.
+    fn restore_source(&mut self, id: u64) {
+        let Some(l) = self.legs.get(&id) else { return };
+        let mut src = Source::Silence;
+        if let Some(b) = l.bridge.and_then(|b| self.bridges.get(&b)) {
+            if let Some(core) = &b.core {
+                let (x, y) = core.legs();
+                let partner = if x == id { y } else { x };
+                let holding = l.core.is_remote_held()
+                    || self
+                        .legs
+                        .get(&partner)
+                        .is_some_and(|p| p.core.is_remote_held());
+                if !holding {
+                    if let Some(p) = self.legs.get(&partner) {
+                        src = Source::Leg(p.info.id);
+                    }
+                }
+            }
+        }
+        fire(self.relay.set_source(l.info.id, src));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bridge(
+        &mut self,
+        now: Instant,
+        id: u64,
+        a: u64,
+        b: u64,
+        opts: BridgeOptions,
+        events: mpsc::UnboundedSender<BridgeEvent>,
+        reply: Reply<()>,
+    ) {
+        for x in [a, b] {
+            match self.legs.get(&x) {
+                None => {
+                    let _ = reply.send(Err(CallError::Ended));
+                    return;
+                }
+                Some(l) if l.core.phase() != Phase::Answered => {
+                    let _ = reply.send(Err(CallError::NotAnswered));
+                    return;
+                }
+                Some(l) if l.bridge.is_some() || l.aligning.is_some() => {
+                    let _ = reply.send(Err(CallError::AlreadyBridged));
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        self.bridges.insert(
+            id,
+            BridgeRec {
+                core: None,
+                a,
+                b,
+                opts,
+                events,
+                reply: Some(reply),
+                start_unix_ms: unix_ms(),
+            },
+        );
+        self.try_connect(now, id, false);
+    }
+
+    /// Starts the bridge if the codecs agree, else asks leg B to align (once).
+    fn try_connect(&mut self, now: Instant, bid: u64, aligned_once: bool) {
+        let Some(br) = self.bridges.get(&bid) else {
+            return;
+        };
+        let (a, b) = (br.a, br.b);
+        let codec = |x: u64| {
+            self.legs
+                .get(&x)
+                .and_then(|l| l.core.negotiated().map(|n| n.codec.clone()))
+        };
+        let (Some(ca), Some(cb)) = (codec(a), codec(b)) else {
+            self.fail_bridge(bid, CallError::Ended);
+            return;
+        };
+        match plan(&ca, &cb, aligned_once) {
+            Plan::Connect => {
+                let Some(br) = self.bridges.get_mut(&bid) else {
+                    return;
+                };
+                br.core = Some(BridgeCore::new(
+                    bid,
+                    now,
+                    br.start_unix_ms,
+                    (a, b),
+                    br.opts.on_hangup,
+                    br.opts.on_transfer,
+                    br.opts.hold_music.is_some(),
+                ));
+                if let Some(r) = br.reply.take() {
+                    let _ = r.send(Ok(()));
+                }
+                for x in [a, b] {
+                    if let Some(l) = self.legs.get_mut(&x) {
+                        l.bridge = Some(bid);
+                        l.aligning = None;
+                    }
+                }
+                self.pump_bridge(now, bid);
+                // A party already holding when bridged: the other hears music at once.
+                for x in [a, b] {
+                    if self.legs.get(&x).is_some_and(|l| l.core.is_remote_held()) {
+                        if let Some(core) = self.bridges.get_mut(&bid).and_then(|b| b.core.as_mut())
+                        {
+                            core.remote_hold(x, true);
+                        }
+                    }
+                }
+                self.pump_bridge(now, bid);
+            }
+            Plan::AlignB(c) => {
+                let mut codecs = vec![c];
+                if let Some(l) = self.legs.get(&b) {
+                    codecs.extend(
+                        l.opts
+                            .codecs
+                            .iter()
+                            .filter(|x| x.name == crate::sdp::CodecName::TelephoneEvent)
+                            .cloned(),
+                    );
+                }
+                let Some(l) = self.legs.get_mut(&b) else {
+                    return;
+                };
+                match l.core.reoffer(&codecs) {
+                    Ok(()) => {
+                        l.aligning = Some(bid);
+                        self.dirty.push_back(b);
+                    }
+                    Err(e) => self.fail_bridge(bid, e),
+                }
+            }
+            Plan::Transcode | Plan::Incompatible => {
+                self.fail_bridge(bid, CallError::IncompatibleCodecs)
+            }
+        }
+    }
+
+    fn fail_bridge(&mut self, bid: u64, e: CallError) {
+        if let Some(mut br) = self.bridges.remove(&bid) {
+            for x in [br.a, br.b] {
+                if let Some(l) = self.legs.get_mut(&x) {
+                    if l.aligning == Some(bid) {
+                        l.aligning = None;
+                    }
+                }
+            }
+            if let Some(r) = br.reply.take() {
+                let _ = r.send(Err(e));
+            }
+        }
+    }
+
+    fn transfer(&mut self, now: Instant, bid: u64, old: u64, new: u64) -> Result<(), CallError> {
+        match self.legs.get(&new) {
+            None => return Err(CallError::Ended),
+            Some(l) if l.core.phase() != Phase::Answered => return Err(CallError::NotAnswered),
+            Some(l) if l.bridge.is_some() => return Err(CallError::AlreadyBridged),
+            Some(_) => {}
+        }
+        let core = self
+            .bridges
+            .get_mut(&bid)
+            .and_then(|b| b.core.as_mut())
+            .filter(|c| !c.is_ended())
+            .ok_or(CallError::BridgeEnded)?;
+        if !core.transfer(old, new) {
+            return Err(CallError::UnknownLeg);
+        }
+        if let Some(l) = self.legs.get_mut(&old) {
+            l.bridge = None;
+        }
+        if let Some(l) = self.legs.get_mut(&new) {
+            l.bridge = Some(bid);
+        }
+        if let Some(b) = self.bridges.get(&bid) {
+            let _ = b.events.send(BridgeEvent::Transferred {
+                old: LegId(old),
+                new: LegId(new),
+            });
+        }
+        self.pump_bridge(now, bid);
+        Ok(())
+    }
+
+    fn pump_bridge(&mut self, now: Instant, bid: u64) {
+        let Some(cmds) = self
+            .bridges
+            .get_mut(&bid)
+            .and_then(|b| b.core.as_mut())
+            .map(|c| c.take_commands())
+        else {
+            return;
+        };
+        for c in cmds {
+            match c {
+                BridgeCommand::Connect(x, y) => {
+                    self.stop_player(x);
+                    self.stop_player(y);
+                    if let (Some(lx), Some(ly)) = (self.legs.get(&x), self.legs.get(&y)) {
+                        fire(self.relay.connect(lx.info.id, ly.info.id));
+                    }
+                }
+                BridgeCommand::Listen(x, what) => {
+                    self.stop_player(x);
+                    let music = self
+                        .bridges
+                        .get(&bid)
+                        .and_then(|b| b.opts.hold_music.clone());
+                    match (what, music) {
+                        (Listen::Music, Some(m)) => {
+                            let _ = self.play(now, x, m);
+                        }
+                        _ => {
+                            if let Some(l) = self.legs.get(&x) {
+                                fire(self.relay.set_source(l.info.id, Source::Silence));
+                            }
+                        }
+                    }
+                }
+                BridgeCommand::Hangup(x) => {
+                    if let Some(l) = self.legs.get_mut(&x) {
+                        l.core.hangup(EndCause::Normal);
+                        self.dirty.push_back(x);
+                    }
+                }
+                BridgeCommand::Ended(mut cdr) => {
+                    let Some(br) = self.bridges.remove(&bid) else {
+                        continue;
+                    };
+                    let (a, b) = br.core.as_ref().map_or((br.a, br.b), |c| c.legs());
+                    for x in [a, b] {
+                        if let Some(l) = self.legs.get_mut(&x) {
+                            if l.bridge == Some(bid) {
+                                l.bridge = None;
+                            }
+                        }
+                    }
+                    // Ask for the counters now: the relay handles commands in order, before any removal.
+                    let sa = self.legs.get(&a).map(|l| self.relay.leg_stats(l.info.id));
+                    let sb = self.legs.get(&b).map(|l| self.relay.leg_stats(l.info.id));
+                    let tx = br.events;
+                    tokio::spawn(async move {
+                        if let Some(s) = sa {
+                            if let Ok(Some(s)) = s.await {
+                                cdr.a_media = counters(&s);
+                            }
+                        }
+                        if let Some(s) = sb {
+                            if let Ok(Some(s)) = s.await {
+                                cdr.b_media = counters(&s);
+                            }
+                        }
+                        let _ = tx.send(BridgeEvent::Ended(cdr));
+                    });
+                }
+            }
+        }
+    }
+
+    fn start_invite(
+        &mut self,
+        now: Instant,
+        id: u64,
+        body: Bytes,
+        headers: Vec<(HeaderName, Bytes)>,
+    ) {
+        let Some(l) = self.legs.get_mut(&id) else {
+            return;
+        };
+        let next_hop = self.outbound_proxy.or_else(|| {
+            let uri = Uri::parse(&l.target).ok()?;
+            let ip = uri.host()?.ip()?;
+            Some(SocketAddr::new(ip, uri.port().unwrap_or(5060)))
+        });
+        let mut extra = l.opts.headers.clone();
+        extra.extend(headers);
+        if let Some(p) = &l.opts.asserted_identity {
+            let v = if p.contains('<') {
+                p.clone()
+            } else {
+                format!("<{p}>")
+            };
+            extra.push((HeaderName::PAssertedIdentity, Bytes::from(v)));
+        }
+        if let Some(p) = &l.opts.privacy {
+            extra.push((HeaderName::Privacy, Bytes::from(p.clone())));
+        }
+        let r = next_hop.map(|next_hop| {
+            self.ep.start_invite(
+                now,
+                InviteRequest {
+                    target: l.target.clone(),
+                    from: l.opts.from.clone().unwrap_or_else(|| self.from.clone()),
+                    to: None,
+                    next_hop,
+                    sdp: body,
+                    credentials: l.opts.credentials.clone(),
+                    extra_headers: extra,
+                },
+            )
+        });
+        match r {
+            Some(Ok(call)) => {
+                if let Some(old) = l.core.call() {
+                    self.by_call.remove(&old);
+                }
+                l.core.attach(call, None);
+                self.by_call.insert(call, id);
+                let _ = l.events.send(LegEvent::Trying);
+            }
+            _ => l.core.invite_failed(now),
+        }
+    }
+
+    /// Drains a leg's commands and events.
+    fn pump_leg(&mut self, now: Instant, id: u64) {
+        loop {
+            let Some(l) = self.legs.get_mut(&id) else {
+                return;
+            };
+            let Some(cmd) = l.core.poll_command() else {
+                break;
+            };
+            let call = l.core.call();
+            let rid = l.info.id;
+            let _g = l.span.clone().entered();
+            match cmd {
+                LegCommand::Invite { body, headers } => self.start_invite(now, id, body, headers),
+                LegCommand::Cancel => {
+                    if let Some(c) = call {
+                        let _ = self.ep.send_cancel(now, c);
+                    }
+                }
+                LegCommand::Bye => {
+                    if let Some(c) = call {
+                        let _ = self.ep.send_bye(now, c);
+                    }
+                }
+                LegCommand::Reinvite(b) | LegCommand::Update(b) if call.is_none() => {
+                    let _ = b;
+                }
+                LegCommand::Reinvite(b) => {
+                    if let Some(c) = call {
+                        if let Err(e) = self.ep.send_reinvite(now, c, b) {
+                            tracing::debug!(error = %e, "re-INVITE refused");
+                        }
+                    }
+                }
+                LegCommand::Update(b) => {
+                    if let Some(c) = call {
+                        let _ = self.ep.send_update(now, c, b);
+                    }
+                }
+                LegCommand::AnswerReinvite { code, body } => {
+                    if let Some(c) = call {
+                        let _ = self.ep.answer_reinvite(now, c, code, body);
+                    }
+                }
+                LegCommand::AnswerUpdate { code, body } => {
+                    if let Some(c) = call {
+                        let _ = self.ep.answer_update(now, c, code, body);
+                    }
+                }
+                LegCommand::Remote {
+                    rtp,
+                    rtcp,
+                    telephone_event_pt,
+                } => {
+                    fire(self.relay.with_relay(move |r, _| {
+                        let _ = r.set_remote(rid, Some(rtp), Some(rtcp));
+                        let _ = r.set_telephone_event_pt(rid, telephone_event_pt);
+                    }));
+                }
+                LegCommand::MediaHold(on) => {
+                    fire(self.relay.set_hold(rid, on));
+                }
+                LegCommand::Done { op, result } => {
+                    if let Some(l) = self.legs.get_mut(&id) {
+                        if let Some(pos) = l.waiters.iter().position(|w| w.0 == op) {
+                            if let Some((_, w)) = l.waiters.remove(pos) {
+                                let _ = w.send(result.clone());
+                            }
+                        }
+                        if op == Op::Reoffer {
+                            if let Some(bid) = l.aligning.take() {
+                                match result {
+                                    Ok(()) => self.try_connect(now, bid, true),
+                                    Err(e) => self.fail_bridge(bid, e),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(ev) = self.legs.get_mut(&id).and_then(|l| l.core.poll_event()) {
+            self.leg_event(now, id, ev);
+        }
+        // Re-arm this leg's deadline.
+        let next = self.legs.get(&id).and_then(|l| l.core.poll_timeout());
+        let old = self.deadline_of.get(&id).copied();
+        if old != next {
+            if let Some(o) = old {
+                self.deadlines.remove(&(o, id));
+                self.deadline_of.remove(&id);
+            }
+            if let Some(n) = next {
+                self.deadlines.insert((n, id));
+                self.deadline_of.insert(id, n);
+            }
+        }
+    }
+
+    fn companion(&self, id: u64) -> Option<(u64, EarlyMedia)> {
+        let l = self.legs.get(&id)?;
+        let c = l.opts.companion?.0;
+        self.legs
+            .contains_key(&c)
+            .then_some((c, l.opts.early_media))
+    }
+
+    fn leg_event(&mut self, now: Instant, id: u64, ev: LegEvent) {
+        match &ev {
+            LegEvent::Ringing => {
+                if let Some((c, EarlyMedia::Ringback)) = self.companion(id) {
+                    if self.legs.get(&c).is_some_and(|l| l.bridge.is_none()) {
+                        let clip = self.ringback.clone();
+                        let pl = Playlist::new().then(PlayItem::Loop {
+                            clip,
+                            duration: None,
+                        });
+                        let _ = self.play(now, c, pl);
+                    }
+                }
+            }
+            LegEvent::EarlyMedia => {
+                if let Some((c, EarlyMedia::Forward)) = self.companion(id) {
+                    let src = self.legs.get(&id).map(|l| l.info.id);
+                    if let (Some(src), Some(cl)) = (src, self.legs.get(&c)) {
+                        if cl.bridge.is_none() {
+                            self.stop_player(c);
+                            if let Some(cl) = self.legs.get(&c) {
+                                fire(self.relay.set_source(cl.info.id, Source::Leg(src)));
+                            }
+                        }
+                    }
+                }
+            }
+            LegEvent::Answered => {
+                if let Some(l) = self.legs.get_mut(&id) {
+                    if let Some(law) = l.core.negotiated().and_then(|n| n.codec.law()) {
+                        l.law = law;
+                    }
+                }
+                self.release_companion(id);
+            }
+            LegEvent::RemoteHold | LegEvent::RemoteResume => {
+                let on = matches!(ev, LegEvent::RemoteHold);
+                if let Some(bid) = self.legs.get(&id).and_then(|l| l.bridge) {
+                    if let Some(core) = self.bridges.get_mut(&bid).and_then(|b| b.core.as_mut()) {
+                        core.remote_hold(id, on);
+                    }
+                    self.pump_bridge(now, bid);
+                }
+            }
+            LegEvent::Ended { .. } => {
+                self.release_companion(id);
+                self.stop_player(id);
+                if let Some(bid) = self.legs.get(&id).and_then(|l| l.bridge) {
+                    if let Some(core) = self.bridges.get_mut(&bid).and_then(|b| b.core.as_mut()) {
+                        core.leg_ended(now, id);
+                    }
+                    self.pump_bridge(now, bid);
+                }
+                if let Some(bid) = self.legs.get_mut(&id).and_then(|l| l.aligning.take()) {
+                    self.fail_bridge(bid, CallError::Ended);
+                }
+                let Some(l) = self.legs.remove(&id) else {
+                    return;
+                };
+                if let Some(c) = l.core.call() {
+                    self.by_call.remove(&c);
+                }
+                self.by_relay.remove(&l.info.id);
+                if let Some(d) = self.deadline_of.remove(&id) {
+                    self.deadlines.remove(&(d, id));
+                }
+                for (_, w) in l.waiters {
+                    let _ = w.send(Err(CallError::Ended));
+                }
+                let stats = self.relay.remove_leg(l.info.id);
+                let tx = l.events;
+                let LegEvent::Ended { by, cause, mut cdr } = ev else {
+                    return;
+                };
+                let _g = l.span.entered();
+                tracing::debug!(?cause, ?by, "leg ended");
+                tokio::spawn(async move {
+                    if let Ok(Ok(s)) = stats.await {
+                        cdr.media = counters(&s);
+                    }
+                    let _ = tx.send(LegEvent::Ended { by, cause, cdr });
+                });
+                return;
+            }
+            _ => {}
+        }
+        if let Some(l) = self.legs.get(&id) {
+            let _ = l.events.send(ev);
+        }
+    }
+
+    /// This leg no longer rings: its companion stops hearing our ringback or the callee's early media.
+    fn release_companion(&mut self, id: u64) {
+        let Some((c, policy)) = self.companion(id) else {
+            return;
+        };
+        if policy == EarlyMedia::Ignore || self.legs.get(&c).is_some_and(|l| l.bridge.is_some()) {
+            return;
+        }
+        if let Some(l) = self.legs.get_mut(&id) {
+            l.opts.companion = None;
+        }
+        self.stop_player(c);
+        if let Some(cl) = self.legs.get(&c) {
+            fire(self.relay.set_source(cl.info.id, Source::Silence));
+        }
+    }
+
+    async fn drain(&mut self, now: Instant, sockets: &mut SipSockets) {
+        loop {
+            let mut progressed = false;
+            while let Some(e) = self.ep.poll_event() {
+                progressed = true;
+                self.sip_event(now, e);
+            }
+            while let Some(id) = self.dirty.pop_front() {
+                progressed = true;
+                self.pump_leg(now, id);
+            }
+            while let Some((pid, f)) = self.players.poll_frame() {
+                if let Some(l) = self.legs.get(&pid.0) {
+                    let n = u32::try_from(f.payload.len()).unwrap_or(0);
+                    self.relay.send_generated(
+                        l.info.id,
+                        f.law.payload_type(),
+                        Bytes::from(f.payload),
+                        n,
+                        f.new_item,
+                    );
+                }
+            }
+            while let Some(PlayerEvent::Finished(pid)) = self.players.poll_event() {
+                progressed = true;
+                if let Some(l) = self.legs.get_mut(&pid.0) {
+                    l.playing = false;
+                    let _ = l.events.send(LegEvent::PlayFinished);
+                }
+                self.restore_source(pid.0);
+            }
+            while let Some(t) = self.ep.poll_transmit() {
+                progressed = true;
+                if let Err(e) = sockets.send(&t).await {
+                    tracing::debug!(destination = %t.destination, error = %e, "SIP send failed");
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn sip_event(&mut self, now: Instant, e: Event) {
+        let call = match &e {
+            Event::Provisional { call, .. }
+            | Event::Answered { call, .. }
+            | Event::Acked { call, .. }
+            | Event::Request { call, .. }
+            | Event::Response { call, .. }
+            | Event::TransactionTimeout { call, .. }
+            | Event::Terminated { call, .. } => *call,
+            Event::IncomingCall { call, .. } => {
+                let _ = self.ep.answer_invite(now, *call, 603, Bytes::new());
+                return;
+            }
+            _ => return,
+        };
+        let Some(&id) = self.by_call.get(&call) else {
+            return;
+        };
+        let Some(l) = self.legs.get_mut(&id) else {
+            return;
+        };
+        let headers = self.ep.final_response_headers(call);
+        l.core.handle_sip(now, &e, headers);
+        if matches!(e, Event::Answered { .. }) {
+            if let Some(d) = self.ep.dialog(call) {
+                let cid = String::from_utf8_lossy(&d.id.call_id).into_owned();
+                l.core.attach(call, Some(cid));
+            }
+        }
+        self.dirty.push_back(id);
+    }
+}
+
+/// A relay control call whose answer we do not need: the command is already queued to the relay thread.
+fn fire<T>(reply: crate::net::rtp_io::Reply<T>) {
+    drop(reply);
+}
+
+fn counters(s: &LegStats) -> MediaCounters {
+    MediaCounters {
+        packets_in: s.packets_in,
+        bytes_in: s.bytes_in,
+        packets_out: s.packets_out,
+        bytes_out: s.bytes_out,
+    }
+}

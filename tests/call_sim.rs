@@ -1,0 +1,502 @@
+//! The call leg state machine over the sans-IO endpoint, in simulated time: RFC 4028 session-timer refresh and
+//! expiry, 422 retry, glare during hold, ring timeout. No sockets, no clock: a scripted or endpoint far end on the
+//! simulated wire of `tests/common`.
+
+mod common;
+
+use bytes::Bytes;
+use common::{addr_a, addr_b, reply, EpNode, Node, ScriptNode, Sim};
+use rappel::call::cdr::EndCause;
+use rappel::call::leg::{
+    LegCommand, LegCore, LegSetup, Op, Phase, RefreshMethod, SessionTimerOptions,
+};
+use rappel::call::LegEvent;
+use rappel::sdp::Codec;
+use rappel::sip::endpoint::{CallHandle, Endpoint, EndpointConfig, Event, InviteRequest};
+use rappel::sip::message::{HeaderName, Message, Method, Request};
+use rappel::sip::transaction::{Transmit, Transport};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const PEER_SDP: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+m=audio 30000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+/// Our side: an endpoint plus one leg, driven like the engine drives them.
+struct LegNode {
+    ep: Endpoint,
+    leg: LegCore,
+    events: Vec<(Instant, LegEvent)>,
+    done: Vec<(Instant, Op, Result<(), rappel::CallError>)>,
+}
+
+fn event_call(e: &Event) -> Option<CallHandle> {
+    match e {
+        Event::Provisional { call, .. }
+        | Event::Answered { call, .. }
+        | Event::Acked { call, .. }
+        | Event::Request { call, .. }
+        | Event::Response { call, .. }
+        | Event::TransactionTimeout { call, .. }
+        | Event::Terminated { call, .. } => Some(*call),
+        _ => None,
+    }
+}
+
+impl LegNode {
+    fn new(
+        now: Instant,
+        ring_timeout: Option<Duration>,
+        timer: Option<SessionTimerOptions>,
+    ) -> Self {
+        let mut cfg = EndpointConfig::new(addr_a());
+        cfg.rng_seed(7);
+        let leg = LegCore::new(
+            now,
+            LegSetup {
+                id: 1,
+                target: "sip:agent@10.0.0.2:5060".into(),
+                local_rtp: "10.0.0.1:20000".parse().unwrap(),
+                codecs: vec![Codec::pcmu(), Codec::pcma(), Codec::telephone_event(101)],
+                ring_timeout,
+                session_timer: timer,
+                sdp_session_id: 1,
+                start_unix_ms: 0,
+            },
+        );
+        Self {
+            ep: Endpoint::new(cfg),
+            leg,
+            events: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut any = false;
+            while let Some(e) = self.ep.poll_event() {
+                any = true;
+                let h = event_call(&e)
+                    .and_then(|c| self.ep.final_response_headers(c))
+                    .cloned();
+                self.leg.handle_sip(now, &e, h.as_ref());
+            }
+            while let Some(c) = self.leg.poll_command() {
+                any = true;
+                let call = self.leg.call();
+                match c {
+                    LegCommand::Invite { body, headers } => {
+                        let h = self
+                            .ep
+                            .start_invite(
+                                now,
+                                InviteRequest {
+                                    target: "sip:agent@10.0.0.2:5060".into(),
+                                    from: "sip:rappel@10.0.0.1".into(),
+                                    to: None,
+                                    next_hop: addr_b(),
+                                    sdp: body,
+                                    credentials: None,
+                                    extra_headers: headers,
+                                },
+                            )
+                            .unwrap();
+                        self.leg.attach(h, None);
+                    }
+                    LegCommand::Cancel => {
+                        let _ = self.ep.send_cancel(now, call.unwrap());
+                    }
+                    LegCommand::Bye => {
+                        let _ = self.ep.send_bye(now, call.unwrap());
+                    }
+                    LegCommand::Reinvite(b) => {
+                        self.ep.send_reinvite(now, call.unwrap(), b).unwrap()
+                    }
+                    LegCommand::Update(b) => self.ep.send_update(now, call.unwrap(), b).unwrap(),
+                    LegCommand::AnswerReinvite { code, body } => self
+                        .ep
+                        .answer_reinvite(now, call.unwrap(), code, body)
+                        .unwrap(),
+                    LegCommand::AnswerUpdate { code, body } => self
+                        .ep
+                        .answer_update(now, call.unwrap(), code, body)
+                        .unwrap(),
+                    LegCommand::Done { op, result } => self.done.push((now, op, result)),
+                    _ => {} // relay commands: no relay here
+                }
+            }
+            while let Some(ev) = self.leg.poll_event() {
+                self.events.push((now, ev));
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn ended(&self) -> Option<(Instant, EndCause)> {
+        self.events.iter().find_map(|(t, e)| match e {
+            LegEvent::Ended { cause, .. } => Some((*t, *cause)),
+            _ => None,
+        })
+    }
+}
+
+impl Node for LegNode {
+    fn addr(&self) -> SocketAddr {
+        addr_a()
+    }
+    fn handle(&mut self, now: Instant, from: SocketAddr, payload: Bytes) {
+        self.ep.handle(now, from, Transport::Udp, payload);
+        self.pump(now);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.ep.poll_timeout().is_some_and(|t| t <= now) {
+            self.ep.handle_timeout(now);
+        }
+        if self.leg.poll_timeout().is_some_and(|t| t <= now) {
+            self.leg.handle_timeout(now);
+        }
+        self.pump(now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        [self.ep.poll_timeout(), self.leg.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.ep.poll_transmit()
+    }
+    fn settle(&mut self, now: Instant) {
+        self.pump(now);
+    }
+}
+
+/// A scripted UAS: 200 to INVITE (with `session_expires` when set), 200 with SDP to re-INVITE and UPDATE, 200 to
+/// BYE.
+fn timer_peer(session_expires: Option<&'static str>) -> ScriptNode {
+    ScriptNode::new(addr_b(), move |req: &Request| {
+        let mut out = Vec::new();
+        match req.method {
+            Method::Invite | Method::Update => {
+                let mut r = reply(req, 200, "peer");
+                if let Some(se) = session_expires {
+                    r.headers.push(HeaderName::SessionExpires, Bytes::from(se));
+                    r.headers
+                        .push(HeaderName::Require, Bytes::from_static(b"timer"));
+                }
+                r.set_body("application/sdp", Bytes::from_static(PEER_SDP.as_bytes()));
+                out.push(Message::Response(r));
+            }
+            Method::Bye => out.push(Message::Response(reply(req, 200, "peer"))),
+            _ => {}
+        }
+        out
+    })
+}
+
+fn requests(sim: &Sim<LegNode, ScriptNode>, m: Method) -> Vec<(Duration, Request)> {
+    sim.b
+        .received
+        .iter()
+        .filter_map(|(t, msg)| match msg {
+            Message::Request(r) if r.method == m => Some((*t - sim.start, r.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn start(sim: &mut Sim<LegNode, impl Node>) {
+    let now = sim.now;
+    sim.a.leg.start(now);
+    sim.a.pump(now);
+}
+
+#[test]
+fn session_timer_refreshes_at_half_the_interval() {
+    let t0 = Instant::now();
+    let timer = SessionTimerOptions {
+        expires: 120,
+        ..SessionTimerOptions::default()
+    };
+    let mut sim = Sim::new(
+        LegNode::new(t0, None, Some(timer)),
+        timer_peer(Some("90;refresher=uac")),
+    );
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    sim.run_to(Duration::from_secs(200));
+    let invites = requests(&sim, Method::Invite);
+    let first = invites[0]
+        .1
+        .headers
+        .get(&HeaderName::SessionExpires)
+        .cloned();
+    assert_eq!(first.as_deref(), Some(&b"120;refresher=uac"[..]));
+    // The 2xx granted 90 s: refreshes every 45 s after the answer (which came after one 20 ms hop each way).
+    let at: Vec<u64> = invites
+        .iter()
+        .skip(1)
+        .map(|(t, _)| t.as_millis() as u64)
+        .collect();
+    assert_eq!(at.len(), 4, "{at:?}");
+    for (i, t) in at.iter().enumerate() {
+        let expected = 40 + 45_000 * (i as u64 + 1) + 40 * i as u64;
+        assert!(
+            t.abs_diff(expected) <= 60,
+            "refresh {i} at {t} ms, expected ~{expected}"
+        );
+    }
+    assert_eq!(sim.a.leg.phase(), Phase::Answered);
+    assert!(sim.a.ended().is_none());
+    // Refreshes keep the SDP version (RFC 3264 §8: nothing changed).
+    let versions: Vec<String> = invites
+        .iter()
+        .map(|(_, r)| {
+            let body = String::from_utf8_lossy(&r.body).into_owned();
+            body.lines()
+                .find(|l| l.starts_with("o="))
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert!(versions.windows(2).all(|w| w[0] == w[1]), "{versions:?}");
+}
+
+#[test]
+fn session_timer_refresh_by_update() {
+    let t0 = Instant::now();
+    let timer = SessionTimerOptions {
+        expires: 90,
+        refresh: RefreshMethod::Update,
+        ..SessionTimerOptions::default()
+    };
+    let mut sim = Sim::new(LegNode::new(t0, None, Some(timer)), timer_peer(Some("90")));
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    sim.run_to(Duration::from_secs(100));
+    assert_eq!(requests(&sim, Method::Invite).len(), 1);
+    assert_eq!(requests(&sim, Method::Update).len(), 2);
+    assert!(sim.a.ended().is_none());
+}
+
+#[test]
+fn session_expires_when_the_peer_refreshes_nothing() {
+    let t0 = Instant::now();
+    let mut sim = Sim::new(
+        LegNode::new(t0, None, Some(SessionTimerOptions::default())),
+        timer_peer(Some("90;refresher=uas")),
+    );
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    sim.run_to(Duration::from_secs(120));
+    assert_eq!(
+        requests(&sim, Method::Invite).len(),
+        1,
+        "the peer refreshes, not us"
+    );
+    let byes = requests(&sim, Method::Bye);
+    assert_eq!(byes.len(), 1);
+    // Expiry: interval - min(32, interval/3) = 60 s after the answer.
+    assert!(
+        byes[0].0.as_millis().abs_diff(60_040) <= 40,
+        "{:?}",
+        byes[0].0
+    );
+    let (_, cause) = sim.a.ended().expect("ended");
+    assert_eq!(cause, EndCause::SessionExpired);
+}
+
+#[test]
+fn no_session_expires_in_the_answer_means_no_timer() {
+    let t0 = Instant::now();
+    let mut sim = Sim::new(
+        LegNode::new(t0, None, Some(SessionTimerOptions::default())),
+        timer_peer(None),
+    );
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    sim.run_to(Duration::from_secs(4000));
+    assert_eq!(requests(&sim, Method::Invite).len(), 1);
+    assert!(sim.a.ended().is_none());
+    assert_eq!(sim.a.leg.poll_timeout(), None);
+}
+
+#[test]
+fn answer_422_is_retried_with_the_peers_min_se() {
+    let t0 = Instant::now();
+    let mut n = 0;
+    let peer = ScriptNode::new(addr_b(), move |req: &Request| {
+        if req.method != Method::Invite {
+            return Vec::new();
+        }
+        n += 1;
+        if n == 1 {
+            let mut r = reply(req, 422, "p1");
+            r.headers
+                .push(HeaderName::MinSe, Bytes::from_static(b"1800"));
+            return vec![Message::Response(r)];
+        }
+        let mut r = reply(req, 200, "p2");
+        r.headers.push(
+            HeaderName::SessionExpires,
+            Bytes::from_static(b"1800;refresher=uac"),
+        );
+        r.set_body("application/sdp", Bytes::from_static(PEER_SDP.as_bytes()));
+        vec![Message::Response(r)]
+    });
+    let timer = SessionTimerOptions {
+        expires: 300,
+        ..SessionTimerOptions::default()
+    };
+    let mut sim = Sim::new(LegNode::new(t0, None, Some(timer)), peer);
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    sim.run_to(Duration::from_secs(5));
+    let invites = requests(&sim, Method::Invite);
+    assert_eq!(invites.len(), 2);
+    let se = |i: usize| {
+        invites[i]
+            .1
+            .headers
+            .get(&HeaderName::SessionExpires)
+            .cloned()
+    };
+    assert_eq!(se(0).as_deref(), Some(&b"300;refresher=uac"[..]));
+    assert_eq!(se(1).as_deref(), Some(&b"1800;refresher=uac"[..]));
+    assert_eq!(sim.a.leg.phase(), Phase::Answered);
+    assert!(sim.a.events.iter().any(|(_, e)| *e == LegEvent::Answered));
+    assert!(
+        !sim.a
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, LegEvent::Failed { .. })),
+        "the 422 is not a failure"
+    );
+    // The next refresh is at half of 1800 s.
+    let next = sim.a.leg.poll_timeout().unwrap() - sim.now;
+    assert!(
+        next > Duration::from_secs(890) && next <= Duration::from_secs(900),
+        "{next:?}"
+    );
+}
+
+#[test]
+fn a_second_422_gives_up_after_two_retries() {
+    let t0 = Instant::now();
+    let peer = ScriptNode::new(addr_b(), |req: &Request| {
+        if req.method != Method::Invite {
+            return Vec::new();
+        }
+        let mut r = reply(req, 422, "p");
+        r.headers
+            .push(HeaderName::MinSe, Bytes::from_static(b"3600"));
+        vec![Message::Response(r)]
+    });
+    let mut sim = Sim::new(
+        LegNode::new(t0, None, Some(SessionTimerOptions::default())),
+        peer,
+    );
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    sim.run_to(Duration::from_secs(5));
+    assert_eq!(requests(&sim, Method::Invite).len(), 3);
+    assert_eq!(sim.a.ended().map(|e| e.1), Some(EndCause::Rejected(422)));
+}
+
+#[test]
+fn ring_timeout_cancels() {
+    let t0 = Instant::now();
+    let peer = ScriptNode::new(addr_b(), |req: &Request| match req.method {
+        Method::Invite => vec![Message::Response(reply(req, 180, "p"))],
+        Method::Cancel => vec![Message::Response(reply(req, 200, "p"))],
+        _ => Vec::new(),
+    });
+    let mut sim = Sim::new(LegNode::new(t0, Some(Duration::from_secs(5)), None), peer);
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    sim.run_to(Duration::from_secs(6));
+    let cancels = requests(&sim, Method::Cancel);
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(
+        cancels[0].0,
+        Duration::from_millis(5020),
+        "5 s after the INVITE left, one hop later"
+    );
+    assert!(sim.a.events.iter().any(|(_, e)| *e == LegEvent::Ringing));
+}
+
+/// Our hold re-INVITE crosses the peer's own re-INVITE: each side answers the other 491 (RFC 3261 §14.2), both
+/// retry after their random delays, and both end up done; our hold succeeds.
+#[test]
+fn glare_during_hold_resolves() {
+    let t0 = Instant::now();
+    let peer_call = std::rc::Rc::new(std::cell::Cell::new(None));
+    let pc = peer_call.clone();
+    let mut peer_cfg = EndpointConfig::new(addr_b());
+    peer_cfg.rng_seed(99).accept_invites(true);
+    let peer = EpNode::with_config(addr_b(), peer_cfg).with_tu(move |now, ep, ev| match ev {
+        Event::IncomingCall { call, .. } => {
+            pc.set(Some(*call));
+            ep.answer_invite(now, *call, 200, Bytes::from_static(PEER_SDP.as_bytes()))
+                .unwrap();
+        }
+        Event::Request {
+            call,
+            method: Method::Invite,
+            ..
+        } => ep
+            .answer_invite(now, *call, 200, Bytes::from_static(PEER_SDP.as_bytes()))
+            .unwrap(),
+        _ => {}
+    });
+    let mut sim = Sim::new(LegNode::new(t0, None, None), peer);
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.a.leg.phase()
+        == Phase::Answered));
+    assert!(sim.run_until(Duration::from_secs(2), |s| s
+        .b
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Acked { .. }))));
+    // Both sides send a re-INVITE at the same instant.
+    let now = sim.now;
+    sim.a.leg.hold().unwrap();
+    sim.a.pump(now);
+    let call_b = peer_call.get().unwrap();
+    sim.b
+        .ep
+        .send_reinvite(now, call_b, Bytes::from_static(PEER_SDP.as_bytes()))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(20), |s| !s.a.done.is_empty()));
+    assert_eq!(sim.a.done[0].1, Op::Hold);
+    assert_eq!(sim.a.done[0].2, Ok(()));
+    assert!(sim.a.leg.is_held());
+    let glare = sim.packets(|p| p.status() == Some(491));
+    assert_eq!(glare.len(), 2, "each side answered the other 491");
+    // The peer's own re-INVITE also got through on its retry.
+    sim.run_to(sim.elapsed() + Duration::from_secs(10));
+    let peer_ok = sim.b.find(|e| {
+        matches!(e, Event::Response { method: Method::Invite, status, .. } if status.as_u16() == 200)
+    });
+    assert_eq!(peer_ok.len(), 1);
+    // The peer's retry came first (we were not holding yet), then our retried hold re-INVITE: still sendonly.
+    let ours = sim.packets(|p| p.from == addr_a() && p.is_request("INVITE"));
+    assert_eq!(
+        ours.len(),
+        3,
+        "initial INVITE, hold, hold retried after the 491"
+    );
+    let body = String::from_utf8_lossy(ours[2].message().body()).into_owned();
+    assert!(body.contains("a=sendonly"), "{body}");
+}

@@ -1,0 +1,432 @@
+//! The call API against SIPp peers on loopback: two UAS (visitor and agent) bridged through the relay, hold and
+//! unhold, BYE from either side, CANCEL on ring timeout and on drop, a trunk that answers 401 first.
+//!
+//! Each SIPp runs one call and exits 0 only when its scenario ran to the end (it saw exactly the requests it
+//! expected). Audio: one peer plays a raw PCMU file generated here, the other echoes (`-rtp_echo`); the relay's
+//! per-leg counters in the CDRs show packets crossing the bridge both ways.
+//!
+//! Needs the `sipp` binary (Debian package `sip-tester`).
+
+use rappel::call::{EndCause, HangupBy};
+use rappel::media::g711::Law;
+use rappel::sip::auth::Credentials;
+use rappel::{BridgeEvent, BridgeOptions, CallOptions, Engine, LegEvent};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+/// Upper bound for any one wait.
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Sipp {
+    child: Child,
+    addr: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Sipp {
+    fn start(scenario: &str, extra: &[&str], dir: Option<tempfile::TempDir>) -> Sipp {
+        let port = free_port();
+        let media = free_port();
+        let child = Command::new("sipp")
+            .args(["-sf", scenario, "-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-t", "u1", "-m", "1", "-nostdin", "-timeout", "60s"])
+            .args(["-mp", &media.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp not found: install Debian's sip-tester");
+        wait_bound(port);
+        Sipp {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        }
+    }
+
+    fn uas(name: &str, extra: &[&str]) -> Sipp {
+        let path = format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"));
+        Sipp::start(&path, extra, None)
+    }
+
+    /// The playing peer: a raw PCMU file of `secs` of tone, played in a loop, BYE after `talk_ms`.
+    fn player(talk_ms: u32) -> Sipp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audio = dir.path().join("tone.pcmu");
+        let pcm: Vec<i16> = (0..16_000)
+            .map(|i| {
+                ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16
+            })
+            .collect();
+        let mut enc = Vec::new();
+        Law::Ulaw.encode_into(&pcm, &mut enc);
+        std::fs::write(&audio, enc).expect("write audio");
+        let tpl = std::fs::read_to_string(format!(
+            "{}/tests/sipp/call_peer_bye.xml.in",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("template");
+        let xml = tpl
+            .replace("@AUDIO@", audio.to_str().expect("utf-8 path"))
+            .replace("@TALK_MS@", &talk_ms.to_string());
+        let sf = dir.path().join("peer.xml");
+        std::fs::write(&sf, xml).expect("write scenario");
+        let sf = sf.to_str().expect("utf-8 path").to_owned();
+        Sipp::start(&sf, &[], Some(dir))
+    }
+
+    fn uri(&self, user: &str) -> String {
+        format!("sip:{user}@{}", self.addr)
+    }
+
+    async fn finish(mut self) -> i32 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait sipp") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sipp did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling a child process: no event to await
+        }
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_bound(port: u16) {
+    let needle = format!(":{port:04X} ");
+    for _ in 0..500 {
+        let bound = std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| format!("{a} ").ends_with(&needle))
+            })
+        });
+        if bound {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
+    }
+    panic!("sipp did not bind port {port}");
+}
+
+/// Ports in a band per test process (SIPp needs a few consecutive free ones for RTP).
+fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    loop {
+        let base = 20_000 + (std::process::id() % 50) as u16 * 200;
+        let p = base + NEXT.fetch_add(50, Ordering::Relaxed) % 10_000;
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+async fn engine() -> Engine {
+    Engine::builder()
+        .rtp_ports(40_000, 40_999)
+        .start()
+        .await
+        .expect("engine")
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f).await.expect("timed out")
+}
+
+/// Audio both ways through the bridge, then the visitor (`first`) or the agent hangs up and the other is hung
+/// up by the bridge.
+async fn bridged_call(player_is_visitor: bool) {
+    let player = Sipp::player(2000);
+    let echo = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let (v_peer, a_peer) = if player_is_visitor {
+        (&player, &echo)
+    } else {
+        (&echo, &player)
+    };
+    let e = engine().await;
+    let mut visitor = e
+        .call(&v_peer.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e
+        .call(&a_peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let mut bridge = e
+        .bridge(&visitor, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    let bcdr = within(bridge.ended()).await.unwrap();
+    let v = within(visitor.ended()).await.unwrap();
+    let a = within(agent.ended()).await.unwrap();
+    let (p, q) = if player_is_visitor {
+        (&v, &a)
+    } else {
+        (&a, &v)
+    };
+    assert_eq!(
+        bcdr.ended_by_leg,
+        Some(p.leg),
+        "the player's BYE ended the bridge"
+    );
+    assert_eq!(
+        (p.hangup_by, p.end_cause),
+        (HangupBy::Remote, EndCause::Normal)
+    );
+    assert_eq!(
+        (q.hangup_by, q.end_cause),
+        (HangupBy::Local, EndCause::Normal)
+    );
+    // About 2 s of 20 ms packets from the player; all but those before the bridge crossed it to the echo peer,
+    // came back, and crossed it again to the player.
+    assert!(p.media.packets_in >= 60, "player sent {:?}", p.media);
+    assert!(q.media.packets_out >= 50, "echo peer got {:?}", q.media);
+    assert!(q.media.packets_out <= p.media.packets_in);
+    assert!(q.media.packets_in >= 40, "echo peer echoed {:?}", q.media);
+    assert!(
+        p.media.packets_out >= 40,
+        "player got the echo {:?}",
+        p.media
+    );
+    assert!(p.media.packets_out <= q.media.packets_in);
+    assert!(p.talk_ms >= 1500 && q.talk_ms >= 1000, "{p:?} {q:?}");
+    assert_eq!(
+        player.finish().await,
+        0,
+        "player peer completed its scenario"
+    );
+    assert_eq!(echo.finish().await, 0, "echo peer got its BYE");
+}
+
+#[tokio::test]
+async fn bridge_audio_both_ways_visitor_hangs_up() {
+    bridged_call(true).await;
+}
+
+#[tokio::test]
+async fn bridge_audio_both_ways_agent_hangs_up() {
+    bridged_call(false).await;
+}
+
+#[tokio::test]
+async fn hold_and_unhold_reinvites_reach_the_peer() {
+    let peer = Sipp::uas("call_peer_hold.xml", &[]);
+    let e = engine().await;
+    let mut leg = e
+        .call(&peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    within(leg.hold()).await.expect("hold accepted");
+    within(leg.unhold()).await.expect("unhold accepted");
+    leg.hangup().await.unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    assert_eq!(cdr.hangup_by, HangupBy::Local);
+    assert_eq!(
+        peer.finish().await,
+        0,
+        "SIPp saw sendonly, then sendrecv, then BYE"
+    );
+}
+
+#[tokio::test]
+async fn ring_timeout_sends_cancel() {
+    let peer = Sipp::uas("uas_noanswer.xml", &[]);
+    let e = engine().await;
+    let opts = CallOptions::default().ring_timeout(Duration::from_millis(500));
+    let mut leg = e.call(&peer.uri("visitor"), opts).await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(ev) = within(leg.next_event()).await {
+        seen.push(ev);
+    }
+    assert!(matches!(seen[0], LegEvent::Trying), "{seen:?}");
+    assert!(seen.contains(&LegEvent::Ringing), "{seen:?}");
+    assert!(
+        seen.contains(&LegEvent::Failed {
+            status: Some(487),
+            cause: EndCause::RingTimeout
+        }),
+        "{seen:?}"
+    );
+    let cdr = leg.cdr().unwrap();
+    assert_eq!(cdr.end_cause, EndCause::RingTimeout);
+    assert!(cdr.ring_ms.is_some() && cdr.answer_ms.is_none());
+    assert_eq!(
+        peer.finish().await,
+        0,
+        "SIPp got the CANCEL and the ACK for its 487"
+    );
+}
+
+#[tokio::test]
+async fn trunk_answering_401_first() {
+    let trunk = Sipp::uas("uas_auth.xml", &[]);
+    let e = Engine::builder()
+        .rtp_ports(41_000, 41_099)
+        .outbound_proxy(Some(trunk.addr))
+        .start()
+        .await
+        .unwrap();
+    let opts = CallOptions::default().credentials(Credentials {
+        username: "rappel".into(),
+        password: "secret".into(),
+        realm: None,
+    });
+    // A host name: only the trunk knows where it goes.
+    let mut leg = e
+        .call("sip:+33100000000@trunk.example.net", opts)
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    drop(leg); // dropping an answered leg sends BYE
+    assert_eq!(
+        trunk.finish().await,
+        0,
+        "SIPp verified the digest and got the BYE"
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_ringing_leg_cancels_it() {
+    let peer = Sipp::uas("uas_noanswer.xml", &[]);
+    let e = engine().await;
+    let mut leg = e
+        .call(&peer.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    loop {
+        match within(leg.next_event()).await {
+            Some(LegEvent::Ringing) => break,
+            Some(_) => {}
+            None => panic!("ended before ringing"),
+        }
+    }
+    drop(leg);
+    assert_eq!(peer.finish().await, 0, "SIPp got the CANCEL");
+}
+
+#[tokio::test]
+async fn transfer_keeps_the_visitor_up() {
+    let visitor_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let agent1_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let agent2_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&visitor_peer.uri("v"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent1 = e
+        .call(&agent1_peer.uri("a1"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent1.answered()).await.unwrap();
+    let mut bridge = e
+        .bridge(&visitor, &agent1, BridgeOptions::default())
+        .await
+        .unwrap();
+    let mut agent2 = e
+        .call(&agent2_peer.uri("a2"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent2.answered()).await.unwrap();
+    bridge.transfer(&agent1, &agent2).await.unwrap();
+    assert_eq!(
+        within(bridge.next_event()).await,
+        Some(BridgeEvent::Transferred {
+            old: agent1.id(),
+            new: agent2.id()
+        })
+    );
+    let a1 = within(agent1.ended()).await.unwrap();
+    assert_eq!(
+        a1.hangup_by,
+        HangupBy::Local,
+        "the replaced agent was hung up"
+    );
+    agent2.hangup().await.unwrap();
+    let cdr = within(bridge.ended()).await.unwrap();
+    assert_eq!(cdr.legs, vec![visitor.id().0, agent1.id().0, agent2.id().0]);
+    assert_eq!(cdr.transfers, 1);
+    within(visitor.ended()).await.unwrap();
+    for p in [visitor_peer, agent1_peer, agent2_peer] {
+        assert_eq!(p.finish().await, 0);
+    }
+}
+
+#[tokio::test]
+async fn play_reaches_the_peer_and_reports_the_end() {
+    use rappel::media::player::{Clip, PlayItem, Playlist};
+    let echo = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let e = engine().await;
+    let mut leg = e
+        .call(&echo.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    // One second of a 440 Hz tone: 50 frames of 20 ms.
+    let pcm = (0..8000)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16)
+        .collect();
+    leg.play(Playlist::new().then(PlayItem::Once(Clip::from_pcm(pcm))))
+        .await
+        .unwrap();
+    loop {
+        match within(leg.next_event()).await {
+            Some(LegEvent::PlayFinished) => break,
+            Some(_) => {}
+            None => panic!("ended before the playlist finished"),
+        }
+    }
+    leg.hangup().await.unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    assert_eq!(cdr.media.packets_out, 50, "{:?}", cdr.media);
+    assert_eq!(cdr.media.bytes_out, 50 * 172);
+    assert!(
+        cdr.media.packets_in >= 45,
+        "SIPp echoed what we played: {:?}",
+        cdr.media
+    );
+    assert_eq!(echo.finish().await, 0);
+}
+
+#[tokio::test]
+async fn shutdown_hangs_up_every_leg_and_refuses_new_calls() {
+    let p1 = Sipp::uas("call_peer_echo.xml", &[]);
+    let p2 = Sipp::uas("uas_noanswer.xml", &[]);
+    let e = engine().await;
+    let mut answered = e.call(&p1.uri("a"), CallOptions::default()).await.unwrap();
+    within(answered.answered()).await.unwrap();
+    let mut ringing = e.call(&p2.uri("b"), CallOptions::default()).await.unwrap();
+    while within(ringing.next_event()).await != Some(LegEvent::Ringing) {}
+    within(e.shutdown(rappel::ShutdownMode::HangUp)).await;
+    assert_eq!(
+        e.call(&p1.uri("c"), CallOptions::default()).await.err(),
+        Some(rappel::CallError::Shutdown)
+    );
+    let a = within(answered.ended()).await.unwrap();
+    let b = within(ringing.ended()).await.unwrap();
+    assert_eq!(
+        (a.end_cause, a.hangup_by),
+        (EndCause::Shutdown, HangupBy::Local)
+    );
+    assert_eq!(b.end_cause, EndCause::Shutdown);
+    assert_eq!(p1.finish().await, 0, "BYE");
+    assert_eq!(p2.finish().await, 0, "CANCEL");
+}
