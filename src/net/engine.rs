@@ -528,7 +528,7 @@ struct Task {
 }
 
 /// How often at most the endpoint's deadline is recomputed (see [`Task::run`]).
-const EP_RECHECK: Duration = Duration::from_millis(5);
+const EP_RECHECK: Duration = Duration::from_millis(20);
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
