@@ -430,3 +430,26 @@ async fn shutdown_hangs_up_every_leg_and_refuses_new_calls() {
     assert_eq!(p1.finish().await, 0, "BYE");
     assert_eq!(p2.finish().await, 0, "CANCEL");
 }
+
+#[tokio::test]
+async fn dtmf_from_the_peer_becomes_a_leg_event() {
+    let peer = Sipp::uas("call_peer_dtmf.xml", &[]);
+    let e = engine().await;
+    let mut leg = e
+        .call(&peer.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    let (digit, duration) = loop {
+        match within(leg.next_event()).await {
+            Some(LegEvent::Dtmf { digit, duration }) => break (digit, duration),
+            Some(_) => {}
+            None => panic!("ended before any DTMF"),
+        }
+    };
+    assert_eq!(digit.to_char(), '1');
+    assert!(duration > Duration::ZERO, "{duration:?}");
+    leg.hangup().await.unwrap();
+    within(leg.ended()).await.unwrap();
+    assert_eq!(peer.finish().await, 0);
+}
