@@ -461,9 +461,15 @@ async fn agent_pressing_hold_gives_the_visitor_hold_music() {
     let visitor_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
     let agent_peer = Sipp::uas("call_peer_remote_hold.xml", &[]);
     let e = engine().await;
-    let mut visitor = e.call(&visitor_peer.uri("v"), CallOptions::default()).await.unwrap();
+    let mut visitor = e
+        .call(&visitor_peer.uri("v"), CallOptions::default())
+        .await
+        .unwrap();
     within(visitor.answered()).await.unwrap();
-    let mut agent = e.call(&agent_peer.uri("a"), CallOptions::default()).await.unwrap();
+    let mut agent = e
+        .call(&agent_peer.uri("a"), CallOptions::default())
+        .await
+        .unwrap();
     within(agent.answered()).await.unwrap();
     let music = Playlist::new().then(PlayItem::Loop {
         clip: ToneSpec::ringback(Country::Fr).render(),
@@ -478,13 +484,53 @@ async fn agent_pressing_hold_gives_the_visitor_hold_music() {
     while let Some(ev) = within(agent.next_event()).await {
         agent_events.push(ev);
     }
-    assert!(agent_events.contains(&LegEvent::RemoteHold), "{agent_events:?}");
+    assert!(
+        agent_events.contains(&LegEvent::RemoteHold),
+        "{agent_events:?}"
+    );
     let bcdr = within(bridge.ended()).await.unwrap();
     assert_eq!(bcdr.ended_by_leg, Some(agent.id().0));
     let v = within(visitor.ended()).await.unwrap();
     // Nobody sent the visitor audio but the music: 1.5 s of hold is about 75 frames.
     assert!(v.media.packets_out >= 50, "{:?}", v.media);
-    assert!(v.media.packets_in >= 40, "the visitor's peer echoed the music: {:?}", v.media);
-    assert_eq!(agent_peer.finish().await, 0, "SIPp got a recvonly answer to its hold, then the 200 to BYE");
+    assert!(
+        v.media.packets_in >= 40,
+        "the visitor's peer echoed the music: {:?}",
+        v.media
+    );
+    assert_eq!(
+        agent_peer.finish().await,
+        0,
+        "SIPp got a recvonly answer to its hold, then the 200 to BYE"
+    );
+    assert_eq!(visitor_peer.finish().await, 0);
+}
+
+#[tokio::test]
+async fn bridge_aligns_a_pcma_leg_with_a_pcmu_leg_by_reinvite() {
+    let visitor_peer = Sipp::uas("call_peer_echo.xml", &[]);
+    let agent_peer = Sipp::uas("call_peer_pcma.xml", &[]);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&visitor_peer.uri("v"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e
+        .call(&agent_peer.uri("a"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let mut bridge = within(e.bridge(&visitor, &agent, BridgeOptions::default()))
+        .await
+        .expect("aligned by re-INVITE");
+    visitor.hangup().await.unwrap();
+    within(bridge.ended()).await.unwrap();
+    within(agent.ended()).await.unwrap();
+    assert_eq!(
+        agent_peer.finish().await,
+        0,
+        "SIPp saw the re-INVITE offering PCMU, then BYE"
+    );
     assert_eq!(visitor_peer.finish().await, 0);
 }
