@@ -534,3 +534,32 @@ async fn bridge_aligns_a_pcma_leg_with_a_pcmu_leg_by_reinvite() {
     );
     assert_eq!(visitor_peer.finish().await, 0);
 }
+
+#[tokio::test]
+async fn the_visitor_hears_our_ringback_while_the_agent_rings() {
+    use rappel::EarlyMedia;
+    let visitor_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let agent_peer = Sipp::uas("uas_noanswer.xml", &[]);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&visitor_peer.uri("v"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let opts = CallOptions::default()
+        .ring_timeout(Duration::from_secs(1))
+        .early_media(visitor.id(), EarlyMedia::Ringback);
+    let mut agent = e.call(&agent_peer.uri("a"), opts).await.unwrap();
+    let a = within(agent.ended()).await.unwrap();
+    assert_eq!(a.end_cause, EndCause::RingTimeout);
+    // The ringback stopped with the agent's end: whatever the visitor got, it got while the agent rang.
+    visitor.hangup().await.unwrap();
+    let v = within(visitor.ended()).await.unwrap();
+    assert!(
+        (35..=60).contains(&v.media.packets_out),
+        "about 1 s of 20 ms ringback frames: {:?}",
+        v.media
+    );
+    assert_eq!(agent_peer.finish().await, 0);
+    assert_eq!(visitor_peer.finish().await, 0);
+}
