@@ -34,6 +34,7 @@
 
 pub mod call;
 pub mod callback;
+pub mod demo;
 pub mod media;
 pub mod net;
 pub mod sdp;
