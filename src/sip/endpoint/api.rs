@@ -504,12 +504,6 @@ impl Endpoint {
         self.regs.get(&reg.0)?.last_headers.as_ref()
     }
 
-    /// Headers of the final response to our initial INVITE (after any authentication), once it came: the call
-    /// layer reads Session-Expires from a 2xx and Min-SE from a 422 here (RFC 4028). Kept while the call is.
-    pub fn final_response_headers(&self, call: CallHandle) -> Option<&Headers> {
-        self.calls.get(&call.0)?.final_headers.as_ref()
-    }
-
     /// Whether the call has ended (it may still be kept a while to absorb retransmissions).
     pub fn is_terminated(&self, call: CallHandle) -> bool {
         self.calls.get(&call.0).is_none_or(|c| c.terminated)
