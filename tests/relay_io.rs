@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rappel::media::relay::{DropReason, LegConfig, RelayConfig, Source};
 use rappel::media::rtp::{write_header, RtpHeader};
-use rappel::net::rtp_io::{DriverConfig, RelayDriver};
+use rappel::net::rtp_io::{Backend, DriverConfig, RelayDriver};
 
 fn endpoint() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -50,16 +50,32 @@ fn recv_n(s: &UdpSocket, n: usize) -> Vec<(bool, u16, u32, u32, SocketAddr)> {
 }
 
 #[test]
-fn bridges_two_endpoints_over_loopback() {
+fn bridges_two_endpoints_over_loopback_epoll() {
+    bridges_two_endpoints(Backend::Epoll, 41000);
+}
+
+#[test]
+fn bridges_two_endpoints_over_loopback_io_uring() {
+    bridges_two_endpoints(Backend::IoUring, 42000);
+}
+
+fn bridges_two_endpoints(backend: Backend, port_min: u16) {
     let cfg = DriverConfig {
         relay: RelayConfig {
-            port_min: 41000,
-            port_max: 41999,
+            port_min,
+            port_max: port_min + 999,
             ..Default::default()
         },
+        backend,
         ..Default::default()
     };
     let (driver, mut events) = RelayDriver::spawn(cfg).unwrap();
+    let running = driver.stats().wait().unwrap().backend;
+    if running != backend {
+        // Only io_uring may fall back (a kernel or sandbox that refuses it): then this exercises the fallback.
+        assert_eq!((backend, running), (Backend::IoUring, Backend::Epoll));
+        eprintln!("io_uring refused here: testing the epoll fallback");
+    }
     let (ea, eb, bleed) = (endpoint(), endpoint(), endpoint());
     let la = driver
         .add_leg(LegConfig::g711(Some(ea.local_addr().unwrap())))

@@ -245,7 +245,7 @@ impl Batch {
 const SEND_MAX: usize = 64;
 
 /// Write `addr` into `out` (large enough for both families); return the length to pass to the kernel.
-fn to_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_in6) -> libc::socklen_t {
+pub(crate) fn to_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_in6) -> libc::socklen_t {
     match addr {
         SocketAddr::V4(a) => {
             let sin = libc::sockaddr_in {
@@ -277,6 +277,26 @@ fn to_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_in6) -> libc::socklen_
             };
             size_of::<libc::sockaddr_in6>() as libc::socklen_t
         }
+    }
+}
+
+/// Parse a `sockaddr_in`/`sockaddr_in6` from raw bytes as the kernel wrote them (e.g. the name field of an
+/// io_uring multishot receive). Safe code: fixed offsets of the Linux layouts.
+pub(crate) fn sockaddr_from_bytes(b: &[u8]) -> Option<SocketAddr> {
+    let family = i32::from(u16::from_ne_bytes(*b.first_chunk::<2>()?));
+    let port = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+    match family {
+        libc::AF_INET => {
+            let ip: [u8; 4] = b.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)))
+        }
+        libc::AF_INET6 => {
+            let flow = u32::from_ne_bytes(b.get(4..8)?.try_into().ok()?);
+            let ip: [u8; 16] = b.get(8..24)?.try_into().ok()?;
+            let scope = u32::from_ne_bytes(b.get(24..28)?.try_into().ok()?);
+            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope)))
+        }
+        _ => None,
     }
 }
 
