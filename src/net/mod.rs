@@ -3,5 +3,5 @@
 pub mod rtp_io;
 pub mod sip;
 pub(crate) mod sys;
-pub(crate) mod uring;
 pub mod transport;
+pub(crate) mod uring;

@@ -525,7 +525,9 @@ impl State {
             let rtcp = c.token & 1 == 1;
             let tag = (c.token >> 32) as u32;
             let leg = match self.legs.get(index) {
-                Some(Some(l)) if l.tag == tag => Some((l.id, l.rtp.as_raw_fd(), l.rtcp.as_raw_fd())),
+                Some(Some(l)) if l.tag == tag => {
+                    Some((l.id, l.rtp.as_raw_fd(), l.rtcp.as_raw_fd()))
+                }
                 _ => None,
             };
             if u.free_slots() == 0 {
@@ -649,6 +651,10 @@ impl State {
         let rtcp = UdpSocket::bind((self.cfg.bind_ip, pc))?;
         rtp.set_nonblocking(true)?;
         rtcp.set_nonblocking(true)?;
+        if self.cfg.bind_ip.is_ipv4() {
+            sys::set_dont_fragment(rtp.as_raw_fd())?;
+            sys::set_dont_fragment(rtcp.as_raw_fd())?;
+        }
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1) & 0x7fff_ffff;
         match &mut self.io {
@@ -833,7 +839,11 @@ impl State {
                 break;
             };
             if let Some(Some(l)) = self.legs.get(t.via.index()) {
-                let fd = l.rtcp.as_raw_fd();
+                let fd = if t.rtcp_mux {
+                    l.rtp.as_raw_fd()
+                } else {
+                    l.rtcp.as_raw_fd()
+                };
                 let (_, calls) = self.batch.send(fd, &[(0, t.len, t.to)]);
                 self.stats.send_calls += calls as u64;
             }
