@@ -41,7 +41,7 @@ use crate::media::relay::{
     Action, Event, LegConfig, LegId, LegStats, Relay, RelayConfig, RelayError, Source,
 };
 use crate::net::sys::{self, Batch, Epoll};
-use crate::net::uring::{Cqe, Uring};
+use crate::net::uring::{Cqe, Target, Uring};
 
 /// Which kernel interface the driver thread uses for the leg sockets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -335,6 +335,8 @@ struct LegSockets {
     rtcp: UdpSocket,
     /// Distinguishes this leg's io_uring completions from those of an earlier leg in the same slot.
     tag: u32,
+    /// How io_uring SQEs name the RTP socket (registered-file slot = leg index when the table has room).
+    rtp_target: Target,
 }
 
 const WAKE: u64 = u64::MAX;
@@ -525,9 +527,7 @@ impl State {
             let rtcp = c.token & 1 == 1;
             let tag = (c.token >> 32) as u32;
             let leg = match self.legs.get(index) {
-                Some(Some(l)) if l.tag == tag => {
-                    Some((l.id, l.rtp.as_raw_fd(), l.rtcp.as_raw_fd()))
-                }
+                Some(Some(l)) if l.tag == tag => Some((l.id, l.rtp_target, l.rtcp.as_raw_fd())),
                 _ => None,
             };
             if u.free_slots() == 0 {
@@ -538,7 +538,7 @@ impl State {
                 reaped.send_failed += r.send_failed;
             }
             let taken = u.take(&c);
-            let Some((id, rtp_fd, rtcp_fd)) = leg else {
+            let Some((id, rtp_target, rtcp_fd)) = leg else {
                 // A completion of a removed leg (its buffer went back to the ring in `take`).
                 if let Some((slot, ..)) = taken {
                     u.release(slot);
@@ -547,7 +547,14 @@ impl State {
             };
             if !c.more() && c.result != -libc::ECANCELED {
                 // Multishot ended (e.g. no free buffer for a moment): arm it again.
-                u.arm_recv(if rtcp { rtcp_fd } else { rtp_fd }, c.token);
+                u.arm_recv(
+                    if rtcp {
+                        Target::Fd(rtcp_fd)
+                    } else {
+                        rtp_target
+                    },
+                    c.token,
+                );
             }
             let Some((slot, len, from)) = taken else {
                 continue;
@@ -571,7 +578,7 @@ impl State {
                         });
                     }
                     match self.legs.get(via.index()) {
-                        Some(Some(out)) => u.send(slot, out.rtp.as_raw_fd(), len, to),
+                        Some(Some(out)) => u.send(slot, out.rtp_target, len, to),
                         _ => u.release(slot),
                     }
                 }
@@ -601,6 +608,9 @@ impl State {
                                 // The ring holds the sockets open until their receives are cancelled.
                                 u.cancel(uring_token(l.tag, id.index(), false));
                                 u.cancel(uring_token(l.tag, id.index(), true));
+                                if let Target::Fixed(i) = l.rtp_target {
+                                    u.unfix(i);
+                                }
                             }
                             *slot = None;
                         }
@@ -656,6 +666,7 @@ impl State {
             sys::set_dont_fragment(rtcp.as_raw_fd())?;
         }
         let tag = self.next_tag;
+        let mut rtp_target = Target::Fd(rtp.as_raw_fd());
         self.next_tag = self.next_tag.wrapping_add(1) & 0x7fff_ffff;
         match &mut self.io {
             Io::Epoll(epoll) => {
@@ -664,8 +675,15 @@ impl State {
                 epoll.add(rtcp.as_raw_fd(), token | 1)?;
             }
             Io::Uring(u) => {
-                u.arm_recv(rtp.as_raw_fd(), uring_token(tag, id.index(), false));
-                u.arm_recv(rtcp.as_raw_fd(), uring_token(tag, id.index(), true));
+                let slot = u32::try_from(id.index()).unwrap_or(u32::MAX);
+                if u.fix(slot, rtp.as_raw_fd()) {
+                    rtp_target = Target::Fixed(slot);
+                }
+                u.arm_recv(rtp_target, uring_token(tag, id.index(), false));
+                u.arm_recv(
+                    Target::Fd(rtcp.as_raw_fd()),
+                    uring_token(tag, id.index(), true),
+                );
             }
         }
         let info = LegInfo {
@@ -677,7 +695,13 @@ impl State {
             self.legs.resize_with(id.index() + 1, || None);
         }
         if let Some(slot) = self.legs.get_mut(id.index()) {
-            *slot = Some(LegSockets { id, rtp, rtcp, tag });
+            *slot = Some(LegSockets {
+                id,
+                rtp,
+                rtcp,
+                tag,
+                rtp_target,
+            });
         }
         Ok(info)
     }

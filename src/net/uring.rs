@@ -58,6 +58,14 @@ impl Cqe {
     }
 }
 
+/// A socket as an SQE names it: a plain descriptor, or a slot of the ring's registered-file table (saves the
+/// kernel a file-table lookup and reference count per request).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
 /// Send/receive counters of one [`Uring::reap`].
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Reaped {
@@ -158,6 +166,8 @@ pub(crate) struct Uring {
     recv_hdr: Box<libc::msghdr>,
     slots: Slots,
     enters: u64,
+    /// Size of the registered-file table (0: none).
+    fixed_cap: u32,
 }
 
 impl std::fmt::Debug for Uring {
@@ -211,13 +221,38 @@ impl Uring {
             s.hdrs[i].msg_iov = &mut s.iovs[i];
             s.hdrs[i].msg_iovlen = 1;
         }
+        // The registered-file table may not exceed RLIMIT_NOFILE; without one, SQEs name plain descriptors.
+        let fixed_cap = nofile_soft_limit().min(65_536);
+        let fixed_cap = if ring.submitter().register_files_sparse(fixed_cap).is_ok() {
+            fixed_cap
+        } else {
+            0
+        };
         Ok(Self {
             ring,
             bufs,
             recv_hdr,
             slots: s,
             enters: 0,
+            fixed_cap,
         })
+    }
+
+    /// Put `fd` in registered-file slot `slot`; false when the table is too small (use [`Target::Fd`]).
+    pub(crate) fn fix(&mut self, slot: u32, fd: RawFd) -> bool {
+        slot < self.fixed_cap
+            && self
+                .ring
+                .submitter()
+                .register_files_update(slot, &[fd])
+                .is_ok()
+    }
+
+    /// Empty registered-file slot `slot` (the table holds a reference that keeps the socket open).
+    pub(crate) fn unfix(&mut self, slot: u32) {
+        if slot < self.fixed_cap {
+            let _ = self.ring.submitter().register_files_update(slot, &[-1]);
+        }
     }
 
     /// `io_uring_enter` calls so far.
@@ -238,10 +273,16 @@ impl Uring {
     }
 
     /// Arm a multishot receive on `fd`; its completions carry `token`.
-    pub(crate) fn arm_recv(&mut self, fd: RawFd, token: u64) {
-        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_hdr, BGID)
-            .build()
-            .user_data(token & !SEND_BIT);
+    pub(crate) fn arm_recv(&mut self, target: Target, token: u64) {
+        let e = match target {
+            Target::Fd(fd) => {
+                opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_hdr, BGID).build()
+            }
+            Target::Fixed(i) => {
+                opcode::RecvMsgMulti::new(types::Fixed(i), &*self.recv_hdr, BGID).build()
+            }
+        }
+        .user_data(token & !SEND_BIT);
         self.push(&e);
     }
 
@@ -364,7 +405,7 @@ impl Uring {
     }
 
     /// Queue a send of the first `len` bytes of `slot` to `to` from `fd`; the slot is freed on completion.
-    pub(crate) fn send(&mut self, slot: u32, fd: RawFd, len: usize, to: SocketAddr) {
+    pub(crate) fn send(&mut self, slot: u32, target: Target, len: usize, to: SocketAddr) {
         let i = slot as usize;
         let (Some(iov), Some(name), Some(hdr)) = (
             self.slots.iovs.get_mut(i),
@@ -375,10 +416,16 @@ impl Uring {
         };
         iov.iov_len = len.min(BUF_LEN);
         hdr.msg_namelen = to_sockaddr(to, name);
-        let e = opcode::SendMsg::new(types::Fd(fd), &*hdr)
-            .flags(libc::MSG_DONTWAIT as u32)
-            .build()
-            .user_data(SEND_BIT | u64::from(slot));
+        let flags = libc::MSG_DONTWAIT as u32;
+        let e = match target {
+            Target::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), &*hdr)
+                .flags(flags)
+                .build(),
+            Target::Fixed(i) => opcode::SendMsg::new(types::Fixed(i), &*hdr)
+                .flags(flags)
+                .build(),
+        }
+        .user_data(SEND_BIT | u64::from(slot));
         self.push(&e);
     }
 }
@@ -403,4 +450,14 @@ impl Drop for Uring {
         }
         let _ = self.ring.submitter().unregister_buf_ring(BGID);
     }
+}
+
+fn nofile_soft_limit() -> u32 {
+    // SAFETY: plain data, all-zero valid; getrlimit writes into it.
+    let mut r: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `r` lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } < 0 {
+        return 0;
+    }
+    u32::try_from(r.rlim_cur).unwrap_or(u32::MAX)
 }
