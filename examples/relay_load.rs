@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release --example relay_load -- --bridges 1000 --seconds 10 [--peer rtpengine] \
 //!     [--relay-core 0 --gen-core 1] [--pace-us 0] [--gen-sockets 4] [--gen-tick-us 250] [--nice -20] [--rt] \
-//!     [--backend uring|epoll]
+//!     [--backend uring|epoll] [--uring-buffers 1024]
 //! ```
 //!
 //! The generator is one thread with a handful of sockets (each stands in for many endpoints): once per tick
@@ -43,6 +43,7 @@ struct Args {
     nice: i32,
     rt: bool,
     backend: Backend,
+    uring_buffers: u16,
 }
 
 fn args() -> Args {
@@ -58,6 +59,7 @@ fn args() -> Args {
         nice: -20,
         rt: false,
         backend: Backend::default(),
+        uring_buffers: DriverConfig::default().uring_buffers,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -73,6 +75,7 @@ fn args() -> Args {
             "--gen-sockets" => a.gen_sockets = val.parse().expect("--gen-sockets K"),
             "--gen-tick-us" => a.gen_tick_us = val.parse().expect("--gen-tick-us U"),
             "--nice" => a.nice = val.parse().expect("--nice N"),
+            "--uring-buffers" => a.uring_buffers = val.parse().expect("--uring-buffers N"),
             "--backend" => {
                 a.backend = match val.as_str() {
                     "uring" | "io_uring" => Backend::IoUring,
@@ -258,7 +261,12 @@ impl Rtpengine {
                 ("sdp", &sdp(a)),
             ])
             .expect("offer answered");
-        let port_for_b = media_port(&offer).expect("port in offer reply");
+        let port_for_b = media_port(&offer).unwrap_or_else(|| {
+            panic!(
+                "no port in offer reply: {}",
+                String::from_utf8_lossy(&offer[..offer.len().min(300)])
+            )
+        });
         let answer = self
             .call(&[
                 ("command", "answer"),
@@ -273,9 +281,19 @@ impl Rtpengine {
     }
 
     fn stop(&mut self) {
-        // Killed by the PID we started, never by name.
+        // Killed by the PID we started, never by name; not again once reaped (the PID may be reused).
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Rtpengine {
+    fn drop(&mut self) {
+        // Also on a panic while setting up calls: never leave an rtpengine behind.
+        self.stop();
     }
 }
 
@@ -626,6 +644,7 @@ fn main() {
             core: a.relay_core,
             pace: Duration::from_micros(a.pace_us),
             backend: a.backend,
+            uring_buffers: a.uring_buffers,
             ..Default::default()
         };
         let (d, _events) = RelayDriver::spawn(cfg).expect("spawn driver");
