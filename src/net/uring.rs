@@ -260,16 +260,18 @@ impl Uring {
         self.enters
     }
 
-    fn push(&mut self, e: &io_uring::squeue::Entry) {
+    /// Queue an SQE; false if the queue stayed full (the kernel refused to take the queued ones).
+    fn push(&mut self, e: &io_uring::squeue::Entry) -> bool {
         // SAFETY (for the callers' entries): every pointer in an SQE we build points into memory owned by `self`
         // that lives until the request completes or is cancelled in Drop.
         while unsafe { self.ring.submission().push(e) }.is_err() {
             // Queue full: hand what we have to the kernel and retry.
             self.enters += 1;
             if self.ring.submit().is_err() {
-                break;
+                return false;
             }
         }
+        true
     }
 
     /// Arm a multishot receive on `fd`; its completions carry `token`.
@@ -426,7 +428,10 @@ impl Uring {
                 .build(),
         }
         .user_data(SEND_BIT | u64::from(slot));
-        self.push(&e);
+        if !self.push(&e) {
+            // Never queued, so no completion will free it.
+            self.slots.free.push(slot);
+        }
     }
 }
 
