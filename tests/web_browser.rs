@@ -92,9 +92,11 @@ impl Cdp {
         r["result"]["value"].clone()
     }
 
-    /// Polls `expr` until it is true (at most 200 tries, 50 ms apart: the page works asynchronously).
+    /// Polls `expr` until it is true (50 ms apart, for at most 60 s: the page works asynchronously, and a loaded
+    /// 2-core CI machine can be slow to render).
     async fn wait_for(&mut self, expr: &str) {
-        for _ in 0..200 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
             if self.eval(expr).await == json!(true) {
                 return;
             }
