@@ -24,7 +24,7 @@ cargo clippy --all-targets -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 echo "== cargo test"
-cargo test --all-targets
+cargo test --all-targets --no-fail-fast
 cargo test --doc
 
 # Fuzz smoke: a few seconds per target. Run longer with
