@@ -34,11 +34,14 @@
 
 pub mod call;
 pub mod callback;
+pub mod config;
 pub mod demo;
 pub mod media;
 pub mod net;
 pub mod sdp;
 pub mod sip;
+#[cfg(feature = "http")]
+pub mod web;
 
 pub use call::{
     BridgeEvent, BridgeOptions, CallError, CallOptions, EarlyMedia, LegEvent, LegId, ShutdownMode,

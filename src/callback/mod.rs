@@ -12,6 +12,8 @@
 //! - [`store`]: the storage trait, its SQLite backend and restart recovery.
 //! - [`metrics`]: Prometheus text exposition.
 //! - [`webhook`]: HMAC-SHA256 signature of event deliveries.
+//! - [`calls`]: what the service needs from a call layer ([`calls::CallControl`]), prompts' audio.
+//! - [`service`]: the tokio service running all of the above ([`service::CallbackService`]).
 //!
 //! The service loop keeps "persist before act": after each call into the dispatcher, write every
 //! [`poll_event`](queue::Dispatcher::poll_event) to the [`Store`](store::Store), then execute every
@@ -22,12 +24,14 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 pub mod agents;
+pub mod calls;
 pub mod event;
 pub mod flow;
 pub mod metrics;
 pub mod queue;
 pub mod request;
 pub mod schedule;
+pub mod service;
 pub mod store;
 pub mod webhook;
 

@@ -1,0 +1,194 @@
+//! [`CallControl`] over rappel's SIP call layer ([`Engine`]): the adapter the service uses in production.
+//!
+//! The engine's API is async and hands out one [`Leg`] object per call (events on the leg, dropping it hangs up).
+//! The adapter keeps the trait's commands non-blocking by queueing them to one adapter task that owns every
+//! [`Leg`]: it places calls, plays, bridges and drops legs in order, and forwards each leg's events as
+//! `(CallId, CallEvent)`. A hung-up leg is dropped from the table at once, so none of its later events reaches
+//! the service.
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
+
+use tokio::sync::mpsc;
+
+use super::{CallControl, CallEvent, CallId, Dial};
+use crate::call::{BridgeOptions, CallOptions, EndCause, LegEvent, OnHangup};
+use crate::callback::event::CallFailure;
+use crate::media::player::Playlist;
+use crate::net::engine::{Engine, Leg};
+
+enum Cmd {
+    Dial(CallId, Dial),
+    Play(CallId, Playlist),
+    Bridge(CallId, CallId),
+    HangUp(CallId),
+}
+
+/// The engine adapter (see the module docs).
+#[derive(Debug)]
+pub struct EngineCalls {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    events: mpsc::UnboundedReceiver<(CallId, CallEvent)>,
+    next: u64,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cmd::Dial(c, d) => write!(f, "Dial({c}, {})", d.target),
+            Cmd::Play(c, _) => write!(f, "Play({c})"),
+            Cmd::Bridge(a, b) => write!(f, "Bridge({a}, {b})"),
+            Cmd::HangUp(c) => write!(f, "HangUp({c})"),
+        }
+    }
+}
+
+/// Maps a failed leg to the callback core's reason.
+pub fn failure_of(status: Option<u16>, cause: EndCause) -> CallFailure {
+    match (status, cause) {
+        (Some(486 | 600), _) => CallFailure::Busy,
+        (Some(408 | 480 | 487), _) | (_, EndCause::RingTimeout) => CallFailure::NoAnswer,
+        (Some(603), _) => CallFailure::Rejected,
+        _ => CallFailure::Failed,
+    }
+}
+
+impl EngineCalls {
+    /// An adapter over `engine`. `options` is the template of every call (From, credentials, codecs...); the
+    /// ring timeout comes from each [`Dial`]. When `from_template` is set, `{caller_id}` in it is replaced by the
+    /// dial's caller ID and used as the From URI. Must be called inside a tokio runtime (it spawns its task).
+    pub fn new(engine: Engine, options: CallOptions, from_template: Option<String>) -> EngineCalls {
+        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(run(engine, options, from_template, cmd_rx, ev_tx));
+        EngineCalls {
+            cmds,
+            events,
+            next: 0,
+        }
+    }
+}
+
+impl CallControl for EngineCalls {
+    fn dial(&mut self, dial: Dial) -> CallId {
+        self.next += 1;
+        let id = CallId(self.next);
+        let _ = self.cmds.send(Cmd::Dial(id, dial));
+        id
+    }
+
+    fn play(&mut self, call: CallId, media: Playlist) {
+        let _ = self.cmds.send(Cmd::Play(call, media));
+    }
+
+    fn bridge(&mut self, a: CallId, b: CallId) {
+        let _ = self.cmds.send(Cmd::Bridge(a, b));
+    }
+
+    fn hang_up(&mut self, call: CallId) {
+        let _ = self.cmds.send(Cmd::HangUp(call));
+    }
+
+    async fn next_event(&mut self) -> Option<(CallId, CallEvent)> {
+        self.events.recv().await
+    }
+}
+
+/// What the service sees of a leg event; `None` for events it does not use.
+fn map(ev: LegEvent) -> Option<(CallEvent, bool)> {
+    Some(match ev {
+        LegEvent::Ringing => (CallEvent::Ringing, false),
+        LegEvent::Answered => (CallEvent::Answered, false),
+        LegEvent::PlayFinished => (CallEvent::PlayFinished, false),
+        LegEvent::Dtmf { digit, .. } => (CallEvent::Dtmf(digit.to_char()), false),
+        LegEvent::Failed { status, cause } => (CallEvent::Failed(failure_of(status, cause)), true),
+        LegEvent::Ended { .. } => (CallEvent::HungUp, true),
+        _ => return None,
+    })
+}
+
+/// The next event of any leg (pending while there is none).
+async fn next_leg_event(legs: &mut HashMap<CallId, Leg>) -> (CallId, Option<LegEvent>) {
+    poll_fn(|cx| {
+        for (id, leg) in legs.iter_mut() {
+            // `Leg::next_event` is an mpsc receive: cancel-safe, so a fresh future per poll loses nothing.
+            let fut = pin!(leg.next_event());
+            if let Poll::Ready(ev) = fut.poll(cx) {
+                return Poll::Ready((*id, ev));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+async fn run(
+    engine: Engine,
+    options: CallOptions,
+    from_template: Option<String>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    events: mpsc::UnboundedSender<(CallId, CallEvent)>,
+) {
+    let mut legs: HashMap<CallId, Leg> = HashMap::new();
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Cmd::Dial(id, dial) => {
+                        let mut opts = options.clone().ring_timeout(dial.ring_timeout);
+                        if let Some(t) = &from_template {
+                            opts.from = Some(t.replace("{caller_id}", &dial.caller_id));
+                        }
+                        match engine.call(&dial.target, opts).await {
+                            Ok(leg) => {
+                                legs.insert(id, leg);
+                            }
+                            Err(e) => {
+                                tracing::warn!(%id, target = %dial.target, error = %e, "call not placed");
+                                let _ = events.send((id, CallEvent::Failed(CallFailure::Failed)));
+                            }
+                        }
+                    }
+                    Cmd::Play(id, playlist) => {
+                        if let Some(leg) = legs.get(&id) {
+                            if let Err(e) = leg.play(playlist).await {
+                                tracing::debug!(%id, error = %e, "play");
+                            }
+                        }
+                    }
+                    Cmd::Bridge(a, b) => {
+                        if let (Some(la), Some(lb)) = (legs.get(&a), legs.get(&b)) {
+                            let opts = BridgeOptions {
+                                on_hangup: OnHangup::KeepOther,
+                                ..BridgeOptions::default()
+                            };
+                            // The bridge handle may go: the legs govern the calls, the flow ends them.
+                            if let Err(e) = engine.bridge(la, lb, opts).await {
+                                tracing::warn!(%a, %b, error = %e, "bridge failed");
+                            }
+                        }
+                    }
+                    Cmd::HangUp(id) => {
+                        // Dropping the leg sends CANCEL or BYE; its later events are never read.
+                        legs.remove(&id);
+                    }
+                }
+            }
+            (id, ev) = next_leg_event(&mut legs) => {
+                let Some(ev) = ev else {
+                    legs.remove(&id);
+                    continue;
+                };
+                if let Some((out, last)) = map(ev) {
+                    if last {
+                        legs.remove(&id);
+                    }
+                    let _ = events.send((id, out));
+                }
+            }
+        }
+    }
+}
