@@ -35,6 +35,7 @@
 pub mod call;
 pub mod callback;
 pub mod config;
+pub mod demo;
 pub mod media;
 pub mod net;
 pub mod sdp;

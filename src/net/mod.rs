@@ -1,5 +1,6 @@
 //! The tokio driver: sockets, timers and the clock. Everything protocol-shaped lives in the sans-IO modules.
 
+pub mod dns;
 pub mod engine;
 pub mod rtp_io;
 pub mod sip;

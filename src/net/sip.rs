@@ -130,6 +130,8 @@ async fn run(
         while let Some(t) = ep.poll_transmit() {
             if let Err(e) = sockets.send(&t).await {
                 tracing::debug!(destination = %t.destination, error = %e, "SIP send failed");
+                // RFC 3261 §17.1.4: the transactions sending there fail now rather than at their timeout.
+                ep.handle_transport_error(now(), t.destination, t.transport);
             }
         }
         while let Some(e) = ep.poll_event() {

@@ -6,4 +6,5 @@ pub mod auth;
 pub mod dialog;
 pub mod endpoint;
 pub mod message;
+pub mod register;
 pub mod transaction;

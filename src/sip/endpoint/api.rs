@@ -44,6 +44,22 @@ impl Endpoint {
         if let Some(ua) = &self.config.user_agent {
             h.push(HeaderName::UserAgent, Bytes::from(ua.clone()));
         }
+        // RFC 3262 / RFC 4028: we acknowledge reliable provisionals and understand session timers. Tokens the
+        // caller's own Supported headers already list are not repeated.
+        let theirs: Vec<Bytes> = inv
+            .extra_headers
+            .iter()
+            .filter(|(n, _)| *n == HeaderName::Supported)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let ours: Vec<&str> = SUPPORTED
+            .iter()
+            .copied()
+            .filter(|t| !theirs.iter().any(|v| has_token(v, t)))
+            .collect();
+        if !ours.is_empty() {
+            h.push(HeaderName::Supported, Bytes::from(ours.join(", ")));
+        }
         for (n, v) in inv.extra_headers {
             h.push(n, v);
         }
@@ -101,6 +117,7 @@ impl Endpoint {
                 cseq: 0,
                 auth: req.credentials.map(DigestClient::new),
                 tx: None,
+                last_headers: None,
             },
         );
         self.refresh_register(now, RegistrationHandle(handle), req.expires)?;
@@ -239,6 +256,18 @@ impl Endpoint {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<TxId, EndpointError> {
+        self.send_in_dialog_with(now, h, method, content_type, body, Vec::new())
+    }
+
+    pub(super) fn send_in_dialog_with(
+        &mut self,
+        now: Instant,
+        h: u64,
+        method: Method,
+        content_type: Option<&str>,
+        body: Bytes,
+        extra: Vec<(HeaderName, Bytes)>,
+    ) -> Result<TxId, EndpointError> {
         let via = self.new_via();
         let contact = self.contact();
         let mf = self.config.max_forwards;
@@ -251,6 +280,9 @@ impl Endpoint {
         let mut req = d
             .request(method.clone(), seq, via, &contact, mf)
             .ok_or(EndpointError::InvalidUri)?;
+        for (n, v) in extra {
+            req.headers.push(n, v);
+        }
         if let Some(ct) = content_type {
             req.set_body(ct, body);
         }
@@ -271,6 +303,18 @@ impl Endpoint {
         call: CallHandle,
         sdp: Bytes,
     ) -> Result<(), EndpointError> {
+        self.send_reinvite_with(now, call, sdp, Vec::new())
+    }
+
+    /// [`Self::send_reinvite`] with extra headers, e.g. a session refresh's `Session-Expires`, `Supported: timer`
+    /// (RFC 4028). They are sent again if the re-INVITE is retried after 491 or a challenge.
+    pub fn send_reinvite_with(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        sdp: Bytes,
+        headers: Vec<(HeaderName, Bytes)>,
+    ) -> Result<(), EndpointError> {
         let c = self.call_mut(call)?;
         if !c.confirmed() {
             return Err(EndpointError::InvalidState);
@@ -278,8 +322,9 @@ impl Endpoint {
         if c.reinvite_tx.is_some() || c.glare_retry.is_some() || c.pending_invite.is_some() {
             return Err(EndpointError::RequestPending);
         }
+        c.reinvite_headers = headers.clone();
         let ct = (!sdp.is_empty()).then_some("application/sdp");
-        let id = self.send_in_dialog(now, call.0, Method::Invite, ct, sdp)?;
+        let id = self.send_in_dialog_with(now, call.0, Method::Invite, ct, sdp, headers)?;
         if let Some(c) = self.calls.get_mut(&call.0) {
             c.reinvite_tx = Some(id);
         }
@@ -293,6 +338,17 @@ impl Endpoint {
         call: CallHandle,
         sdp: Bytes,
     ) -> Result<(), EndpointError> {
+        self.send_update_with(now, call, sdp, Vec::new())
+    }
+
+    /// [`Self::send_update`] with extra headers (a session refresh without SDP: `Session-Expires`, ...).
+    pub fn send_update_with(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        sdp: Bytes,
+        headers: Vec<(HeaderName, Bytes)>,
+    ) -> Result<(), EndpointError> {
         let c = self.call_mut(call)?;
         if !c.confirmed() {
             return Err(EndpointError::InvalidState);
@@ -301,7 +357,7 @@ impl Endpoint {
             return Err(EndpointError::RequestPending);
         }
         let ct = (!sdp.is_empty()).then_some("application/sdp");
-        let id = self.send_in_dialog(now, call.0, Method::Update, ct, sdp)?;
+        let id = self.send_in_dialog_with(now, call.0, Method::Update, ct, sdp, headers)?;
         if let Some(c) = self.calls.get_mut(&call.0) {
             c.update_tx = Some(id);
         }
@@ -344,6 +400,19 @@ impl Endpoint {
         call: CallHandle,
         code: u16,
         sdp: Bytes,
+    ) -> Result<(), EndpointError> {
+        self.answer_invite_with(now, call, code, sdp, Vec::new())
+    }
+
+    /// [`Self::answer_invite`] with extra headers in the response (e.g. `Session-Expires` and `Require: timer` in
+    /// the 2xx to a session refresh, RFC 4028 §9, or `Min-SE` in a 422).
+    pub fn answer_invite_with(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        sdp: Bytes,
+        headers: Vec<(HeaderName, Bytes)>,
     ) -> Result<(), EndpointError> {
         let st = status(code)?;
         if code == 100 {
@@ -390,6 +459,9 @@ impl Endpoint {
         }
         let mut payload = None;
         self.respond(now, id, code, Some(&local_tag), |r| {
+            for (n, v) in headers {
+                r.headers.push(n, v);
+            }
             if !sdp.is_empty() {
                 r.set_body("application/sdp", sdp);
             }
@@ -425,6 +497,19 @@ impl Endpoint {
         self.calls.get(&call.0)?.final_headers.as_ref()
     }
 
+    /// The headers of the last message reported for `call`: the response behind [`Event::Provisional`],
+    /// [`Event::Answered`], [`Event::Response`] or a [`TerminationReason::Rejected`] (a 422's `Min-SE`, RFC 4028),
+    /// or the peer's request behind [`Event::IncomingCall`] / [`Event::Request`] (its `Session-Expires`). Kept
+    /// while the call lingers after it ended.
+    pub fn last_headers(&self, call: CallHandle) -> Option<&Headers> {
+        self.calls.get(&call.0)?.last_headers.as_ref()
+    }
+
+    /// The headers of the last final response to a registration's REGISTER (a 423's `Min-Expires`).
+    pub fn registration_headers(&self, reg: RegistrationHandle) -> Option<&Headers> {
+        self.regs.get(&reg.0)?.last_headers.as_ref()
+    }
+
     /// Whether the call has ended (it may still be kept a while to absorb retransmissions).
     pub fn is_terminated(&self, call: CallHandle) -> bool {
         self.calls.get(&call.0).is_none_or(|c| c.terminated)
@@ -449,6 +534,18 @@ impl Endpoint {
         code: u16,
         sdp: Bytes,
     ) -> Result<(), EndpointError> {
+        self.answer_update_with(now, call, code, sdp, Vec::new())
+    }
+
+    /// [`Self::answer_update`] with extra headers in the response.
+    pub fn answer_update_with(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        code: u16,
+        sdp: Bytes,
+        headers: Vec<(HeaderName, Bytes)>,
+    ) -> Result<(), EndpointError> {
         let st = status(code)?;
         if !st.is_final() {
             return Err(EndpointError::InvalidStatus(code));
@@ -460,6 +557,9 @@ impl Endpoint {
             .ok_or(EndpointError::NoPendingRequest)?;
         let tag = c.local_tag.clone();
         self.respond(now, id, code, Some(&tag), |r| {
+            for (n, v) in headers {
+                r.headers.push(n, v);
+            }
             if !sdp.is_empty() {
                 r.set_body("application/sdp", sdp);
             }

@@ -62,7 +62,9 @@ impl Endpoint {
         if cseq_method != req.method {
             let tag = self.token();
             let mut r = Response::for_request(&req, StatusCode::BAD_REQUEST);
-            r.set_to_tag(&tag);
+            if to_tag(&r.headers).is_none() {
+                r.set_to_tag(&tag); // an in-dialog request keeps its dialog's tag
+            }
             self.outbox.push_back(Transmit {
                 destination,
                 transport,
@@ -113,7 +115,9 @@ impl Endpoint {
             // A flood must not grow the table without bound: refuse statelessly (RFC 3261 §21.5.4).
             let tag = self.token();
             let mut r = Response::for_request(&req, StatusCode::SERVICE_UNAVAILABLE);
-            r.set_to_tag(&tag);
+            if to_tag(&r.headers).is_none() {
+                r.set_to_tag(&tag);
+            }
             r.headers
                 .push(HeaderName::RetryAfter, Bytes::from_static(b"5"));
             self.outbox.push_back(Transmit {
@@ -231,6 +235,7 @@ impl Endpoint {
         let local_tag = Bytes::from(self.token());
         let mut call = Call::new(false, local_tag.clone(), destination);
         call.pending_invite = Some(id);
+        call.last_headers = Some(req.headers.clone());
         let h = self.id();
         self.calls.insert(h, call);
         self.dialog_index.insert((call_id, local_tag), h);
@@ -315,6 +320,7 @@ impl Endpoint {
                 }
                 d.refresh_target(&req.headers);
                 c.pending_invite = Some(id);
+                c.last_headers = Some(req.headers.clone());
                 self.respond(now, id, 100, None, |_| {});
                 self.events.push_back(Event::Request {
                     call: CallHandle(h),
@@ -328,6 +334,7 @@ impl Endpoint {
                 }
                 d.refresh_target(&req.headers);
                 c.pending_update = Some(id);
+                c.last_headers = Some(req.headers.clone());
                 self.events.push_back(Event::Request {
                     call: CallHandle(h),
                     method: Method::Update,
@@ -335,6 +342,7 @@ impl Endpoint {
                 });
             }
             Method::Info => {
+                c.last_headers = Some(req.headers.clone());
                 self.respond(now, id, 200, None, |_| {});
                 self.events.push_back(Event::Request {
                     call: CallHandle(h),

@@ -17,7 +17,7 @@
 //! | extension methods | 501 |
 //! | re-INVITE while our own re-INVITE is pending | 491 (glare, RFC 3261 §14.2) |
 //! | unparsable request with Via, Call-ID and CSeq | stateless 400 (505, 513 as the codec decides) |
-//! | request the codec's [`UaPolicy`] refuses (Require, body type, URI scheme, Max-Forwards 0) | 420/415/416/483 |
+//! | request the codec's [`UaPolicy`] refuses (Require other than `timer`, body type, URI scheme, Max-Forwards 0) | 420/415/416/483 |
 //! | beyond [`EndpointConfig::max_server_transactions`] | stateless 503 |
 //!
 //! RFC 3581: `received` and `rport` are filled in on the top Via of each request, and responses go to the source
@@ -29,8 +29,20 @@
 //! Forked early dialogs are tracked; the first 2xx wins and any later 2xx from another fork is ACKed and
 //! immediately BYE'd (RFC 3261 §13.2.2.4). 401/407 challenges are answered from the call's credentials.
 //!
+//! Our INVITEs carry `Supported: 100rel, timer`. A provisional response with `Require: 100rel` and an `RSeq`
+//! (RFC 3262) is acknowledged with a PRACK in its early dialog (`prack.rs`); retransmitted and out-of-order ones
+//! are dropped. Responses are never checked against [`UaPolicy`]: their Require lists are not refused.
+//! Session timers (RFC 4028) are the call layer's: the endpoint carries their headers (the `*_with` methods,
+//! [`Endpoint::last_headers`], [`SessionExpires`]), and a 422 ends the call as `Rejected(422)` with the
+//! `Min-SE` readable afterwards.
+//!
+//! A send failure reported by the driver ([`Endpoint::handle_transport_error`]) fails the transactions sending
+//! there at once (RFC 3261 §17.1.4); an initial INVITE then ends with [`TerminationReason::TransportError`], so the
+//! call layer can try the next RFC 3263 target (`crate::net::dns`).
+//!
 //! Files: `mod.rs` holds the types, the transaction plumbing and timers; `incoming.rs` requests from the network;
-//! `responses.rs` responses to our requests; `api.rs` the TU-facing calls.
+//! `responses.rs` responses to our requests; `prack.rs` reliable provisionals; `session.rs` session-timer header
+//! values; `api.rs` the TU-facing calls.
 //!
 //! # Driving it
 //!
@@ -71,7 +83,11 @@
 
 mod api;
 mod incoming;
+mod prack;
 mod responses;
+mod session;
+
+pub use session::{min_se, Refresher, SessionExpires};
 
 use crate::sip::auth::{Credentials, DigestClient};
 use crate::sip::dialog::{glare_retry_delay, hdr, Dialog};
@@ -95,6 +111,16 @@ const MAX_DIALOGS_PER_CALL: usize = 16;
 
 /// Methods listed in Allow.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
+
+/// Option tags put in Supported on our INVITEs: reliable provisionals (RFC 3262, as UAC) and session timers
+/// (RFC 4028, refreshed by the call layer).
+const SUPPORTED: [&str; 2] = ["100rel", "timer"];
+
+/// Whether the comma-separated option-tag list `v` (Supported, Require) holds `token` (case-insensitive).
+fn has_token(v: &[u8], token: &str) -> bool {
+    v.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
 
 /// Endpoint configuration. Build with [`EndpointConfig::new`] and the `&mut self` setters.
 #[derive(Debug, Clone)]
@@ -229,6 +255,9 @@ pub enum TerminationReason {
     DialogGone,
     /// We rejected the peer's INVITE with this status.
     Declined(StatusCode),
+    /// The transport could not send the INVITE (RFC 3261 §17.1.4: ICMP unreachable, TCP connection refused),
+    /// reported through [`Endpoint::handle_transport_error`]. The next DNS target may be tried.
+    TransportError,
 }
 
 /// What the endpoint tells the TU (the call layer). Drain with [`Endpoint::poll_event`].
@@ -364,6 +393,8 @@ enum Owner {
     InDialog(u64),
     /// A REGISTER.
     Register(u64),
+    /// A PRACK (RFC 3262) in an early dialog of a call.
+    Prack(u64),
     /// A BYE to a surplus fork or a request nobody waits for.
     Orphan,
 }
@@ -416,6 +447,8 @@ struct Registration {
     cseq: u32,
     auth: Option<DigestClient>,
     tx: Option<TxId>,
+    /// The headers of the last final response, for the TU (Min-Expires of a 423, Contact list of a 2xx).
+    last_headers: Option<Headers>,
 }
 
 /// The UAS core's 2xx retransmission (§13.3.1.4).
@@ -453,7 +486,13 @@ struct Call {
     // re-INVITE of ours
     reinvite_tx: Option<TxId>,
     glare_retry: Option<(Instant, Bytes)>,
+    /// The extra headers of our latest re-INVITE (Session-Expires...), re-used when it is retried after 491.
+    reinvite_headers: Vec<(HeaderName, Bytes)>,
     update_tx: Option<TxId>,
+    /// RFC 3262: the RSeq of the last reliable provisional response acknowledged, per early dialog (remote tag).
+    rseq: Vec<(Bytes, u32)>,
+    /// The headers of the last message reported to the TU for this call (see [`Endpoint::last_headers`]).
+    last_headers: Option<Headers>,
     // requests of the peer waiting for the TU
     pending_invite: Option<TxId>,
     pending_update: Option<TxId>,
@@ -483,7 +522,10 @@ impl Call {
             forks: Vec::new(),
             reinvite_tx: None,
             glare_retry: None,
+            reinvite_headers: Vec::new(),
             update_tx: None,
+            rseq: Vec::new(),
+            last_headers: None,
             pending_invite: None,
             pending_update: None,
             retrans: None,
@@ -550,9 +592,10 @@ fn to_tag(h: &Headers) -> Option<Bytes> {
 impl Endpoint {
     /// A new endpoint.
     pub fn new(config: EndpointConfig) -> Self {
-        // No option tags: 100rel and session timers are not implemented, so a Require for them gets 420.
+        // Requests from the peer may require session timers (the call layer answers refreshes with
+        // `answer_invite_with`); 100rel as UAS is not implemented, so a Require for it gets 420.
         let policy = UaPolicy {
-            supported: Vec::new(),
+            supported: vec!["timer".into()],
             content_types: vec![
                 ("application".into(), "sdp".into()),
                 ("application".into(), "dtmf-relay".into()),
@@ -803,6 +846,13 @@ impl Endpoint {
         }
     }
 
+    /// Keeps `headers` as the last ones reported for call `h` ([`Self::last_headers`]).
+    fn note_headers(&mut self, h: u64, headers: &Headers) {
+        if let Some(c) = self.calls.get_mut(&h) {
+            c.last_headers = Some(headers.clone());
+        }
+    }
+
     fn send_raw(&mut self, destination: SocketAddr, payload: Bytes) {
         self.outbox.push_back(Transmit {
             destination,
@@ -841,6 +891,48 @@ impl Endpoint {
                     });
                 }
             }
+        }
+    }
+
+    /// The transport failed to send to `destination` over `transport` (ICMP unreachable, connection refused, no
+    /// route). RFC 3261 §17.1.4: every client transaction still waiting for a final response from there ends as
+    /// if it timed out, except that an initial INVITE ends with [`TerminationReason::TransportError`] so the call
+    /// layer can try the next DNS target. Server transactions are left alone (their retransmissions may still
+    /// get through, and a request's sender retries on its own).
+    pub fn handle_transport_error(
+        &mut self,
+        now: Instant,
+        destination: SocketAddr,
+        transport: Transport,
+    ) {
+        let failed: Vec<TxId> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.tx.destination() == (destination, transport) && !e.tx.has_final())
+            .map(|(k, _)| *k)
+            .collect();
+        for id in failed {
+            let Some(e) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            if let Owner::Invite(h) = e.owner {
+                // Terminate with the typed reason before the transaction's Timeout event reports `Timeout`.
+                let reason = match self.calls.get(&h) {
+                    Some(c) if c.cancel != CancelState::None => TerminationReason::Cancelled,
+                    _ => TerminationReason::TransportError,
+                };
+                let open = self
+                    .calls
+                    .get(&h)
+                    .is_some_and(|c| !c.confirmed() && c.invite_tx == Some(id));
+                if open {
+                    self.terminate(now, h, reason);
+                }
+            }
+            if let Some(e) = self.clients.get_mut(&id) {
+                e.tx.handle_transport_error();
+            }
+            self.drain_client(now, id);
         }
     }
 
@@ -912,8 +1004,9 @@ impl Endpoint {
         if let Some((at, _)) = &c.glare_retry {
             if *at <= now {
                 let sdp = c.glare_retry.take().map(|g| g.1).unwrap_or_default();
+                let extra = c.reinvite_headers.clone();
                 if let Err(EndpointError::RequestPending) =
-                    self.send_reinvite(now, CallHandle(h), sdp.clone())
+                    self.send_reinvite_with(now, CallHandle(h), sdp.clone(), extra)
                 {
                     // The peer's re-INVITE is being answered: try again after another back-off.
                     let delay = glare_retry_delay(&mut self.rng, true);

@@ -1,6 +1,7 @@
 //! Responses to our requests: INVITE (provisional, 2xx with forks, failures), re-INVITE (glare), in-dialog
 //! requests, REGISTER, and answering digest challenges.
 
+use super::prack::Reliable;
 use super::*;
 
 impl Endpoint {
@@ -38,6 +39,7 @@ impl Endpoint {
             Owner::ReInvite(h) => self.on_reinvite_response(now, h, id, &request, resp),
             Owner::InDialog(h) => self.on_in_dialog_response(now, h, &request, resp),
             Owner::Register(r) => self.on_register_response(now, r, id, &request, resp),
+            Owner::Prack(h) => self.on_prack_response(now, h, &request, resp),
             Owner::Cancel(_) | Owner::Orphan => {}
         }
     }
@@ -81,6 +83,9 @@ impl Endpoint {
             .is_success()
             .then(|| granted_expires(&resp.headers))
             .flatten();
+        if let Some(reg) = self.regs.get_mut(&r) {
+            reg.last_headers = Some(resp.headers.clone());
+        }
         self.events.push_back(Event::Registration {
             reg: RegistrationHandle(r),
             status: resp.status,
@@ -159,8 +164,19 @@ impl Endpoint {
             }
         }
         if resp.status.is_provisional() {
-            c.got_provisional = true;
             let remote_tag = to_tag(&resp.headers);
+            let reliable = if code > 100 {
+                self.classify_reliable(h, remote_tag.as_ref(), &resp)
+            } else {
+                Reliable::No
+            };
+            if reliable == Reliable::Drop {
+                return;
+            }
+            let Some(c) = self.calls.get_mut(&h) else {
+                return;
+            };
+            c.got_provisional = true;
             if let Some(tag) = remote_tag.clone() {
                 let room = c.early.len() < MAX_DIALOGS_PER_CALL;
                 match c.early.iter_mut().find(|d| d.id.remote_tag == tag) {
@@ -175,7 +191,11 @@ impl Endpoint {
             }
             let cancel_now = c.cancel == CancelState::Pending;
             let report = code > 100 && !c.terminated && c.cancel == CancelState::None;
+            if let (Reliable::New(n), Some(tag), true) = (reliable, &remote_tag, report) {
+                self.send_prack(now, h, tag, n, request);
+            }
             if report {
+                self.note_headers(h, &resp.headers);
                 self.events.push_back(Event::Provisional {
                     call: CallHandle(h),
                     status: resp.status,
@@ -218,6 +238,10 @@ impl Endpoint {
                 return;
             };
             d.state = crate::sip::dialog::DialogState::Confirmed;
+            // CSeqs go on from the early dialog's (a PRACK used one, RFC 3262 §4).
+            if let Some(e) = c.early.iter().find(|e| e.id.remote_tag == tag) {
+                d.local_seq = d.local_seq.max(e.local_seq);
+            }
             c.early.clear();
             c.dialog = Some(d);
             c.cancel_deadline = None;
@@ -230,6 +254,7 @@ impl Endpoint {
                 self.send_bye_now(now, h);
                 self.terminate(now, h, TerminationReason::Cancelled);
             } else {
+                self.note_headers(h, &resp.headers);
                 self.events.push_back(Event::Answered {
                     call: CallHandle(h),
                     body: resp.body,
@@ -253,6 +278,8 @@ impl Endpoint {
         } else {
             TerminationReason::Rejected(resp.status)
         };
+        // A 422's Min-SE, a 503's Retry-After... stay readable through `last_headers`.
+        self.note_headers(h, &resp.headers);
         self.terminate(now, h, reason);
     }
 
@@ -356,6 +383,7 @@ impl Endpoint {
             }
             self.auth_done(h);
             self.send_ack(h, seq, request);
+            self.note_headers(h, &resp.headers);
             self.events.push_back(Event::Response {
                 call: CallHandle(h),
                 method: Method::Invite,
@@ -387,12 +415,15 @@ impl Endpoint {
                 self.send_bye_now(now, h);
                 self.terminate(now, h, TerminationReason::Timeout);
             }
-            _ => self.events.push_back(Event::Response {
-                call: CallHandle(h),
-                method: Method::Invite,
-                status: resp.status,
-                body: resp.body,
-            }),
+            _ => {
+                self.note_headers(h, &resp.headers);
+                self.events.push_back(Event::Response {
+                    call: CallHandle(h),
+                    method: Method::Invite,
+                    status: resp.status,
+                    body: resp.body,
+                });
+            }
         }
     }
 
@@ -429,6 +460,7 @@ impl Endpoint {
             return;
         }
         if !c.terminated {
+            c.last_headers = Some(resp.headers.clone());
             self.events.push_back(Event::Response {
                 call: CallHandle(h),
                 method: request.method.clone(),
@@ -455,7 +487,7 @@ fn granted_expires(h: &Headers) -> Option<u32> {
 }
 
 /// Answers a 401/407 from `auth`: the header to add and its value, or `None` when we cannot or must not retry.
-fn answer_challenge(
+pub(super) fn answer_challenge(
     auth: &mut DigestClient,
     request: &Request,
     resp: &Response,
@@ -482,7 +514,13 @@ fn answer_challenge(
 }
 
 /// Prepares a copy of a challenged request for re-sending: new top Via (branch), new CSeq, credentials.
-fn resend_headers(req: &mut Request, via: Bytes, seq: u32, answer_hdr: HeaderName, value: String) {
+pub(super) fn resend_headers(
+    req: &mut Request,
+    via: Bytes,
+    seq: u32,
+    answer_hdr: HeaderName,
+    value: String,
+) {
     let others: Vec<Bytes> = req.headers.values(&HeaderName::Via).skip(1).collect();
     req.headers.remove(&HeaderName::Via);
     req.headers.push(HeaderName::Via, via);

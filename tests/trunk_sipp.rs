@@ -1,0 +1,481 @@
+//! The trunk side against outside implementations on loopback: SIPp as a UAS sending reliable provisionals
+//! (PRACK), SIPp as a registrar (refresh and removal through the `RegistrationAgent`), and RFC 3263 failover with
+//! a real DNS server (dnsmasq) pointing at a failing first target and a working second one.
+//!
+//! Needs `sipp` (Debian `sip-tester`) and `dnsmasq` (Debian `dnsmasq-base`); `scripts/test.sh` installs both.
+
+use bytes::Bytes;
+use rappel::net::dns::{Failover, SipResolver, Target};
+use rappel::net::sip::{SipClient, SipDriver};
+use rappel::net::transport::SipTransportConfig;
+use rappel::sip::auth::Credentials;
+use rappel::sip::endpoint::{
+    CallHandle, EndpointConfig, Event, InviteRequest, RegisterRequest, TerminationReason,
+};
+use rappel::sip::message::{StatusCode, Uri};
+use rappel::sip::register::{RegistrationAgent, RegistrationEvent, RegistrationPolicy};
+use rappel::sip::transaction::Transport;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const EVENT_WAIT: Duration = Duration::from_secs(20);
+
+fn localhost() -> IpAddr {
+    "127.0.0.1".parse().unwrap()
+}
+
+/// A child process killed (by its PID) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Sipp {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Sipp {
+    fn uas(scenario: &str, port: u16, tcp: bool) -> Sipp {
+        let path = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+        assert!(std::path::Path::new(&path).exists(), "missing {path}");
+        let child = Command::new("sipp")
+            .args(["-sf", &path, "-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-t", if tcp { "t1" } else { "u1" }])
+            .args(["-m", "1", "-nostdin", "-timeout", "60s", "-mp"])
+            .args(if std::env::var_os("SIPP_TRACE").is_some() {
+                &["-trace_msg", "-trace_err"][..]
+            } else {
+                &[][..]
+            })
+            .arg(free_port().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp not found: install Debian's sip-tester (scripts/test.sh does)");
+        wait_bound(port, tcp);
+        Sipp {
+            proc: Proc(child),
+            addr: SocketAddr::new(localhost(), port),
+        }
+    }
+
+    /// Waits for SIPp to finish its one call; its exit code (0: the scenario ran to the end).
+    async fn finish(mut self) -> i32 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.proc.0.try_wait().expect("wait sipp") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sipp did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling a child process: no event to await
+        }
+    }
+}
+
+/// Waits until some process has bound `port` (listening, for TCP), read from /proc/net.
+fn wait_bound(port: u16, tcp: bool) {
+    let needle = format!(":{port:04X} ");
+    let files: &[&str] = if tcp {
+        &["/proc/net/tcp", "/proc/net/tcp6"]
+    } else {
+        &["/proc/net/udp", "/proc/net/udp6"]
+    };
+    for _ in 0..500 {
+        let bound = files.iter().any(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| {
+                t.lines().skip(1).any(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    cols.get(1)
+                        .is_some_and(|a| format!("{a} ").ends_with(&needle))
+                        && (!tcp || cols.get(3) == Some(&"0A"))
+                })
+            })
+        });
+        if bound {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
+    }
+    panic!("nothing bound port {port}");
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1.
+fn free_port() -> u16 {
+    loop {
+        let s = UdpSocket::bind((localhost(), 0)).expect("bind");
+        let port = s.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind((localhost(), port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// dnsmasq serving only the given records for `*.test`, on 127.0.0.1:port.
+struct Dns {
+    _proc: Proc,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Dns {
+    fn start(records: &[String]) -> Dns {
+        let bin = ["/usr/sbin/dnsmasq", "/sbin/dnsmasq", "dnsmasq"]
+            .into_iter()
+            .find(|b| !b.starts_with('/') || std::path::Path::new(b).exists())
+            .unwrap();
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("dnsmasq.pid");
+        let mut cmd = Command::new(bin);
+        cmd.args(["-k", "--no-resolv", "--no-hosts", "--conf-file=/dev/null"])
+            .arg(format!("--port={port}"))
+            .args(["--listen-address=127.0.0.1", "--bind-interfaces"])
+            .arg("--local=/test/")
+            .arg(format!("--pid-file={}", pid.display()))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if std::env::var("USER").is_ok_and(|u| u == "root") || std::env::var_os("USER").is_none() {
+            cmd.arg("--user=root");
+        }
+        let child = cmd
+            .spawn()
+            .expect("dnsmasq not found: install Debian's dnsmasq-base (scripts/test.sh does)");
+        wait_bound(port, false);
+        Dns {
+            _proc: Proc(child),
+            addr: SocketAddr::new(localhost(), port),
+            _dir: dir,
+        }
+    }
+}
+
+async fn start_driver(transport: Transport) -> SipDriver {
+    let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut ep = EndpointConfig::new(bind);
+    ep.user_agent("rappel-test").transport(transport);
+    SipDriver::start(SipTransportConfig::new(bind), ep)
+        .await
+        .expect("start SIP driver")
+}
+
+fn offer() -> Bytes {
+    Bytes::from_static(
+        b"v=0\r\no=rappel 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+          m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+    )
+}
+
+async fn invite(client: &SipClient, target: &str, next_hop: SocketAddr) -> CallHandle {
+    let req = InviteRequest {
+        target: target.into(),
+        from: "sip:rappel@127.0.0.1".into(),
+        to: None,
+        next_hop,
+        sdp: offer(),
+        credentials: None,
+        extra_headers: vec![],
+    };
+    client
+        .exec(move |ep, now| ep.start_invite(now, req))
+        .await
+        .expect("driver")
+        .expect("start_invite")
+}
+
+async fn next_event(events: &mut mpsc::Receiver<Event>) -> Event {
+    tokio::time::timeout(EVENT_WAIT, events.recv())
+        .await
+        .expect("timed out waiting for an event")
+        .expect("driver stopped")
+}
+
+/// Events of `call` up to Answered or Terminated; returns the provisional statuses seen and the outcome.
+async fn outcome(
+    events: &mut mpsc::Receiver<Event>,
+    call: CallHandle,
+) -> (Vec<u16>, Result<(), TerminationReason>) {
+    let mut prov = Vec::new();
+    loop {
+        match next_event(events).await {
+            Event::Provisional {
+                call: c, status, ..
+            } if c == call => prov.push(status.as_u16()),
+            Event::Answered { call: c, .. } if c == call => return (prov, Ok(())),
+            Event::Terminated { call: c, reason } if c == call => return (prov, Err(reason)),
+            _ => {}
+        }
+    }
+}
+
+async fn hang_up(client: &SipClient, events: &mut mpsc::Receiver<Event>, call: CallHandle) {
+    client
+        .exec(move |ep, now| ep.send_bye(now, call))
+        .await
+        .expect("driver")
+        .expect("send_bye");
+    loop {
+        if let Event::Terminated { call: c, reason } = next_event(events).await {
+            if c == call {
+                assert_eq!(reason, TerminationReason::LocalBye);
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn reliable_183_is_pracked() {
+    let sipp = Sipp::uas("uas_prack.xml", free_port(), false);
+    let mut d = start_driver(Transport::Udp).await;
+    let call = invite(&d.client, &format!("sip:visitor@{}", sipp.addr), sipp.addr).await;
+    let (prov, result) = outcome(&mut d.events, call).await;
+    assert_eq!(result, Ok(()));
+    assert_eq!(
+        prov,
+        vec![183],
+        "the 183 reported once, its retransmissions not"
+    );
+    hang_up(&d.client, &mut d.events, call).await;
+    assert_eq!(
+        sipp.finish().await,
+        0,
+        "SIPp saw Supported: 100rel, a PRACK with RAck 1 1 INVITE, ACK and BYE"
+    );
+}
+
+#[tokio::test]
+async fn registration_refreshed_and_removed_at_a_registrar() {
+    let sipp = Sipp::uas("registrar.xml", free_port(), false);
+    let mut d = start_driver(Transport::Udp).await;
+    let req = RegisterRequest {
+        registrar: format!("sip:{}", sipp.addr),
+        aor: "sip:rappel@trunk.test".into(),
+        next_hop: sipp.addr,
+        expires: 4,
+        credentials: Some(Credentials {
+            username: "rappel".into(),
+            password: "secret".into(),
+            realm: None,
+        }),
+    };
+    let agent = Arc::new(Mutex::new(RegistrationAgent::new(
+        req,
+        RegistrationPolicy::default(),
+    )));
+    let a = agent.clone();
+    d.client
+        .exec(move |ep, now| a.lock().unwrap().start(now, ep))
+        .await
+        .unwrap()
+        .unwrap();
+    // The owner's loop: endpoint events into the agent, the agent's timer, its events out.
+    let mut seen: Vec<(tokio::time::Instant, RegistrationEvent)> = Vec::new();
+    let begin = tokio::time::Instant::now();
+    let mut shut = false;
+    loop {
+        let wake = agent.lock().unwrap().poll_timeout();
+        let sleep = async {
+            match wake {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let a = agent.clone();
+        let out: Vec<RegistrationEvent> = tokio::select! {
+            ev = next_event(&mut d.events) => d.client.exec(move |ep, now| {
+                let mut g = a.lock().unwrap();
+                assert!(g.handle_event(now, ep, &ev), "{ev:?}");
+                std::iter::from_fn(|| g.poll_event()).collect()
+            }).await.unwrap(),
+            () = sleep => d.client.exec(move |ep, now| {
+                let mut g = a.lock().unwrap();
+                g.handle_timeout(now, ep);
+                std::iter::from_fn(|| g.poll_event()).collect()
+            }).await.unwrap(),
+        };
+        let now = tokio::time::Instant::now();
+        for e in out {
+            seen.push((now, e));
+        }
+        let registered = seen
+            .iter()
+            .filter(|(_, e)| matches!(e, RegistrationEvent::Registered { .. }))
+            .count();
+        if registered == 2 && !shut {
+            shut = true;
+            let a = agent.clone();
+            d.client
+                .exec(move |ep, now| a.lock().unwrap().shutdown(now, ep))
+                .await
+                .unwrap();
+        }
+        if matches!(
+            seen.last(),
+            Some((_, RegistrationEvent::Unregistered { .. }))
+        ) {
+            break;
+        }
+        assert!(begin.elapsed() < Duration::from_secs(20), "{seen:?}");
+    }
+    let kinds: Vec<RegistrationEvent> = seen.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            RegistrationEvent::Registered { expires: 4 },
+            RegistrationEvent::Registered { expires: 4 },
+            RegistrationEvent::Unregistered { removed: true },
+        ]
+    );
+    // The refresh came about 2 s (4/2) after the first binding, before it expired (SIPp also waits at most 4 s).
+    let gap = seen[1].0 - seen[0].0;
+    assert!(
+        gap >= Duration::from_millis(1900) && gap < Duration::from_secs(4),
+        "{gap:?}"
+    );
+    assert_eq!(
+        sipp.finish().await,
+        0,
+        "SIPp verified credentials and Expires"
+    );
+}
+
+/// Resolves through dnsmasq, then places the call target after target as `Failover` says.
+async fn call_with_failover(
+    d: &mut SipDriver,
+    resolver: &SipResolver,
+    uri: &str,
+) -> (Vec<Target>, Vec<Result<(), TerminationReason>>, CallHandle) {
+    let targets = resolver.resolve(&Uri::parse(uri).unwrap()).await.unwrap();
+    let mut f = Failover::new(targets.clone());
+    let mut results = Vec::new();
+    let mut t = f.next_target().expect("a target");
+    loop {
+        let call = invite(&d.client, uri, t.addr).await;
+        let (_, r) = outcome(&mut d.events, call).await;
+        results.push(r);
+        match r {
+            Ok(()) => return (targets, results, call),
+            Err(reason) => match f.after(&reason) {
+                Some(next) => t = next,
+                None => panic!("no target left after {results:?}"),
+            },
+        }
+    }
+}
+
+#[tokio::test]
+async fn dns_srv_failover_from_a_503_to_the_next_priority() {
+    let (p1, p2) = (free_port(), free_port());
+    let dns = Dns::start(&[
+        "--naptr-record=trunk.test,10,50,s,SIP+D2U,,_sip._udp.trunk.test".into(),
+        format!("--srv-host=_sip._udp.trunk.test,sip-a.trunk.test,{p1},10,50"),
+        format!("--srv-host=_sip._udp.trunk.test,sip-b.trunk.test,{p2},20,50"),
+        "--host-record=sip-a.trunk.test,127.0.0.1".into(),
+        "--host-record=sip-b.trunk.test,127.0.0.1".into(),
+        "--host-record=plain.test,127.0.0.2".into(),
+    ]);
+    let resolver = SipResolver::with_nameservers(&[dns.addr]).unwrap().seed(1);
+    // The other RFC 3263 branches against the same server.
+    let udp = |ip: [u8; 4], port| Target {
+        transport: Transport::Udp,
+        addr: SocketAddr::from((ip, port)),
+    };
+    let r = |u: &str| Uri::parse(u).unwrap();
+    assert_eq!(
+        resolver.resolve(&r("sip:plain.test")).await.unwrap(),
+        vec![udp([127, 0, 0, 2], 5060)],
+        "no NAPTR, no SRV: A on 5060"
+    );
+    assert_eq!(
+        resolver
+            .resolve(&r("sip:x@sip-b.trunk.test:5080"))
+            .await
+            .unwrap(),
+        vec![udp([127, 0, 0, 1], 5080)],
+        "explicit port: A only"
+    );
+    assert_eq!(
+        resolver.resolve(&r("sip:x@192.0.2.7")).await.unwrap(),
+        vec![udp([192, 0, 2, 7], 5060)],
+        "numeric host: no DNS"
+    );
+    assert!(resolver.resolve(&r("sip:nothing.test")).await.is_err());
+
+    let bad = Sipp::uas("uas_503.xml", p1, false);
+    let good = Sipp::uas("uas_answer.xml", p2, false);
+    let mut d = start_driver(Transport::Udp).await;
+    let (targets, results, call) =
+        call_with_failover(&mut d, &resolver, "sip:visitor@trunk.test").await;
+    assert_eq!(
+        targets,
+        vec![udp([127, 0, 0, 1], p1), udp([127, 0, 0, 1], p2)]
+    );
+    assert_eq!(
+        results,
+        vec![
+            Err(TerminationReason::Rejected(StatusCode::SERVICE_UNAVAILABLE)),
+            Ok(())
+        ]
+    );
+    hang_up(&d.client, &mut d.events, call).await;
+    assert_eq!(
+        bad.finish().await,
+        0,
+        "the first target answered 503 and got its ACK"
+    );
+    assert_eq!(
+        good.finish().await,
+        0,
+        "the call completed through the second target"
+    );
+}
+
+#[tokio::test]
+async fn dns_srv_failover_over_tcp_from_a_dead_target() {
+    // Nothing listens on the first target: the TCP connect is refused, the driver reports the transport error,
+    // the INVITE ends at once with TransportError and the second target takes the call.
+    let (dead, p2) = (free_port(), free_port());
+    let dns = Dns::start(&[
+        format!("--srv-host=_sip._tcp.tcp.test,sip-a.tcp.test,{dead},10,0"),
+        format!("--srv-host=_sip._tcp.tcp.test,sip-b.tcp.test,{p2},20,0"),
+        "--host-record=sip-a.tcp.test,127.0.0.1".into(),
+        "--host-record=sip-b.tcp.test,127.0.0.1".into(),
+    ]);
+    let resolver = SipResolver::with_nameservers(&[dns.addr]).unwrap();
+    let good = Sipp::uas("uas_answer.xml", p2, true);
+    let mut d = start_driver(Transport::Tcp).await;
+    let begin = tokio::time::Instant::now();
+    let (targets, results, call) =
+        call_with_failover(&mut d, &resolver, "sip:visitor@tcp.test").await;
+    let tcp = |port| Target {
+        transport: Transport::Tcp,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    };
+    assert_eq!(
+        targets,
+        vec![tcp(dead), tcp(p2)],
+        "no NAPTR, no UDP SRV: the TCP SRV"
+    );
+    assert_eq!(
+        results,
+        vec![Err(TerminationReason::TransportError), Ok(())]
+    );
+    assert!(
+        begin.elapsed() < Duration::from_secs(10),
+        "failed over on the refused connection, not at Timer B (32 s)"
+    );
+    hang_up(&d.client, &mut d.events, call).await;
+    assert_eq!(good.finish().await, 0);
+}
