@@ -159,9 +159,11 @@ async fn flow(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = args()?;
-    let (_p1, visitor_addr) = sipp_peer();
-    let (_p2, agent_addr) = sipp_peer();
-    let engine = Engine::builder().rtp_ports(30_000, 49_999).start().await?;
+    let (mut p1, visitor_addr) = sipp_peer();
+    let (mut p2, agent_addr) = sipp_peer();
+    // Away from the 30000-39999 that rtpengine and the relay benchmarks use on this shared machine; a pair the
+    // kernel's ephemeral range (32768-60999) happens to hold is skipped by the relay driver.
+    let engine = Engine::builder().rtp_ports(44_000, 65_534).start().await?;
     let music = Playlist::new().then(PlayItem::Loop {
         clip: ToneSpec::ringback(Country::Fr).render(),
         duration: None,
@@ -235,6 +237,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pct(0.99)
     );
     engine.shutdown(rappel::ShutdownMode::HangUp).await;
+    // A peer that exited during the run (crashed, or killed from outside) explains failures: say so.
+    let peers_alive = [&mut p1, &mut p2]
+        .iter_mut()
+        .all(|p| matches!(p.0.try_wait(), Ok(None)));
+    if !peers_alive {
+        eprintln!("a SIPp peer exited during the run: failures are not the engine's");
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -245,6 +254,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "rate": a.rate,
             "hold_ms": a.hold_ms,
             "talk_ms": a.talk_ms,
+            "peers_alive": peers_alive,
             "setup_p50_ms": pct(0.5),
             "setup_p99_ms": pct(0.99),
         })

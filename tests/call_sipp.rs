@@ -430,3 +430,136 @@ async fn shutdown_hangs_up_every_leg_and_refuses_new_calls() {
     assert_eq!(p1.finish().await, 0, "BYE");
     assert_eq!(p2.finish().await, 0, "CANCEL");
 }
+
+#[tokio::test]
+async fn dtmf_from_the_peer_becomes_a_leg_event() {
+    let peer = Sipp::uas("call_peer_dtmf.xml", &[]);
+    let e = engine().await;
+    let mut leg = e
+        .call(&peer.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    let (digit, duration) = loop {
+        match within(leg.next_event()).await {
+            Some(LegEvent::Dtmf { digit, duration }) => break (digit, duration),
+            Some(_) => {}
+            None => panic!("ended before any DTMF"),
+        }
+    };
+    assert_eq!(digit.to_char(), '1');
+    assert!(duration > Duration::ZERO, "{duration:?}");
+    leg.hangup().await.unwrap();
+    within(leg.ended()).await.unwrap();
+    assert_eq!(peer.finish().await, 0);
+}
+
+#[tokio::test]
+async fn agent_pressing_hold_gives_the_visitor_hold_music() {
+    use rappel::media::player::{PlayItem, Playlist};
+    use rappel::media::tone::{Country, ToneSpec};
+    let visitor_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let agent_peer = Sipp::uas("call_peer_remote_hold.xml", &[]);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&visitor_peer.uri("v"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e
+        .call(&agent_peer.uri("a"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let music = Playlist::new().then(PlayItem::Loop {
+        clip: ToneSpec::ringback(Country::Fr).render(),
+        duration: None,
+    });
+    let opts = BridgeOptions {
+        hold_music: Some(music),
+        ..BridgeOptions::default()
+    };
+    let mut bridge = e.bridge(&visitor, &agent, opts).await.unwrap();
+    let mut agent_events = Vec::new();
+    while let Some(ev) = within(agent.next_event()).await {
+        agent_events.push(ev);
+    }
+    assert!(
+        agent_events.contains(&LegEvent::RemoteHold),
+        "{agent_events:?}"
+    );
+    let bcdr = within(bridge.ended()).await.unwrap();
+    assert_eq!(bcdr.ended_by_leg, Some(agent.id().0));
+    let v = within(visitor.ended()).await.unwrap();
+    // Nobody sent the visitor audio but the music: 1.5 s of hold is about 75 frames.
+    assert!(v.media.packets_out >= 50, "{:?}", v.media);
+    assert!(
+        v.media.packets_in >= 40,
+        "the visitor's peer echoed the music: {:?}",
+        v.media
+    );
+    assert_eq!(
+        agent_peer.finish().await,
+        0,
+        "SIPp got a recvonly answer to its hold, then the 200 to BYE"
+    );
+    assert_eq!(visitor_peer.finish().await, 0);
+}
+
+#[tokio::test]
+async fn bridge_aligns_a_pcma_leg_with_a_pcmu_leg_by_reinvite() {
+    let visitor_peer = Sipp::uas("call_peer_echo.xml", &[]);
+    let agent_peer = Sipp::uas("call_peer_pcma.xml", &[]);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&visitor_peer.uri("v"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e
+        .call(&agent_peer.uri("a"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let mut bridge = within(e.bridge(&visitor, &agent, BridgeOptions::default()))
+        .await
+        .expect("aligned by re-INVITE");
+    visitor.hangup().await.unwrap();
+    within(bridge.ended()).await.unwrap();
+    within(agent.ended()).await.unwrap();
+    assert_eq!(
+        agent_peer.finish().await,
+        0,
+        "SIPp saw the re-INVITE offering PCMU, then BYE"
+    );
+    assert_eq!(visitor_peer.finish().await, 0);
+}
+
+#[tokio::test]
+async fn the_visitor_hears_our_ringback_while_the_agent_rings() {
+    use rappel::EarlyMedia;
+    let visitor_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let agent_peer = Sipp::uas("uas_noanswer.xml", &[]);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&visitor_peer.uri("v"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let opts = CallOptions::default()
+        .ring_timeout(Duration::from_secs(1))
+        .early_media(visitor.id(), EarlyMedia::Ringback);
+    let mut agent = e.call(&agent_peer.uri("a"), opts).await.unwrap();
+    let a = within(agent.ended()).await.unwrap();
+    assert_eq!(a.end_cause, EndCause::RingTimeout);
+    // The ringback stopped with the agent's end: whatever the visitor got, it got while the agent rang.
+    visitor.hangup().await.unwrap();
+    let v = within(visitor.ended()).await.unwrap();
+    assert!(
+        (35..=60).contains(&v.media.packets_out),
+        "about 1 s of 20 ms ringback frames: {:?}",
+        v.media
+    );
+    assert_eq!(agent_peer.finish().await, 0);
+    assert_eq!(visitor_peer.finish().await, 0);
+}

@@ -735,3 +735,41 @@ fn prompts_load_from_wav_files() {
     files.apology = dir.path().join("missing.wav");
     assert!(Prompts::load(&files).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn agent_admin_gates_who_is_called() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::default();
+    let mut h = Harness::start(config(&["alice"]), sqlite(&dir, &log), log.clone()).await;
+    h.svc.pause("alice").await.unwrap();
+    assert!(matches!(
+        h.svc.pause("nobody").await,
+        Err(ServiceError::Agent(_))
+    ));
+    let id = h.svc.submit(visitor("+33 6 88 88 88 03")).await.unwrap().id;
+    let (vcall, _) = dialled(&h.next_command().await);
+    h.phone(vcall, CallEvent::Answered);
+    assert_eq!(h.next_command().await, Entry::Play(vcall, "greeting"));
+    h.until_state(id, State::Holding).await;
+    // Paused: nobody is called while the visitor holds.
+    assert_eq!(
+        h.svc.status(id).await.unwrap().unwrap().state,
+        State::Holding
+    );
+    assert!(!h
+        .log()
+        .iter()
+        .any(|e| matches!(e, Entry::Dial(_, t) if t.contains("alice"))));
+    h.svc.sign_out("alice").await.unwrap();
+    h.svc.resume("alice").await.unwrap();
+    assert!(!h
+        .log()
+        .iter()
+        .any(|e| matches!(e, Entry::Dial(_, t) if t.contains("alice"))));
+    // Signed in again: called at once for the held visitor.
+    h.svc.sign_in("alice").await.unwrap();
+    let (_, target) = dialled(&h.next_command().await);
+    assert_eq!(target, "sip:alice@agents.test");
+    h.until_state(id, State::CallingAgent).await;
+    h.svc.shutdown().await;
+}

@@ -491,8 +491,14 @@ fn main() {
         .filter(|(name, _)| filter.is_none_or(|f| name.contains(f.as_str())))
         .collect();
     println!("running {} tests", chosen.len());
+    let started = std::time::Instant::now();
+    let n = chosen.len();
     for (name, test) in chosen {
         test();
         println!("test {name} ... ok");
     }
+    println!(
+        "\ntest result: ok. {n} passed; 0 failed; finished in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
 }

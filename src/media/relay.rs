@@ -220,6 +220,15 @@ pub enum Event {
         /// The leg.
         leg: LegId,
     },
+    /// An RFC 4733 telephone-event packet (DTMF) arrived from the leg's latched peer.
+    TelephoneEvent {
+        /// The leg.
+        leg: LegId,
+        /// Its RTP timestamp (the event's start).
+        timestamp: u32,
+        /// The 4-byte event payload (event, E/R/volume, duration).
+        payload: [u8; 4],
+    },
 }
 
 /// Errors of the control API (never of the per-packet path, which counts drops instead).
@@ -590,6 +599,12 @@ impl Relay {
             return Action::Drop(DropReason::UnknownLeg);
         };
         let len = pkt.len();
+        // RFC 4733 telephone-event from the peer: reported (after the source checks) so the call layer can
+        // decode DTMF whether or not the leg is bridged. One compare per packet when DTMF was negotiated.
+        let dtmf = match (src.cfg.telephone_event_pt, pkt.get(1), pkt.get(12..16)) {
+            (Some(te), Some(b), Some(p)) if b & 0x7f == te => <[u8; 4]>::try_from(p).ok(),
+            _ => None,
+        };
         let mut h = match RtpHeader::new(pkt) {
             Ok(h) => h,
             Err(_) => return src.drop(DropReason::Malformed),
@@ -615,6 +630,13 @@ impl Relay {
             ts,
             duration_to_ticks(since_epoch, src.cfg.clock_rate),
         );
+        if let Some(payload) = dtmf {
+            self.events.push_back(Event::TelephoneEvent {
+                leg,
+                timestamp: ts,
+                payload,
+            });
+        }
         let Some(sink) = src.sink else {
             return src.drop(DropReason::NoSink);
         };

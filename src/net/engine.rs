@@ -16,6 +16,7 @@ use crate::call::{
     BridgeCdr, BridgeEvent, BridgeId, BridgeOptions, CallError, CallOptions, Cdr, EarlyMedia,
     EndCause, LegEvent, LegId, MediaCounters, ShutdownMode,
 };
+use crate::media::dtmf::DtmfReceiver;
 use crate::media::g711::Law;
 use crate::media::player::{PlayItem, PlayerEvent, PlayerId, PlayerOptions, PlayerSet, Playlist};
 use crate::media::relay::{LegConfig, LegStats, RelayConfig, Source};
@@ -486,6 +487,8 @@ struct LegRec {
     bridge: Option<u64>,
     /// A bridge waiting for this leg's codec re-INVITE.
     aligning: Option<u64>,
+    /// DTMF decoder, created with the first telephone-event packet.
+    dtmf: Option<DtmfReceiver>,
     span: tracing::Span,
 }
 
@@ -528,7 +531,7 @@ struct Task {
 }
 
 /// How often at most the endpoint's deadline is recomputed (see [`Task::run`]).
-const EP_RECHECK: Duration = Duration::from_millis(5);
+const EP_RECHECK: Duration = Duration::from_millis(20);
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -569,6 +572,11 @@ impl Task {
                     Some(DriverEvent::Relay(crate::media::relay::Event::Inactive { leg })) => {
                         tracing::debug!(?leg, "RTP inactive");
                     }
+                    Some(DriverEvent::Relay(crate::media::relay::Event::TelephoneEvent {
+                        leg,
+                        timestamp,
+                        payload,
+                    })) => self.telephone_event(leg, timestamp, payload),
                     Some(_) => {}
                     None => relay_open = false,
                 },
@@ -619,6 +627,28 @@ impl Task {
                 }
                 armed = next;
             }
+        }
+    }
+
+    /// DTMF from a leg's peer (RFC 4733): one [`LegEvent::Dtmf`] per key press.
+    fn telephone_event(
+        &mut self,
+        rid: crate::media::relay::LegId,
+        timestamp: u32,
+        payload: [u8; 4],
+    ) {
+        let Some(l) = self.by_relay.get(&rid).and_then(|id| self.legs.get_mut(id)) else {
+            return;
+        };
+        let rx = l.dtmf.get_or_insert_with(|| DtmfReceiver::new(8000));
+        if rx.handle_packet(timestamp, &payload).is_err() {
+            return;
+        }
+        while let Some(ev) = rx.poll_event() {
+            let _ = l.events.send(LegEvent::Dtmf {
+                digit: ev.digit,
+                duration: ev.duration,
+            });
         }
     }
 
@@ -728,6 +758,7 @@ impl Task {
                         playing: false,
                         bridge: None,
                         aligning: None,
+                        dtmf: None,
                         span,
                     },
                 );
