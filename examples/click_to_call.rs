@@ -10,11 +10,12 @@
 //! - `--config FILE`: a TOML file (see `rappel::config`); a bad file exits with status 2 and names the key.
 //! - `--http ADDR`: serve HTTP there instead (tests use a free port).
 //!
-//! Ctrl-C (SIGINT) or SIGTERM stops it: calls up are hung up. In demo mode the phones' counters are printed then.
+//! Ctrl-C (SIGINT) or SIGTERM stops it: calls up are hung up. It prints the RTP totals of the calls
+//! that ended (and, in demo mode, the demo phones' counters).
 
 use std::net::SocketAddr;
 
-use rappel::app::{phone_stats_line, App, AppError};
+use rappel::app::{media_totals_line, phone_stats_line, App, AppError};
 use rappel::config::{exit_code, Config};
 
 fn main() {
@@ -70,6 +71,7 @@ fn run() -> i32 {
         }
         stop_signal().await;
         println!("stopping");
+        println!("engine rtp: {}", media_totals_line(app.media_totals()));
         if let Some(d) = app.demo_phones() {
             println!("visitor phone: {}", phone_stats_line(d.visitor.stats()));
             for a in &d.agents {

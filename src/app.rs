@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::callback::calls::{EngineCalls, Prompts};
+use crate::callback::calls::{EngineCalls, MediaTotals, Prompts};
 use crate::callback::service::{CallbackService, ServiceError, SystemClock};
 use crate::callback::store::{SqliteStore, StoreError};
 use crate::config::{Config, ConfigError};
@@ -80,6 +80,7 @@ pub struct App {
     server: tokio::task::JoinHandle<io::Result<()>>,
     stop: tokio::sync::watch::Sender<bool>,
     demo: Option<DemoPhones>,
+    media: Arc<MediaTotals>,
 }
 
 /// The demo's configuration: the trunk is the visitor phone, agents alice and bob, any country.
@@ -169,6 +170,7 @@ impl App {
             });
         }
         let calls = EngineCalls::new(engine.clone(), options, None);
+        let media = calls.media_totals();
         let mut service_config = config.service_config();
         service_config.prompts = prompts(config)?;
         let store = SqliteStore::open(&config.store.path)?;
@@ -195,6 +197,7 @@ impl App {
             server,
             stop,
             demo: None,
+            media,
         })
     }
 
@@ -249,6 +252,11 @@ impl App {
         &self.service
     }
 
+    /// RTP totals of the calls that ended by the far end's hang-up or a failure (see [`MediaTotals`]).
+    pub fn media_totals(&self) -> &MediaTotals {
+        &self.media
+    }
+
     /// The demo phones (demo mode only).
     pub fn demo_phones(&self) -> Option<&DemoPhones> {
         self.demo.as_ref()
@@ -279,5 +287,16 @@ pub fn phone_stats_line(s: &PhoneStats) -> String {
         s.ended.load(Relaxed),
         s.rtp_sent.load(Relaxed),
         s.rtp_received.load(Relaxed)
+    )
+}
+
+/// One line of RTP totals: `legs 1 packets_in 150 packets_out 160`.
+pub fn media_totals_line(m: &MediaTotals) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    format!(
+        "legs {} packets_in {} packets_out {}",
+        m.legs.load(Relaxed),
+        m.packets_in.load(Relaxed),
+        m.packets_out.load(Relaxed)
     )
 }

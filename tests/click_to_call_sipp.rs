@@ -1,7 +1,8 @@
 //! The `click_to_call` example with a real configuration file against two SIPp UAS on loopback: the visitors'
 //! trunk (answers PCMU, echoes RTP, hangs up 3 s after its ACK) and agent alice (answers, echoes RTP, takes our
 //! BYE). A POST to the API; the request's timeline is followed over the API until `completed`; each SIPp exits 0
-//! only if its scenario ran to the end (INVITE, ACK, BYE and its 200 in the expected direction).
+//! only if its scenario ran to the end (INVITE, ACK, BYE and its 200 in the expected direction); the binary's RTP
+//! totals show packets both ways on the trunk leg.
 //!
 //! Needs the `sipp` binary (Debian package `sip-tester`).
 
@@ -160,6 +161,20 @@ allowed_countries = ["FR"]
         "trunk SIPp: INVITE, ACK, its BYE answered"
     );
     assert_eq!(agent.finish().await, 0, "agent SIPp: INVITE, ACK, our BYE");
-    let (code, _) = server.stop().await;
-    assert_eq!(code, Some(0));
+    let (code, out) = server.stop().await;
+    assert_eq!(code, Some(0), "{out}");
+    // The trunk leg ended by the SIPp's BYE, so its CDR was read: prompts went out to the trunk and SIPp's
+    // echo of them came back in.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("engine rtp:"))
+        .unwrap_or_else(|| panic!("no RTP totals in {out}"));
+    let field = |name: &str| -> u64 {
+        let mut it = line.split_whitespace();
+        it.find(|w| *w == name);
+        it.next().and_then(|v| v.parse().ok()).expect("counter")
+    };
+    assert!(field("legs") >= 1, "{line}");
+    assert!(field("packets_out") > 10, "RTP to the trunk: {line}");
+    assert!(field("packets_in") > 10, "RTP from the trunk: {line}");
 }
