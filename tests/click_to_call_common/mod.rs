@@ -1,8 +1,10 @@
 //! Running the built `click_to_call` example as a separate process: start it on a free HTTP port, wait until
 //! `/healthz` answers, talk to its API, stop it with SIGTERM (by the PID we started) and read what it printed.
 //!
-//! Cargo builds examples for `cargo test --all-targets` (and `cargo test`); the binary sits next to the test
-//! binary's directory: `target/<profile>/examples/click_to_call`.
+//! The binary is `target/<profile>/examples/click_to_call`, found from the test binary's path. `cargo test
+//! --all-targets` compiles examples only as test harnesses, so `scripts/test.sh` runs `cargo build --examples`
+//! first; a missing binary, or one older than the sources, fails the test with that advice rather than testing
+//! stale code.
 
 #![allow(dead_code)]
 
@@ -26,12 +28,36 @@ pub fn binary() -> PathBuf {
         .and_then(|d| d.parent())
         .expect("target/<profile>");
     let bin = profile.join("examples").join("click_to_call");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} not built: run `cargo build --example click_to_call`",
+                bin.display()
+            )
+        });
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let newest =
+        newest_mtime(&root.join("src")).max(newest_mtime(&root.join("examples/click_to_call.rs")));
     assert!(
-        bin.is_file(),
-        "{} not built: run `cargo test --all-targets` (or `cargo build --example click_to_call`)",
+        newest.is_none_or(|t| t <= built),
+        "{} is older than the sources: run `cargo build --example click_to_call`",
         bin.display()
     );
     bin
+}
+
+/// The newest modification time of a file or of the files under a directory.
+fn newest_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
 }
 
 /// A free TCP port on loopback (bound, then released for the child to take).
