@@ -272,7 +272,8 @@ pub struct HttpConfig {
     pub form_token_secret: Option<String>,
     /// Form token lifetime (default 900 s).
     pub form_token_ttl_s: u64,
-    /// Secret that makes request ids unguessable; defaults to one derived from the admin token.
+    /// Secret that makes request ids unguessable; defaults to one derived from the admin token, else random at
+    /// each start.
     pub id_secret: Option<String>,
     /// Largest accepted request body (default 4096 bytes).
     pub max_body_bytes: usize,

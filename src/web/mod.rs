@@ -138,7 +138,8 @@ pub trait CallbackApi: Send + Sync + 'static {
 pub struct WebConfig {
     /// Bearer token of the admin endpoints; `None` disables them (403).
     pub admin_token: Option<String>,
-    /// Secret of the HMAC tag in public request ids.
+    /// Secret of the HMAC tag in public request ids; random by default (then ids handed out before a restart no
+    /// longer open their requests: set it to keep them).
     pub id_secret: Vec<u8>,
     /// Secret and lifetime of form tokens; `None`: no token required.
     pub form_token: Option<(Vec<u8>, Duration)>,
@@ -172,7 +173,7 @@ impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
             admin_token: None,
-            id_secret: b"rappel".to_vec(),
+            id_secret: rand::random::<[u8; 32]>().to_vec(),
             form_token: None,
             max_body_bytes: 4096,
             ip_rate: (5, Duration::from_secs(60)),
@@ -198,8 +199,7 @@ impl WebConfig {
             .id_secret
             .clone()
             .or_else(|| h.admin_token.as_ref().map(|t| format!("rappel-id:{t}")))
-            .unwrap_or_else(|| format!("rappel-id:{}", c.store.path.display()))
-            .into_bytes();
+            .map_or_else(|| rand::random::<[u8; 32]>().to_vec(), String::into_bytes);
         WebConfig {
             admin_token: h.admin_token.clone(),
             id_secret,
