@@ -77,7 +77,7 @@ impl LegNode {
             while let Some(e) = self.ep.poll_event() {
                 any = true;
                 let h = event_call(&e)
-                    .and_then(|c| self.ep.final_response_headers(c))
+                    .and_then(|c| self.ep.last_headers(c))
                     .cloned();
                 self.leg.handle_sip(now, &e, h.as_ref());
             }

@@ -286,7 +286,6 @@ impl LegCore {
         self.last_offer = Some(offer);
         let mut headers = Vec::new();
         if let Some(t) = self.setup.session_timer {
-            headers.push((HeaderName::Supported, Bytes::from_static(b"timer")));
             headers.push((
                 HeaderName::SessionExpires,
                 Bytes::from(format!("{};refresher=uac", self.session_expires)),
@@ -396,7 +395,7 @@ impl LegCore {
     }
 
     /// Feeds an endpoint event for this leg's call. `final_headers` are
-    /// [`Endpoint::final_response_headers`](crate::sip::endpoint::Endpoint::final_response_headers) of the call.
+    /// [`Endpoint::last_headers`](crate::sip::endpoint::Endpoint::last_headers) of the call.
     pub fn handle_sip(&mut self, now: Instant, ev: &Event, final_headers: Option<&Headers>) {
         if self.phase == Phase::Ended {
             return;
@@ -739,6 +738,22 @@ impl LegCore {
                 // Another re-INVITE is in progress: its 2xx refreshes; look again shortly.
                 tm.refresh_at = Some(now + Duration::from_secs(1));
             }
+        }
+    }
+
+    /// Headers for our in-dialog INVITE/UPDATE: `Session-Expires` with us as refresher while a session timer
+    /// runs (RFC 4028 §7.4: every refresh, and any re-INVITE is one, restates it).
+    pub fn session_headers(&self) -> Vec<(HeaderName, Bytes)> {
+        match self.timer {
+            Some(t) => vec![(
+                HeaderName::SessionExpires,
+                Bytes::from(format!(
+                    "{};refresher={}",
+                    t.interval.as_secs(),
+                    if t.we_refresh { "uac" } else { "uas" }
+                )),
+            )],
+            None => Vec::new(),
         }
     }
 

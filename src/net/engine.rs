@@ -1220,15 +1220,25 @@ impl Task {
                     let _ = b;
                 }
                 LegCommand::Reinvite(b) => {
+                    let h = self
+                        .legs
+                        .get(&id)
+                        .map(|l| l.core.session_headers())
+                        .unwrap_or_default();
                     if let Some(c) = call {
-                        if let Err(e) = self.ep.send_reinvite(now, c, b) {
+                        if let Err(e) = self.ep.send_reinvite_with(now, c, b, h) {
                             tracing::debug!(error = %e, "re-INVITE refused");
                         }
                     }
                 }
                 LegCommand::Update(b) => {
+                    let h = self
+                        .legs
+                        .get(&id)
+                        .map(|l| l.core.session_headers())
+                        .unwrap_or_default();
                     if let Some(c) = call {
-                        let _ = self.ep.send_update(now, c, b);
+                        let _ = self.ep.send_update_with(now, c, b, h);
                     }
                 }
                 LegCommand::AnswerReinvite { code, body } => {
@@ -1471,7 +1481,7 @@ impl Task {
         let Some(l) = self.legs.get_mut(&id) else {
             return;
         };
-        let headers = self.ep.final_response_headers(call);
+        let headers = self.ep.last_headers(call);
         l.core.handle_sip(now, &e, headers);
         if matches!(e, Event::Answered { .. }) {
             if let Some(d) = self.ep.dialog(call) {

@@ -491,12 +491,6 @@ impl Endpoint {
         self.calls.get(&call.0)?.dialog.as_ref()
     }
 
-    /// Headers of the final response to our initial INVITE (after any authentication), once it came: the call
-    /// layer reads Session-Expires from a 2xx and Min-SE from a 422 here (RFC 4028). Kept while the call is.
-    pub fn final_response_headers(&self, call: CallHandle) -> Option<&Headers> {
-        self.calls.get(&call.0)?.final_headers.as_ref()
-    }
-
     /// The headers of the last message reported for `call`: the response behind [`Event::Provisional`],
     /// [`Event::Answered`], [`Event::Response`] or a [`TerminationReason::Rejected`] (a 422's `Min-SE`, RFC 4028),
     /// or the peer's request behind [`Event::IncomingCall`] / [`Event::Request`] (its `Session-Expires`). Kept

@@ -500,8 +500,6 @@ struct Call {
     bye_pending: bool,
     terminated: bool,
     expire_at: Option<Instant>,
-    /// Headers of the final response to our initial INVITE (Session-Expires, Min-SE, ... for the call layer).
-    final_headers: Option<Headers>,
 }
 
 impl Call {
@@ -532,7 +530,6 @@ impl Call {
             bye_pending: false,
             terminated: false,
             expire_at: None,
-            final_headers: None,
         }
     }
 

@@ -245,7 +245,6 @@ impl Endpoint {
             c.early.clear();
             c.dialog = Some(d);
             c.cancel_deadline = None;
-            c.final_headers = Some(resp.headers.clone());
             let cancelled = c.cancel != CancelState::None || c.terminated;
             let seq = cseq_of(&request.headers).map(|x| x.0).unwrap_or(1);
             self.send_ack(h, seq, request);
@@ -266,9 +265,6 @@ impl Endpoint {
             return;
         }
         self.auth_done(h);
-        if let Some(c) = self.calls.get_mut(&h) {
-            c.final_headers = Some(resp.headers.clone());
-        }
         let cancelled = self
             .calls
             .get(&h)
