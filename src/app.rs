@@ -224,6 +224,8 @@ impl App {
                 .map_err(io("demo phone"))?,
         ];
         let dir = std::env::temp_dir().join(format!("rappel-demo-{}", std::process::id()));
+        // A previous demo with the same process id left nothing we want to recover.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(io("temporary directory"))?;
         let text = demo_config(&visitor, &agents, &dir.join("callbacks.db"));
         let mut config = Config::parse(&text)?;
