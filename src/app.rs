@@ -102,6 +102,7 @@ uri = "{bob}"
 skills = ["support"]
 [http]
 admin_token = "demo"
+id_secret = "{id_secret}"
 ip_burst = 20
 ip_refill_s = 6
 number_burst = 5
@@ -117,6 +118,8 @@ retry_delay_s = 5
         alice = agents[0].uri(),
         bob = agents[1].uri(),
         db = db.display().to_string(),
+        // Fresh per run, so request ids cannot be guessed from an earlier demo's.
+        id_secret = format!("{:032x}", rand::random::<u128>()),
     )
 }
 
