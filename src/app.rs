@@ -102,7 +102,7 @@ uri = "{bob}"
 skills = ["support"]
 [http]
 admin_token = "demo"
-id_secret = "{id_secret}"
+id_secret = "{id_secret:032x}"
 ip_burst = 20
 ip_refill_s = 6
 number_burst = 5
@@ -119,7 +119,7 @@ retry_delay_s = 5
         bob = agents[1].uri(),
         db = db.display().to_string(),
         // Fresh per run, so request ids cannot be guessed from an earlier demo's.
-        id_secret = format!("{:032x}", rand::random::<u128>()),
+        id_secret = rand::random::<u128>(),
     )
 }
 
