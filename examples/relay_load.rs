@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cargo run --release --example relay_load -- --bridges 1000 --seconds 10 [--peer rtpengine] \
-//!     [--relay-core 0 --gen-core 1] [--pace-us 0] [--gen-sockets 4] [--gen-tick-us 250] [--nice -20] [--rt]
+//!     [--relay-core 0 --gen-core 1] [--pace-us 0] [--gen-sockets 4] [--gen-tick-us 250] [--nice -20] [--rt] \
+//!     [--backend uring|epoll] [--uring-buffers 1024]
 //! ```
 //!
 //! The generator is one thread with a handful of sockets (each stands in for many endpoints): once per tick
@@ -23,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rappel::media::relay::{LegConfig, RelayConfig};
-use rappel::net::rtp_io::{DriverConfig, RelayDriver};
+use rappel::net::rtp_io::{Backend, DriverConfig, RelayDriver};
 
 const PKT: usize = 172;
 const PTIME: Duration = Duration::from_millis(20);
@@ -41,6 +42,8 @@ struct Args {
     gen_tick_us: u64,
     nice: i32,
     rt: bool,
+    backend: Backend,
+    uring_buffers: u16,
 }
 
 fn args() -> Args {
@@ -55,6 +58,8 @@ fn args() -> Args {
         gen_tick_us: 250,
         nice: -20,
         rt: false,
+        backend: Backend::default(),
+        uring_buffers: DriverConfig::default().uring_buffers,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -70,6 +75,14 @@ fn args() -> Args {
             "--gen-sockets" => a.gen_sockets = val.parse().expect("--gen-sockets K"),
             "--gen-tick-us" => a.gen_tick_us = val.parse().expect("--gen-tick-us U"),
             "--nice" => a.nice = val.parse().expect("--nice N"),
+            "--uring-buffers" => a.uring_buffers = val.parse().expect("--uring-buffers N"),
+            "--backend" => {
+                a.backend = match val.as_str() {
+                    "uring" | "io_uring" => Backend::IoUring,
+                    "epoll" => Backend::Epoll,
+                    _ => panic!("--backend uring|epoll"),
+                }
+            }
             "--rt" => {
                 a.rt = true;
                 i += 1;
@@ -248,7 +261,12 @@ impl Rtpengine {
                 ("sdp", &sdp(a)),
             ])
             .expect("offer answered");
-        let port_for_b = media_port(&offer).expect("port in offer reply");
+        let port_for_b = media_port(&offer).unwrap_or_else(|| {
+            panic!(
+                "no port in offer reply: {}",
+                String::from_utf8_lossy(&offer[..offer.len().min(300)])
+            )
+        });
         let answer = self
             .call(&[
                 ("command", "answer"),
@@ -263,9 +281,19 @@ impl Rtpengine {
     }
 
     fn stop(&mut self) {
-        // Killed by the PID we started, never by name.
+        // Killed by the PID we started, never by name; not again once reaped (the PID may be reused).
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Rtpengine {
+    fn drop(&mut self) {
+        // Also on a panic while setting up calls: never leave an rtpengine behind.
+        self.stop();
     }
 }
 
@@ -615,6 +643,8 @@ fn main() {
             },
             core: a.relay_core,
             pace: Duration::from_micros(a.pace_us),
+            backend: a.backend,
+            uring_buffers: a.uring_buffers,
             ..Default::default()
         };
         let (d, _events) = RelayDriver::spawn(cfg).expect("spawn driver");
@@ -702,8 +732,10 @@ fn main() {
     }
     if let Some(s) = driver_stats {
         eprintln!(
-            "driver: rounds {} recv_calls {} send_calls {} packets_in {} packets_out {} send_failures {} max_busy_gap_us {}",
+            "driver: backend {:?} rounds {} enters {} recv_calls {} send_calls {} packets_in {} packets_out {} send_failures {} max_busy_gap_us {}",
+            s.backend,
             s.rounds,
+            s.enters,
             s.recv_calls,
             s.send_calls,
             s.packets_in,
@@ -717,7 +749,7 @@ fn main() {
             "{{\"peer\":\"{}\",\"bridges\":{},\"seconds\":{:.1},\"pps\":{:.0},\"sent\":{},\"received\":{},",
             "\"loss_pct\":{:.4},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"relay_cpu_pct\":{:.1},",
             "\"cpu_us_per_pkt\":{:.2},\"gen_cpu_pct\":{:.1},\"gen_saturated\":{},\"gen_max_behind_us\":{},",
-            "\"bytes_per_bridge\":{},\"pace_us\":{}}}"
+            "\"bytes_per_bridge\":{},\"pace_us\":{},\"backend\":\"{}\"}}"
         ),
         a.peer,
         a.bridges,
@@ -736,6 +768,11 @@ fn main() {
         gen.behind_max.as_micros(),
         mem_after.saturating_sub(mem_before) / a.bridges as u64,
         if a.peer == "rtpengine" { 0 } else { a.pace_us },
+        match (a.peer.as_str(), driver_stats.map(|s| s.backend)) {
+            ("rtpengine", _) => "-",
+            (_, Some(Backend::IoUring)) => "uring",
+            _ => "epoll",
+        },
     );
     let _ = std::io::stderr().flush();
     println!("{json}");

@@ -563,3 +563,27 @@ async fn the_visitor_hears_our_ringback_while_the_agent_rings() {
     assert_eq!(agent_peer.finish().await, 0);
     assert_eq!(visitor_peer.finish().await, 0);
 }
+
+#[tokio::test]
+async fn send_dtmf_as_sip_info() {
+    let peer = Sipp::uas("call_peer_info.xml", &[]);
+    let e = engine().await;
+    let mut leg = e
+        .call(&peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    assert_eq!(
+        leg.send_dtmf("5x").await,
+        Err(rappel::CallError::InvalidDigit('x'))
+    );
+    leg.send_dtmf("5").await.unwrap();
+    leg.send_dtmf("#").await.unwrap();
+    leg.hangup().await.unwrap();
+    within(leg.ended()).await.unwrap();
+    assert_eq!(
+        peer.finish().await,
+        0,
+        "SIPp got INFO Signal=5, INFO Signal=#, BYE"
+    );
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rappel::media::relay::{DropReason, LegConfig, RelayConfig, Source};
 use rappel::media::rtp::{write_header, RtpHeader};
-use rappel::net::rtp_io::{DriverConfig, RelayDriver};
+use rappel::net::rtp_io::{Backend, DriverConfig, RelayDriver};
 
 fn endpoint() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -50,16 +50,32 @@ fn recv_n(s: &UdpSocket, n: usize) -> Vec<(bool, u16, u32, u32, SocketAddr)> {
 }
 
 #[test]
-fn bridges_two_endpoints_over_loopback() {
+fn bridges_two_endpoints_over_loopback_epoll() {
+    bridges_two_endpoints(Backend::Epoll, 41000);
+}
+
+#[test]
+fn bridges_two_endpoints_over_loopback_io_uring() {
+    bridges_two_endpoints(Backend::IoUring, 42000);
+}
+
+fn bridges_two_endpoints(backend: Backend, port_min: u16) {
     let cfg = DriverConfig {
         relay: RelayConfig {
-            port_min: 41000,
-            port_max: 41999,
+            port_min,
+            port_max: port_min + 999,
             ..Default::default()
         },
+        backend,
         ..Default::default()
     };
     let (driver, mut events) = RelayDriver::spawn(cfg).unwrap();
+    let running = driver.stats().wait().unwrap().backend;
+    if running != backend {
+        // Only io_uring may fall back (a kernel or sandbox that refuses it): then this exercises the fallback.
+        assert_eq!((backend, running), (Backend::IoUring, Backend::Epoll));
+        eprintln!("io_uring refused here: testing the epoll fallback");
+    }
     let (ea, eb, bleed) = (endpoint(), endpoint(), endpoint());
     let la = driver
         .add_leg(LegConfig::g711(Some(ea.local_addr().unwrap())))
@@ -150,4 +166,68 @@ fn bridges_two_endpoints_over_loopback() {
     let st = driver.stats().wait().unwrap();
     assert_eq!((st.generated_refused, st.packets_out), (1, 610));
     driver.shutdown().unwrap();
+}
+
+/// rtcp-mux over real sockets: our RTCP report leaves from the leg's RTP port to the peer's RTP address, and the
+/// peer's BYE on our RTP port is consumed (event), not forwarded.
+fn rtcp_mux_over_loopback(backend: Backend, port_min: u16) {
+    use rappel::media::relay::Event;
+    use rappel::media::rtp::looks_like_rtcp;
+    use rappel::net::rtp_io::DriverEvent;
+    let cfg = DriverConfig {
+        relay: RelayConfig {
+            port_min,
+            port_max: port_min + 99,
+            rtcp_interval: Duration::from_millis(40),
+            inactivity_timeout: Duration::from_millis(100),
+            ..Default::default()
+        },
+        backend,
+        ..Default::default()
+    };
+    let (driver, mut events) = RelayDriver::spawn(cfg).unwrap();
+    let (ea, eb) = (endpoint(), endpoint());
+    let mut ca = LegConfig::g711(Some(ea.local_addr().unwrap()));
+    ca.rtcp_mux = true;
+    let la = driver.add_leg(ca).wait().unwrap().unwrap();
+    let lb = driver
+        .add_leg(LegConfig::g711(Some(eb.local_addr().unwrap())))
+        .wait()
+        .unwrap()
+        .unwrap();
+    driver.connect(la.id, lb.id).wait().unwrap().unwrap();
+    ea.send_to(&packet(1, 0xa), la.rtp).unwrap();
+    assert_eq!(recv_n(&eb, 1).len(), 1, "RTP forwarded to B");
+    // The relay's report for leg A arrives on A's RTP socket, from the leg's RTP port.
+    let mut buf = [0u8; 1500];
+    let (len, from) = ea.recv_from(&mut buf).expect("an RTCP report within 5 s");
+    assert!(looks_like_rtcp(&buf[..len]), "second byte {}", buf[1]);
+    assert_eq!(from, la.rtp);
+    // The peer's BYE on our RTP port: consumed, raises the event, B hears nothing of it.
+    let bye = [0x81u8, 203, 0, 1, 0, 0, 0, 0xa];
+    ea.send_to(&bye, la.rtp).unwrap();
+    loop {
+        match events.blocking_recv().expect("driver alive") {
+            DriverEvent::Relay(Event::Bye { leg }) => {
+                assert_eq!(leg, la.id);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let sa = driver.leg_stats(la.id).wait().unwrap().unwrap();
+    assert_eq!((sa.rtcp_in, sa.packets_in), (1, 1));
+    let sb = driver.leg_stats(lb.id).wait().unwrap().unwrap();
+    assert_eq!(sb.packets_out, 1, "only the RTP packet was forwarded");
+    driver.shutdown().unwrap();
+}
+
+#[test]
+fn rtcp_mux_over_loopback_epoll() {
+    rtcp_mux_over_loopback(Backend::Epoll, 43000);
+}
+
+#[test]
+fn rtcp_mux_over_loopback_io_uring() {
+    rtcp_mux_over_loopback(Backend::IoUring, 43200);
 }

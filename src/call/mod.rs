@@ -247,6 +247,9 @@ pub enum CallError {
     /// The playlist could not start.
     #[error("player: {0}")]
     Player(#[from] crate::media::player::PlayerError),
+    /// Not a DTMF digit.
+    #[error("not a DTMF digit: {0:?}")]
+    InvalidDigit(char),
     /// No such leg (it ended and was forgotten).
     #[error("unknown leg")]
     UnknownLeg,

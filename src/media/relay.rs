@@ -28,6 +28,10 @@
 //! leg, another agent), so the other peer's SR RTP-timestamp/NTP mapping, packet and octet counts would not
 //! describe our stream, and reports about the source streams would reach peers that never saw them.
 //!
+//! With rtcp-mux (RFC 5761, [`LegConfig::rtcp_mux`]) the peer's RTCP arrives on the RTP port:
+//! [`Relay::handle_rtp`] tells it from RTP by the second byte (192..=223, RFC 5761 §4), only on the error path
+//! of the header check, so RTP pays nothing; our reports go to the peer's RTP address.
+//!
 //! # Hold, inactivity, recording
 //! No RTP from a leg for `inactivity_timeout` raises [`Event::Inactive`] once (again only after RTP resumed and
 //! stopped again); [`Relay::set_hold`] suspends that watchdog for a leg whose peer put the call on hold (it does
@@ -43,7 +47,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
-use crate::media::rtp::{self, parse_rtcp, RtcpItem, RtpHeader, SenderInfo, RTP_HEADER_LEN};
+use crate::media::rtp::{
+    self, parse_rtcp, PacketError, RtcpItem, RtpHeader, SenderInfo, RTP_HEADER_LEN,
+};
 use crate::media::stream::{duration_to_ticks, InStats, OutStream};
 
 /// Relay-wide configuration.
@@ -105,6 +111,9 @@ pub struct LegConfig {
     pub telephone_event_pt: Option<u8>,
     /// Flag packets received on this leg for recording.
     pub record: bool,
+    /// The peer negotiated rtcp-mux (RFC 5761, `a=rtcp-mux` in offer and answer): its RTCP arrives on our RTP
+    /// port and our reports go to its RTP address, from our RTP socket. Default false.
+    pub rtcp_mux: bool,
 }
 
 impl LegConfig {
@@ -118,6 +127,7 @@ impl LegConfig {
             frame_samples: 160,
             telephone_event_pt: None,
             record: false,
+            rtcp_mux: false,
         }
     }
 }
@@ -151,7 +161,8 @@ pub enum Source {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DropReason {
-    /// Not RTP (too short, wrong version, RTCP on the RTP port) or not RTCP on the RTCP port.
+    /// Not RTP (too short, wrong version, RTCP on the RTP port of a leg without rtcp-mux) or not RTCP on the
+    /// RTCP port.
     Malformed = 0,
     /// From a source other than the latched one (RTP bleed).
     WrongSource = 1,
@@ -184,6 +195,9 @@ pub enum Action {
     },
     /// Drop the packet (already counted).
     Drop(DropReason),
+    /// RTCP multiplexed on the RTP port of an rtcp-mux leg, consumed as by [`Relay::handle_rtcp`]: nothing to
+    /// send.
+    Consumed,
 }
 
 /// A packet the relay built into a caller buffer (generated media, RTCP reports).
@@ -197,6 +211,8 @@ pub struct Transmit {
     pub len: usize,
     /// The destination leg is flagged for recording.
     pub record: bool,
+    /// An RTCP report for a leg using rtcp-mux: send it from `via`'s RTP socket, not its RTCP socket.
+    pub rtcp_mux: bool,
 }
 
 /// Something the call layer should know.
@@ -486,6 +502,17 @@ impl Relay {
         Ok(())
     }
 
+    /// Turn rtcp-mux on or off for a leg (after offer/answer settled it; see [`LegConfig::rtcp_mux`]). Clears the
+    /// RTCP latch, since the peer's RTCP source changes.
+    pub fn set_rtcp_mux(&mut self, leg: LegId, on: bool) -> Result<(), RelayError> {
+        let l = self.leg_mut(leg).ok_or(RelayError::UnknownLeg)?;
+        if l.cfg.rtcp_mux != on {
+            l.cfg.rtcp_mux = on;
+            l.latched_rtcp = None;
+        }
+        Ok(())
+    }
+
     /// Flag (or unflag) a leg's incoming packets for recording.
     pub fn set_record(&mut self, leg: LegId, record: bool) -> Result<(), RelayError> {
         self.leg_mut(leg).ok_or(RelayError::UnknownLeg)?.cfg.record = record;
@@ -607,6 +634,13 @@ impl Relay {
         };
         let mut h = match RtpHeader::new(pkt) {
             Ok(h) => h,
+            Err(PacketError::WrongKind) if src.cfg.rtcp_mux => {
+                // RFC 5761 §4: RTCP packet types 192..=223 in the second byte (RTP PTs 64..=95 are not used).
+                return match self.handle_rtcp(now, leg, from, pkt) {
+                    Ok(()) => Action::Consumed,
+                    Err(reason) => Action::Drop(reason),
+                };
+            }
             Err(_) => return src.drop(DropReason::Malformed),
         };
         if src.latched_rtp != Some(from) {
@@ -730,10 +764,12 @@ impl Relay {
             via: leg,
             len,
             record: l.cfg.record,
+            rtcp_mux: false,
         })
     }
 
-    /// Handle an RTCP packet received on `leg`'s RTCP socket. RTCP is terminated (see module docs): `Ok` means
+    /// Handle an RTCP packet received on `leg`'s RTCP socket (or, for an rtcp-mux leg, demultiplexed from its RTP
+    /// socket: [`Relay::handle_rtp`] does that itself). RTCP is terminated (see module docs): `Ok` means
     /// consumed; `Err` gives the reason it was dropped (also counted).
     pub fn handle_rtcp(
         &mut self,
@@ -782,7 +818,8 @@ impl Relay {
     }
 
     /// Next generated RTCP report due (after [`Relay::handle_timeout`] queued it), written into `out`; send it
-    /// from `via`'s RTCP socket.
+    /// from `via`'s RTCP socket, or its RTP socket when [`Transmit::rtcp_mux`] is set (the report then goes to
+    /// the peer's RTP address).
     pub fn poll_rtcp(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
         while let Some(id) = self.rtcp_due.pop_front() {
             let ntp_epoch = self.ntp_at_epoch;
@@ -792,11 +829,17 @@ impl Relay {
                 continue;
             };
             l.rtcp_queued = false;
-            let Some(to) = l.latched_rtcp.or(l.cfg.remote_rtcp).or_else(|| {
-                let mut a = l.latched_rtp.or(l.cfg.remote_rtp)?;
-                a.set_port(a.port().wrapping_add(1));
-                Some(a)
-            }) else {
+            let mux = l.cfg.rtcp_mux;
+            let to = if mux {
+                l.latched_rtp.or(l.cfg.remote_rtp)
+            } else {
+                l.latched_rtcp.or(l.cfg.remote_rtcp).or_else(|| {
+                    let mut a = l.latched_rtp.or(l.cfg.remote_rtp)?;
+                    a.set_port(a.port().wrapping_add(1));
+                    Some(a)
+                })
+            };
+            let Some(to) = to else {
                 continue;
             };
             let sender = l.out.has_sent().then(|| SenderInfo {
@@ -817,6 +860,7 @@ impl Relay {
                 via: id,
                 len,
                 record: false,
+                rtcp_mux: mux,
             });
         }
         None

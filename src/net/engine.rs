@@ -16,7 +16,7 @@ use crate::call::{
     BridgeCdr, BridgeEvent, BridgeId, BridgeOptions, CallError, CallOptions, Cdr, EarlyMedia,
     EndCause, LegEvent, LegId, MediaCounters, ShutdownMode,
 };
-use crate::media::dtmf::DtmfReceiver;
+use crate::media::dtmf::{Digit, DtmfReceiver};
 use crate::media::g711::Law;
 use crate::media::player::{PlayItem, PlayerEvent, PlayerId, PlayerOptions, PlayerSet, Playlist};
 use crate::media::relay::{LegConfig, LegStats, RelayConfig, Source};
@@ -229,6 +229,7 @@ enum Cmd {
     Play(u64, Playlist, Reply<()>),
     StopMedia(u64, Reply<()>),
     Hangup(u64, Option<Reply<()>>),
+    Dtmf(u64, Vec<Digit>, Reply<()>),
     Bridge {
         id: u64,
         a: u64,
@@ -404,6 +405,17 @@ impl Leg {
     /// Stops what [`Self::play`] started (no `PlayFinished`); the peer hears silence, or its bridged partner.
     pub async fn stop_media(&self) -> Result<(), CallError> {
         self.engine.ask(|r| Cmd::StopMedia(self.id.0, r)).await
+    }
+
+    /// Sends DTMF digits (`0-9*#A-D`) to the peer, one SIP INFO `application/dtmf-relay` per digit (250 ms
+    /// each). In-band RFC 4733 sending is not done yet. Errors: [`CallError::InvalidDigit`] (nothing sent),
+    /// [`CallError::NotAnswered`].
+    pub async fn send_dtmf(&self, digits: &str) -> Result<(), CallError> {
+        let d = digits
+            .chars()
+            .map(|c| Digit::from_char(c).ok_or(CallError::InvalidDigit(c)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.engine.ask(|r| Cmd::Dtmf(self.id.0, d, r)).await
     }
 
     /// Hangs up (CANCEL before an answer, BYE after). [`LegEvent::Ended`] follows.
@@ -822,6 +834,23 @@ impl Task {
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
+            }
+            Cmd::Dtmf(id, digits, reply) => {
+                let call = self
+                    .legs
+                    .get(&id)
+                    .filter(|l| l.core.phase() == Phase::Answered)
+                    .and_then(|l| l.core.call());
+                let r = match call {
+                    Some(c) => digits.iter().try_for_each(|d| {
+                        let body = format!("Signal={}\r\nDuration=250\r\n", d.to_char());
+                        self.ep
+                            .send_info(now, c, "application/dtmf-relay", Bytes::from(body))
+                            .map_err(|_| CallError::NotAnswered)
+                    }),
+                    None => Err(CallError::NotAnswered),
+                };
+                let _ = reply.send(r);
             }
             Cmd::Bridge {
                 id,

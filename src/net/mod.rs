@@ -6,3 +6,4 @@ pub mod rtp_io;
 pub mod sip;
 pub(crate) mod sys;
 pub mod transport;
+pub(crate) mod uring;

@@ -553,3 +553,93 @@ fn recording_flag_is_reported_on_forward() {
         }
     );
 }
+
+#[test]
+fn rtcp_mux_demuxes_on_the_rtp_port_and_reports_go_to_the_rtp_address() {
+    let Fixture {
+        mut relay,
+        t0,
+        a,
+        b,
+    } = bridged();
+    relay.set_rtcp_mux(a, true).unwrap();
+    let mut now = t0;
+    for i in 0..10u16 {
+        let mut p = pkt(0, i, u32::from(i) * 160, 0xabc, false);
+        relay.handle_rtp(now, a, addr(A), &mut p);
+        now += Duration::from_millis(20);
+    }
+    let mut buf = [0u8; 256];
+    let n = rtp::write_report(&mut buf, 0xabc, Some(SenderInfo::default()), None, b"a").unwrap();
+    let sr = buf[..n].to_vec();
+    // On the mux leg, an SR on the RTP port from the latched address is consumed, not forwarded.
+    let mut p = sr.clone();
+    assert_eq!(relay.handle_rtp(now, a, addr(A), &mut p), Action::Consumed);
+    assert_eq!(p, sr, "consumed RTCP is not rewritten");
+    // From another source: dropped as RTCP (latched to the RTP source), counted.
+    let mut p = sr.clone();
+    assert_eq!(
+        relay.handle_rtp(now, a, addr("192.0.2.1:4999"), &mut p),
+        Action::Drop(DropReason::WrongSource)
+    );
+    // BYE over the mux raises the event.
+    let mut bye = [0x81u8, 203, 0, 1, 0, 0, 0x0a, 0xbc];
+    assert_eq!(
+        relay.handle_rtp(now, a, addr(A), &mut bye),
+        Action::Consumed
+    );
+    assert!(std::iter::from_fn(|| relay.poll_event()).any(|e| e == Event::Bye { leg: a }));
+    let st = relay.stats(a).unwrap();
+    assert_eq!((st.rtcp_in, st.packets_in), (2, 10));
+    assert_eq!(st.dropped(DropReason::WrongSource), 1);
+    // Leg B has no rtcp-mux: RTCP on its RTP port stays malformed.
+    let mut p = sr.clone();
+    assert_eq!(
+        relay.handle_rtp(now, b, addr(B), &mut p),
+        Action::Drop(DropReason::Malformed)
+    );
+    assert_eq!(relay.stats(b).unwrap().rtcp_in, 0);
+
+    // Generated reports: A's to its RTP address, flagged for the RTP socket; B's to RTP + 1 as before.
+    let later = t0 + Duration::from_millis(7_600);
+    relay.handle_timeout(later);
+    let mut seen = Vec::new();
+    while let Some(t) = relay.poll_rtcp(later, &mut buf) {
+        seen.push((t.via, t.to, t.rtcp_mux));
+    }
+    seen.sort_by_key(|s| s.0 != a);
+    assert_eq!(
+        seen,
+        vec![(a, addr(A), true), (b, addr("192.0.2.2:5001"), false)]
+    );
+}
+
+#[test]
+fn rtcp_mux_from_leg_config_and_switching_it_off() {
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default(), t0);
+    let mut cfg = LegConfig::g711(Some(addr(A)));
+    cfg.rtcp_mux = true;
+    let a = relay.add_leg(t0, cfg).unwrap();
+    let mut buf = [0u8; 64];
+    let n = rtp::write_report(&mut buf, 1, None, None, b"x").unwrap();
+    // Before any RTP: the RTCP latch accepts the SDP address's IP, as on a separate port.
+    let mut p = buf[..n].to_vec();
+    assert_eq!(relay.handle_rtp(t0, a, addr(A), &mut p), Action::Consumed);
+    relay.set_rtcp_mux(a, false).unwrap();
+    let mut p = buf[..n].to_vec();
+    assert_eq!(
+        relay.handle_rtp(t0, a, addr(A), &mut p),
+        Action::Drop(DropReason::Malformed)
+    );
+    assert_eq!(
+        relay.set_rtcp_mux(
+            LegId {
+                index: 9,
+                generation: 0
+            },
+            true
+        ),
+        Err(RelayError::UnknownLeg)
+    );
+}
