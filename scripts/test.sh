@@ -24,6 +24,8 @@ cargo clippy --all-targets -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 echo "== cargo test"
+# `cargo test --all-targets` compiles examples as test harnesses; the click-to-call tests run the real binary.
+cargo build --examples
 cargo test --all-targets --no-fail-fast
 cargo test --doc
 

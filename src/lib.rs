@@ -32,6 +32,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+#[cfg(feature = "http")]
+pub mod app;
 pub mod call;
 pub mod callback;
 pub mod config;

@@ -26,7 +26,7 @@ use crate::media::wav::{Wav, WavError};
 mod engine;
 mod sim;
 
-pub use engine::{failure_of, EngineCalls};
+pub use engine::{failure_of, EngineCalls, MediaTotals};
 pub use sim::{PhoneScript, SimulatedCalls};
 
 /// Identifies one call placed through a [`CallControl`] (unique for the life of that call control).

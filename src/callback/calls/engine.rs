@@ -26,9 +26,22 @@ enum Cmd {
     HangUp(CallId),
 }
 
+/// RTP totals over the legs whose end the adapter read (a leg it hung up itself is dropped unread, so it is not
+/// counted): what a deployment logs to show that media flowed.
+#[derive(Debug, Default)]
+pub struct MediaTotals {
+    /// Legs counted.
+    pub legs: std::sync::atomic::AtomicU64,
+    /// RTP packets received from those legs' peers.
+    pub packets_in: std::sync::atomic::AtomicU64,
+    /// RTP packets sent to those legs' peers.
+    pub packets_out: std::sync::atomic::AtomicU64,
+}
+
 /// The engine adapter (see the module docs).
 #[derive(Debug)]
 pub struct EngineCalls {
+    totals: std::sync::Arc<MediaTotals>,
     cmds: mpsc::UnboundedSender<Cmd>,
     events: mpsc::UnboundedReceiver<(CallId, CallEvent)>,
     next: u64,
@@ -62,12 +75,28 @@ impl EngineCalls {
     pub fn new(engine: Engine, options: CallOptions, from_template: Option<String>) -> EngineCalls {
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(run(engine, options, from_template, cmd_rx, ev_tx));
+        let totals = std::sync::Arc::new(MediaTotals::default());
+        tokio::spawn(run(
+            engine,
+            options,
+            from_template,
+            cmd_rx,
+            ev_tx,
+            totals.clone(),
+        ));
         EngineCalls {
+            totals,
             cmds,
             events,
             next: 0,
         }
+    }
+}
+
+impl EngineCalls {
+    /// The RTP totals of ended legs, shared (readable after the adapter moved into the service).
+    pub fn media_totals(&self) -> std::sync::Arc<MediaTotals> {
+        self.totals.clone()
     }
 }
 
@@ -130,6 +159,7 @@ async fn run(
     from_template: Option<String>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     events: mpsc::UnboundedSender<(CallId, CallEvent)>,
+    totals: std::sync::Arc<MediaTotals>,
 ) {
     let mut legs: HashMap<CallId, Leg> = HashMap::new();
     loop {
@@ -182,6 +212,12 @@ async fn run(
                     legs.remove(&id);
                     continue;
                 };
+                if let LegEvent::Ended { cdr, .. } = &ev {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    totals.legs.fetch_add(1, Relaxed);
+                    totals.packets_in.fetch_add(cdr.media.packets_in, Relaxed);
+                    totals.packets_out.fetch_add(cdr.media.packets_out, Relaxed);
+                }
                 if let Some((out, last)) = map(ev) {
                     if last {
                         legs.remove(&id);
