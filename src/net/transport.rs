@@ -96,13 +96,13 @@ impl SipSockets {
         let mut udp = Vec::new();
         let mut local = Vec::new();
         for addr in &config.bind {
-            let sock = Arc::new(UdpSocket::bind(addr).await?);
+            let (sock, listener) = bind_pair(*addr, config.tcp).await?;
+            let sock = Arc::new(sock);
             let bound = sock.local_addr()?;
             local.push(bound);
             tasks.spawn(udp_reader(sock.clone(), tx.clone()));
             udp.push(sock);
-            if config.tcp {
-                let listener = TcpListener::bind(bound).await?;
+            if let Some(listener) = listener {
                 tasks.spawn(tcp_acceptor(
                     listener,
                     conns.clone(),
@@ -191,6 +191,26 @@ impl SipSockets {
         w.send(payload)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
+    }
+}
+
+/// Binds UDP on `addr` and, when `tcp`, TCP on the same port. With port 0 the kernel picks the UDP port, and that
+/// number may already be taken for TCP by another socket: then another UDP port is tried (a few times).
+async fn bind_pair(addr: SocketAddr, tcp: bool) -> io::Result<(UdpSocket, Option<TcpListener>)> {
+    let mut attempts = 0;
+    loop {
+        let sock = UdpSocket::bind(addr).await?;
+        if !tcp {
+            return Ok((sock, None));
+        }
+        let bound = sock.local_addr()?;
+        match TcpListener::bind(bound).await {
+            Ok(l) => return Ok((sock, Some(l))),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 && attempts < 16 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
