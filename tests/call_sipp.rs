@@ -11,128 +11,54 @@ use rappel::call::{EndCause, HangupBy};
 use rappel::media::g711::Law;
 use rappel::sip::auth::Credentials;
 use rappel::{BridgeEvent, BridgeOptions, CallOptions, Engine, LegEvent};
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
+
+#[path = "support/sipp.rs"]
+mod sipp;
+
+use sipp::{band_port, local, Sipp};
 
 /// Upper bound for any one wait.
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Sipp {
-    child: Child,
-    addr: SocketAddr,
-    _dir: Option<tempfile::TempDir>,
+fn start(scenario: &str, extra: &[&str]) -> Sipp {
+    let addr = local(free_port());
+    let media = free_port().to_string();
+    let args = [&["-m", "1", "-timeout", "60s", "-mp", &media][..], extra].concat();
+    Sipp::uas(scenario, addr, false, &args)
 }
 
-impl Sipp {
-    fn start(scenario: &str, extra: &[&str], dir: Option<tempfile::TempDir>) -> Sipp {
-        let port = free_port();
-        let media = free_port();
-        let child = Command::new("sipp")
-            .args(["-sf", scenario, "-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-t", "u1", "-m", "1", "-nostdin", "-timeout", "60s"])
-            .args(["-mp", &media.to_string()])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp not found: install Debian's sip-tester");
-        wait_bound(port);
-        Sipp {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _dir: dir,
-        }
-    }
-
-    fn uas(name: &str, extra: &[&str]) -> Sipp {
-        let path = format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"));
-        Sipp::start(&path, extra, None)
-    }
-
-    /// The playing peer: a raw PCMU file of `secs` of tone, played in a loop, BYE after `talk_ms`.
-    fn player(talk_ms: u32) -> Sipp {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let audio = dir.path().join("tone.pcmu");
-        let pcm: Vec<i16> = (0..16_000)
-            .map(|i| {
-                ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16
-            })
-            .collect();
-        let mut enc = Vec::new();
-        Law::Ulaw.encode_into(&pcm, &mut enc);
-        std::fs::write(&audio, enc).expect("write audio");
-        let tpl = std::fs::read_to_string(format!(
-            "{}/tests/sipp/call_peer_bye.xml.in",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .expect("template");
-        let xml = tpl
-            .replace("@AUDIO@", audio.to_str().expect("utf-8 path"))
-            .replace("@TALK_MS@", &talk_ms.to_string());
-        let sf = dir.path().join("peer.xml");
-        std::fs::write(&sf, xml).expect("write scenario");
-        let sf = sf.to_str().expect("utf-8 path").to_owned();
-        Sipp::start(&sf, &[], Some(dir))
-    }
-
-    fn uri(&self, user: &str) -> String {
-        format!("sip:{user}@{}", self.addr)
-    }
-
-    async fn finish(mut self) -> i32 {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait sipp") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sipp did not finish"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await; // polling a child process: no event to await
-        }
-    }
+fn uas(name: &str, extra: &[&str]) -> Sipp {
+    start(&Sipp::scenario(name), extra)
 }
 
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_bound(port: u16) {
-    let needle = format!(":{port:04X} ");
-    for _ in 0..500 {
-        let bound = std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
-            t.lines().skip(1).any(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|a| format!("{a} ").ends_with(&needle))
-            })
-        });
-        if bound {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
-    }
-    panic!("sipp did not bind port {port}");
+/// The playing peer: a raw PCMU file of `secs` of tone, played in a loop, BYE after `talk_ms`.
+fn player(talk_ms: u32) -> Sipp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audio = dir.path().join("tone.pcmu");
+    let pcm: Vec<i16> = (0..16_000)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16)
+        .collect();
+    let mut enc = Vec::new();
+    Law::Ulaw.encode_into(&pcm, &mut enc);
+    std::fs::write(&audio, enc).expect("write audio");
+    let tpl = std::fs::read_to_string(format!(
+        "{}/tests/sipp/call_peer_bye.xml.in",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("template");
+    let xml = tpl
+        .replace("@AUDIO@", audio.to_str().expect("utf-8 path"))
+        .replace("@TALK_MS@", &talk_ms.to_string());
+    let sf = dir.path().join("peer.xml");
+    std::fs::write(&sf, xml).expect("write scenario");
+    let sf = sf.to_str().expect("utf-8 path").to_owned();
+    start(&sf, &[]).keep(dir)
 }
 
 /// Ports in a band per test process (SIPp needs a few consecutive free ones for RTP).
 fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    loop {
-        let base = 20_000 + (std::process::id() % 50) as u16 * 200;
-        let p = base + NEXT.fetch_add(50, Ordering::Relaxed) % 10_000;
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-        {
-            return p;
-        }
-    }
+    band_port(20_000, 50, 10_000)
 }
 
 async fn engine() -> Engine {
@@ -150,8 +76,8 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
 /// Audio both ways through the bridge, then the visitor (`first`) or the agent hangs up and the other is hung
 /// up by the bridge.
 async fn bridged_call(player_is_visitor: bool) {
-    let player = Sipp::player(2000);
-    let echo = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let player = player(2000);
+    let echo = uas("call_peer_echo.xml", &["-rtp_echo"]);
     let (v_peer, a_peer) = if player_is_visitor {
         (&player, &echo)
     } else {
@@ -207,11 +133,11 @@ async fn bridged_call(player_is_visitor: bool) {
     assert!(p.media.packets_out <= q.media.packets_in);
     assert!(p.talk_ms >= 1500 && q.talk_ms >= 1000, "{p:?} {q:?}");
     assert_eq!(
-        player.finish().await,
+        player.finish_within(WAIT).await,
         0,
         "player peer completed its scenario"
     );
-    assert_eq!(echo.finish().await, 0, "echo peer got its BYE");
+    assert_eq!(echo.finish_within(WAIT).await, 0, "echo peer got its BYE");
 }
 
 #[tokio::test]
@@ -226,7 +152,7 @@ async fn bridge_audio_both_ways_agent_hangs_up() {
 
 #[tokio::test]
 async fn hold_and_unhold_reinvites_reach_the_peer() {
-    let peer = Sipp::uas("call_peer_hold.xml", &[]);
+    let peer = uas("call_peer_hold.xml", &[]);
     let e = engine().await;
     let mut leg = e
         .call(&peer.uri("agent"), CallOptions::default())
@@ -239,7 +165,7 @@ async fn hold_and_unhold_reinvites_reach_the_peer() {
     let cdr = within(leg.ended()).await.unwrap();
     assert_eq!(cdr.hangup_by, HangupBy::Local);
     assert_eq!(
-        peer.finish().await,
+        peer.finish_within(WAIT).await,
         0,
         "SIPp saw sendonly, then sendrecv, then BYE"
     );
@@ -247,7 +173,7 @@ async fn hold_and_unhold_reinvites_reach_the_peer() {
 
 #[tokio::test]
 async fn ring_timeout_sends_cancel() {
-    let peer = Sipp::uas("uas_noanswer.xml", &[]);
+    let peer = uas("uas_noanswer.xml", &[]);
     let e = engine().await;
     let opts = CallOptions::default().ring_timeout(Duration::from_millis(500));
     let mut leg = e.call(&peer.uri("visitor"), opts).await.unwrap();
@@ -268,7 +194,7 @@ async fn ring_timeout_sends_cancel() {
     assert_eq!(cdr.end_cause, EndCause::RingTimeout);
     assert!(cdr.ring_ms.is_some() && cdr.answer_ms.is_none());
     assert_eq!(
-        peer.finish().await,
+        peer.finish_within(WAIT).await,
         0,
         "SIPp got the CANCEL and the ACK for its 487"
     );
@@ -276,7 +202,7 @@ async fn ring_timeout_sends_cancel() {
 
 #[tokio::test]
 async fn trunk_answering_401_first() {
-    let trunk = Sipp::uas("uas_auth.xml", &[]);
+    let trunk = uas("uas_auth.xml", &[]);
     let e = Engine::builder()
         .rtp_ports(41_000, 41_099)
         .outbound_proxy(Some(trunk.addr))
@@ -296,7 +222,7 @@ async fn trunk_answering_401_first() {
     within(leg.answered()).await.unwrap();
     drop(leg); // dropping an answered leg sends BYE
     assert_eq!(
-        trunk.finish().await,
+        trunk.finish_within(WAIT).await,
         0,
         "SIPp verified the digest and got the BYE"
     );
@@ -304,7 +230,7 @@ async fn trunk_answering_401_first() {
 
 #[tokio::test]
 async fn dropping_a_ringing_leg_cancels_it() {
-    let peer = Sipp::uas("uas_noanswer.xml", &[]);
+    let peer = uas("uas_noanswer.xml", &[]);
     let e = engine().await;
     let mut leg = e
         .call(&peer.uri("visitor"), CallOptions::default())
@@ -318,14 +244,14 @@ async fn dropping_a_ringing_leg_cancels_it() {
         }
     }
     drop(leg);
-    assert_eq!(peer.finish().await, 0, "SIPp got the CANCEL");
+    assert_eq!(peer.finish_within(WAIT).await, 0, "SIPp got the CANCEL");
 }
 
 #[tokio::test]
 async fn transfer_keeps_the_visitor_up() {
-    let visitor_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
-    let agent1_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
-    let agent2_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let visitor_peer = uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let agent1_peer = uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let agent2_peer = uas("call_peer_echo.xml", &["-rtp_echo"]);
     let e = engine().await;
     let mut visitor = e
         .call(&visitor_peer.uri("v"), CallOptions::default())
@@ -366,14 +292,14 @@ async fn transfer_keeps_the_visitor_up() {
     assert_eq!(cdr.transfers, 1);
     within(visitor.ended()).await.unwrap();
     for p in [visitor_peer, agent1_peer, agent2_peer] {
-        assert_eq!(p.finish().await, 0);
+        assert_eq!(p.finish_within(WAIT).await, 0);
     }
 }
 
 #[tokio::test]
 async fn play_reaches_the_peer_and_reports_the_end() {
     use rappel::media::player::{Clip, PlayItem, Playlist};
-    let echo = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let echo = uas("call_peer_echo.xml", &["-rtp_echo"]);
     let e = engine().await;
     let mut leg = e
         .call(&echo.uri("visitor"), CallOptions::default())
@@ -403,13 +329,13 @@ async fn play_reaches_the_peer_and_reports_the_end() {
         "SIPp echoed what we played: {:?}",
         cdr.media
     );
-    assert_eq!(echo.finish().await, 0);
+    assert_eq!(echo.finish_within(WAIT).await, 0);
 }
 
 #[tokio::test]
 async fn shutdown_hangs_up_every_leg_and_refuses_new_calls() {
-    let p1 = Sipp::uas("call_peer_echo.xml", &[]);
-    let p2 = Sipp::uas("uas_noanswer.xml", &[]);
+    let p1 = uas("call_peer_echo.xml", &[]);
+    let p2 = uas("uas_noanswer.xml", &[]);
     let e = engine().await;
     let mut answered = e.call(&p1.uri("a"), CallOptions::default()).await.unwrap();
     within(answered.answered()).await.unwrap();
@@ -427,13 +353,13 @@ async fn shutdown_hangs_up_every_leg_and_refuses_new_calls() {
         (EndCause::Shutdown, HangupBy::Local)
     );
     assert_eq!(b.end_cause, EndCause::Shutdown);
-    assert_eq!(p1.finish().await, 0, "BYE");
-    assert_eq!(p2.finish().await, 0, "CANCEL");
+    assert_eq!(p1.finish_within(WAIT).await, 0, "BYE");
+    assert_eq!(p2.finish_within(WAIT).await, 0, "CANCEL");
 }
 
 #[tokio::test]
 async fn dtmf_from_the_peer_becomes_a_leg_event() {
-    let peer = Sipp::uas("call_peer_dtmf.xml", &[]);
+    let peer = uas("call_peer_dtmf.xml", &[]);
     let e = engine().await;
     let mut leg = e
         .call(&peer.uri("visitor"), CallOptions::default())
@@ -451,15 +377,15 @@ async fn dtmf_from_the_peer_becomes_a_leg_event() {
     assert!(duration > Duration::ZERO, "{duration:?}");
     leg.hangup().await.unwrap();
     within(leg.ended()).await.unwrap();
-    assert_eq!(peer.finish().await, 0);
+    assert_eq!(peer.finish_within(WAIT).await, 0);
 }
 
 #[tokio::test]
 async fn agent_pressing_hold_gives_the_visitor_hold_music() {
     use rappel::media::player::{PlayItem, Playlist};
     use rappel::media::tone::{Country, ToneSpec};
-    let visitor_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
-    let agent_peer = Sipp::uas("call_peer_remote_hold.xml", &[]);
+    let visitor_peer = uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let agent_peer = uas("call_peer_remote_hold.xml", &[]);
     let e = engine().await;
     let mut visitor = e
         .call(&visitor_peer.uri("v"), CallOptions::default())
@@ -499,17 +425,17 @@ async fn agent_pressing_hold_gives_the_visitor_hold_music() {
         v.media
     );
     assert_eq!(
-        agent_peer.finish().await,
+        agent_peer.finish_within(WAIT).await,
         0,
         "SIPp got a recvonly answer to its hold, then the 200 to BYE"
     );
-    assert_eq!(visitor_peer.finish().await, 0);
+    assert_eq!(visitor_peer.finish_within(WAIT).await, 0);
 }
 
 #[tokio::test]
 async fn bridge_aligns_a_pcma_leg_with_a_pcmu_leg_by_reinvite() {
-    let visitor_peer = Sipp::uas("call_peer_echo.xml", &[]);
-    let agent_peer = Sipp::uas("call_peer_pcma.xml", &[]);
+    let visitor_peer = uas("call_peer_echo.xml", &[]);
+    let agent_peer = uas("call_peer_pcma.xml", &[]);
     let e = engine().await;
     let mut visitor = e
         .call(&visitor_peer.uri("v"), CallOptions::default())
@@ -528,18 +454,18 @@ async fn bridge_aligns_a_pcma_leg_with_a_pcmu_leg_by_reinvite() {
     within(bridge.ended()).await.unwrap();
     within(agent.ended()).await.unwrap();
     assert_eq!(
-        agent_peer.finish().await,
+        agent_peer.finish_within(WAIT).await,
         0,
         "SIPp saw the re-INVITE offering PCMU, then BYE"
     );
-    assert_eq!(visitor_peer.finish().await, 0);
+    assert_eq!(visitor_peer.finish_within(WAIT).await, 0);
 }
 
 #[tokio::test]
 async fn the_visitor_hears_our_ringback_while_the_agent_rings() {
     use rappel::EarlyMedia;
-    let visitor_peer = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
-    let agent_peer = Sipp::uas("uas_noanswer.xml", &[]);
+    let visitor_peer = uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let agent_peer = uas("uas_noanswer.xml", &[]);
     let e = engine().await;
     let mut visitor = e
         .call(&visitor_peer.uri("v"), CallOptions::default())
@@ -560,13 +486,13 @@ async fn the_visitor_hears_our_ringback_while_the_agent_rings() {
         "about 1 s of 20 ms ringback frames: {:?}",
         v.media
     );
-    assert_eq!(agent_peer.finish().await, 0);
-    assert_eq!(visitor_peer.finish().await, 0);
+    assert_eq!(agent_peer.finish_within(WAIT).await, 0);
+    assert_eq!(visitor_peer.finish_within(WAIT).await, 0);
 }
 
 #[tokio::test]
 async fn send_dtmf_as_sip_info() {
-    let peer = Sipp::uas("call_peer_info.xml", &[]);
+    let peer = uas("call_peer_info.xml", &[]);
     let e = engine().await;
     let mut leg = e
         .call(&peer.uri("agent"), CallOptions::default())
@@ -582,7 +508,7 @@ async fn send_dtmf_as_sip_info() {
     leg.hangup().await.unwrap();
     within(leg.ended()).await.unwrap();
     assert_eq!(
-        peer.finish().await,
+        peer.finish_within(WAIT).await,
         0,
         "SIPp got INFO Signal=5, INFO Signal=#, BYE"
     );

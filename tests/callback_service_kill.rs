@@ -19,6 +19,9 @@
 //! Custom harness (`harness = false`): the same binary is both the test and the worker. Wall-clock time: the
 //! waits are for events the killed process printed, each bounded.
 
+#[path = "support/sipp.rs"]
+mod sipp;
+
 #[path = "../examples/callback_worker.rs"]
 #[allow(dead_code)]
 mod worker;
@@ -32,6 +35,7 @@ use std::time::Duration;
 use rappel::callback::event::{MissReason, RecoveryAction};
 use rappel::callback::store::{SqliteStore, Store};
 use rappel::callback::{EventKind, RequestId, State};
+use sipp::{band_port, local, Sipp};
 
 const ENV: &str = "RAPPEL_WORKER_ARGS";
 const WAIT: Duration = Duration::from_secs(60);
@@ -351,78 +355,24 @@ fn kill_and_restart() {
     );
 }
 
-/// SIPp as UAS on a free loopback port (any number of calls).
-struct Sipp {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Sipp {
-    fn uas(name: &str, extra: &[&str]) -> Sipp {
-        let scenario = format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"));
-        let port = free_port();
-        let child = Command::new("sipp")
-            .args(["-sf", &scenario, "-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-t", "u1", "-nostdin", "-timeout", "90s"])
-            .args(["-mp", &free_port().to_string()])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp not found: install Debian's sip-tester");
-        // Owned at once: dropped (killed and reaped) if the wait below panics.
-        let sipp = Sipp {
-            child,
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let needle = format!(":{port:04X} ");
-        let bound = || {
-            std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
-                t.lines().skip(1).any(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .is_some_and(|a| format!("{a} ").ends_with(&needle))
-                })
-            })
-        };
-        for _ in 0..500 {
-            if bound() {
-                return sipp;
-            }
-            std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
-        }
-        panic!("sipp did not bind port {port}");
-    }
-}
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        // Our own child, by PID.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// SIPp as UAS with `tests/sipp/{name}` on a free loopback port (any number of calls).
+fn uas(name: &str, extra: &[&str]) -> Sipp {
+    let addr = local(free_port());
+    let media = free_port().to_string();
+    let args = [&["-timeout", "90s", "-mp", &media][..], extra].concat();
+    Sipp::uas(&Sipp::scenario(name), addr, false, &args)
 }
 
 /// Ports in a band per test process, away from the other SIPp tests' bands and the engines' RTP ranges.
 fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    loop {
-        let base = 46_000 + (std::process::id() % 20) as u16 * 200;
-        let p = base + NEXT.fetch_add(50, Ordering::Relaxed) % 4_000;
-        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-        {
-            return p;
-        }
-    }
+    band_port(46_000, 20, 4_000)
 }
 
 /// The same over real SIP (rappel's engine, SIPp as the visitor trunk and the agent's phone): kill -9 while one
 /// request is bridged and another holds, restart until settled.
 fn kill_during_sip_calls() {
-    let visitor = Sipp::uas("callback_visitor_talk8s.xml", &[]);
-    let agent = Sipp::uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let visitor = uas("callback_visitor_talk8s.xml", &[]);
+    let agent = uas("call_peer_echo.xml", &["-rtp_echo"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("callbacks.db");
     let base = format!(

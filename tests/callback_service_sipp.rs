@@ -7,9 +7,7 @@
 //!
 //! Needs the `sipp` binary (Debian package `sip-tester`).
 
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,87 +18,25 @@ use rappel::callback::{AgentConfig, CallFailure, EventKind, NewRequest, RequestI
 use rappel::{CallOptions, Engine};
 use tokio::sync::broadcast;
 
+#[path = "support/sipp.rs"]
+mod sipp;
+
+use sipp::{band_port, local, Sipp};
+
 /// Upper bound for any one wait.
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Sipp {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Sipp {
-    fn uas(name: &str, extra: &[&str]) -> Sipp {
-        let scenario = format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"));
-        let port = free_port();
-        let media = free_port();
-        let child = Command::new("sipp")
-            .args(["-sf", &scenario, "-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-t", "u1", "-nostdin", "-timeout", "60s"])
-            .args(["-mp", &media.to_string()])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp not found: install Debian's sip-tester");
-        wait_bound(port);
-        Sipp {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-
-    async fn finish(mut self) -> i32 {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait sipp") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sipp did not finish"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await; // polling a child process: no event to await
-        }
-    }
-}
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_bound(port: u16) {
-    let needle = format!(":{port:04X} ");
-    for _ in 0..500 {
-        let bound = std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
-            t.lines().skip(1).any(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|a| format!("{a} ").ends_with(&needle))
-            })
-        });
-        if bound {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
-    }
-    panic!("sipp did not bind port {port}");
+/// SIPp as UAS with `tests/sipp/{name}` on a free loopback port.
+fn uas(name: &str, extra: &[&str]) -> Sipp {
+    let addr = local(free_port());
+    let media = free_port().to_string();
+    let args = [&["-timeout", "60s", "-mp", &media][..], extra].concat();
+    Sipp::uas(&Sipp::scenario(name), addr, false, &args)
 }
 
 /// Ports in a band per test process, away from the other SIPp tests' bands.
 fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    loop {
-        let base = 30_000 + (std::process::id() % 40) as u16 * 200;
-        let p = base + NEXT.fetch_add(50, Ordering::Relaxed) % 8_000;
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-        {
-            return p;
-        }
-    }
+    band_port(30_000, 40, 8_000)
 }
 
 /// The service on a fresh SQLite file, calling visitors at `trunk` and the one agent at `agent`.
@@ -156,8 +92,8 @@ async fn until_final(
 
 #[tokio::test]
 async fn visitor_then_agent_bridged_until_the_visitor_hangs_up() {
-    let visitor = Sipp::uas("callback_visitor_answer.xml", &["-m", "1"]);
-    let agent = Sipp::uas("call_peer_echo.xml", &["-m", "1", "-rtp_echo"]);
+    let visitor = uas("callback_visitor_answer.xml", &["-m", "1"]);
+    let agent = uas("call_peer_echo.xml", &["-m", "1", "-rtp_echo"]);
     let dir = tempfile::tempdir().unwrap();
     let svc = service(visitor.addr, agent.addr, (43_000, 43_499), &dir).await;
     let mut sub = svc.subscribe();
@@ -198,8 +134,8 @@ async fn visitor_then_agent_bridged_until_the_visitor_hangs_up() {
 
 #[tokio::test]
 async fn busy_visitor_is_called_again_and_connected() {
-    let visitor = Sipp::uas("callback_visitor_busy_then_answer.xml", &["-m", "2"]);
-    let agent = Sipp::uas("call_peer_echo.xml", &["-m", "1", "-rtp_echo"]);
+    let visitor = uas("callback_visitor_busy_then_answer.xml", &["-m", "2"]);
+    let agent = uas("call_peer_echo.xml", &["-m", "1", "-rtp_echo"]);
     let dir = tempfile::tempdir().unwrap();
     let svc = service(visitor.addr, agent.addr, (43_500, 43_999), &dir).await;
     let mut sub = svc.subscribe();

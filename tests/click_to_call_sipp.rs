@@ -7,93 +7,29 @@
 //! Needs the `sipp` binary (Debian package `sip-tester`).
 
 mod click_to_call_common;
-
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+#[path = "support/sipp.rs"]
+mod sipp;
 
 use click_to_call_common::{kinds, Server};
+use sipp::{first_free_port, local, Sipp};
 
-struct Sipp {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Sipp {
-    fn uas(scenario: &str, port: u16, media: u16) -> Sipp {
-        let scenario = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
-        let child = Command::new("sipp")
-            .args(["-sf", &scenario, "-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-t", "u1", "-nostdin", "-timeout", "60s", "-m", "1"])
-            .args(["-mp", &media.to_string(), "-rtp_echo"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp not found: install Debian's sip-tester");
-        let sipp = Sipp {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        wait_bound(port);
-        sipp
-    }
-
-    async fn finish(mut self) -> i32 {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait sipp") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sipp did not finish"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await; // polling a child process: no event to await
-        }
-    }
-}
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until something listens on UDP `port` (SIPp's start-up; bounded).
-fn wait_bound(port: u16) {
-    let needle = format!(":{port:04X} ");
-    for _ in 0..500 {
-        let bound = std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
-            t.lines().skip(1).any(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|a| format!("{a} ").ends_with(&needle))
-            })
-        });
-        if bound {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
-    }
-    panic!("sipp did not bind port {port}");
+/// SIPp as UAS with `tests/sipp/{scenario}` on 127.0.0.1:`port`, RTP on `media`, echoing RTP, for one call.
+fn uas(scenario: &str, port: u16, media: u16) -> Sipp {
+    let media = media.to_string();
+    let extra = ["-timeout", "60s", "-m", "1", "-mp", &media, "-rtp_echo"];
+    Sipp::uas(&Sipp::scenario(scenario), local(port), false, &extra)
 }
 
 /// A port free for UDP and TCP, in a band of its own (the other SIPp tests use 30 000–38 000 and 43 000–44 000).
 fn free_port(n: u16) -> u16 {
     let base = 45_000 + (std::process::id() % 50) as u16 * 20;
-    (base + n..base + 2_000)
-        .find(|p| {
-            UdpSocket::bind(("127.0.0.1", *p)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()
-        })
-        .expect("free port")
+    first_free_port(base + n..base + 2_000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_with_config_calls_trunk_and_agent_until_completed() {
-    let visitor = Sipp::uas("callback_visitor_answer.xml", free_port(0), free_port(4));
-    let agent = Sipp::uas("call_peer_echo.xml", free_port(8), free_port(12));
+    let visitor = uas("callback_visitor_answer.xml", free_port(0), free_port(4));
+    let agent = uas("call_peer_echo.xml", free_port(8), free_port(12));
     let sip = free_port(16);
     let dir = tempfile::tempdir().unwrap();
     let config = format!(

@@ -14,116 +14,33 @@ use rappel::sip::auth::Credentials;
 use rappel::sip::endpoint::{CallHandle, EndpointConfig, Event, InviteRequest, TerminationReason};
 use rappel::sip::message::StatusCode;
 use rappel::sip::transaction::Transport;
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Waits this long at most for any one expected event.
 const EVENT_WAIT: Duration = Duration::from_secs(20);
 
-struct Sipp {
-    child: Child,
-    addr: SocketAddr,
+#[path = "support/sipp.rs"]
+mod sipp;
+
+use sipp::{free_port, localhost, Sipp};
+
+/// Starts `sipp` as UAS with `scenario` on a free loopback port, for one call over UDP/IPv4.
+fn uas(scenario: &str) -> Sipp {
+    uas_on(scenario, localhost(), false)
 }
 
-impl Sipp {
-    /// Starts `sipp` as UAS with `scenario` on a free loopback port, for one call over UDP/IPv4.
-    fn uas(scenario: &str) -> Sipp {
-        Sipp::uas_on(scenario, "127.0.0.1".parse().unwrap(), false)
-    }
-
-    /// Starts `sipp` as UAS on `ip`, over TCP when `tcp`.
-    fn uas_on(scenario: &str, ip: std::net::IpAddr, tcp: bool) -> Sipp {
-        let port = free_port(ip);
-        let path = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
-        assert!(std::path::Path::new(&path).exists(), "missing {path}");
-        let child = Command::new("sipp")
-            .args(["-sf", &path, "-i", &ip.to_string(), "-p", &port.to_string()])
-            .args(["-t", if tcp { "t1" } else { "u1" }])
-            .args(["-m", "1", "-nostdin", "-timeout", "60s", "-mp"])
-            .args(if std::env::var_os("SIPP_TRACE").is_some() {
-                &["-trace_msg", "-trace_err"][..]
-            } else {
-                &[][..]
-            })
-            .arg(free_port(ip).to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sipp not found: install Debian's sip-tester (scripts/test.sh does)");
-        wait_bound(port, tcp);
-        Sipp {
-            child,
-            addr: SocketAddr::new(ip, port),
-        }
-    }
-
-    /// Waits for SIPp to finish its one call and returns its exit code (0: the scenario completed).
-    async fn finish(mut self) -> i32 {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait sipp") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sipp did not finish its scenario"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await; // polling a child process: no event to await
-        }
-    }
-}
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until some process has bound `port` (listening, for TCP), read from /proc/net: SIPp takes a moment to
-/// start, and a TCP connect before it listens is refused.
-fn wait_bound(port: u16, tcp: bool) {
-    let needle = format!(":{port:04X} ");
-    let files: &[&str] = if tcp {
-        &["/proc/net/tcp", "/proc/net/tcp6"]
-    } else {
-        &["/proc/net/udp", "/proc/net/udp6"]
-    };
-    for _ in 0..500 {
-        let bound = files.iter().any(|f| {
-            std::fs::read_to_string(f).is_ok_and(|t| {
-                t.lines().skip(1).any(|l| {
-                    let cols: Vec<&str> = l.split_whitespace().collect();
-                    // local_address is column 1; state 0A is LISTEN for TCP.
-                    cols.get(1)
-                        .is_some_and(|a| format!("{a} ").ends_with(&needle))
-                        && (!tcp || cols.get(3) == Some(&"0A"))
-                })
-            })
-        });
-        if bound {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
-    }
-    panic!("sipp did not bind port {port}");
+/// Starts `sipp` as UAS with `scenario` on a free port of `ip`, for one call, over TCP when `tcp`.
+fn uas_on(scenario: &str, ip: std::net::IpAddr, tcp: bool) -> Sipp {
+    let addr = SocketAddr::new(ip, free_port(ip));
+    let media = free_port(ip).to_string();
+    let extra = ["-m", "1", "-timeout", "60s", "-mp", &media];
+    Sipp::uas(&Sipp::scenario(scenario), addr, tcp, &extra)
 }
 
 fn free_udp_port() -> u16 {
-    free_port("127.0.0.1".parse().unwrap())
-}
-
-/// A port free for both UDP and TCP on `ip` (SIPp listens on both numbers).
-fn free_port(ip: std::net::IpAddr) -> u16 {
-    loop {
-        let s = UdpSocket::bind((ip, 0)).expect("bind");
-        let port = s.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
+    free_port(localhost())
 }
 
 async fn start_driver() -> SipDriver {
@@ -221,7 +138,7 @@ async fn hang_up(client: &SipClient, events: &mut mpsc::Receiver<Event>, call: C
 
 #[tokio::test]
 async fn answered_call_then_bye() {
-    let sipp = Sipp::uas("uas_answer.xml");
+    let sipp = uas("uas_answer.xml");
     let mut d = start_driver().await;
     let call = invite(&d.client, sipp.addr, None).await;
     let answer = wait_answered(&mut d.events, call).await;
@@ -235,7 +152,7 @@ async fn answered_call_then_bye() {
 
 #[tokio::test]
 async fn answered_call_over_ipv6() {
-    let sipp = Sipp::uas_on("uas_answer.xml", "::1".parse().unwrap(), false);
+    let sipp = uas_on("uas_answer.xml", "::1".parse().unwrap(), false);
     let mut d = start_driver_on("[::1]:0".parse().unwrap(), Transport::Udp).await;
     let call = invite(&d.client, sipp.addr, None).await;
     wait_answered(&mut d.events, call).await;
@@ -249,7 +166,7 @@ async fn answered_call_over_ipv6() {
 
 #[tokio::test]
 async fn answered_call_over_tcp() {
-    let sipp = Sipp::uas_on("uas_answer.xml", "127.0.0.1".parse().unwrap(), true);
+    let sipp = uas_on("uas_answer.xml", "127.0.0.1".parse().unwrap(), true);
     let mut d = start_driver_on("127.0.0.1:0".parse().unwrap(), Transport::Tcp).await;
     let call = invite(&d.client, sipp.addr, None).await;
     wait_answered(&mut d.events, call).await;
@@ -263,7 +180,7 @@ async fn answered_call_over_tcp() {
 
 #[tokio::test]
 async fn busy_here() {
-    let sipp = Sipp::uas("uas_busy.xml");
+    let sipp = uas("uas_busy.xml");
     let mut d = start_driver().await;
     let call = invite(&d.client, sipp.addr, None).await;
     match next_event(&mut d.events, call).await {
@@ -278,7 +195,7 @@ async fn busy_here() {
 #[tokio::test]
 async fn no_answer_then_cancel_at_ring_timeout() {
     let ring_timeout = Duration::from_millis(1500);
-    let sipp = Sipp::uas("uas_noanswer.xml");
+    let sipp = uas("uas_noanswer.xml");
     let mut d = start_driver().await;
     let call = invite(&d.client, sipp.addr, None).await;
     match next_event(&mut d.events, call).await {
@@ -309,7 +226,7 @@ async fn no_answer_then_cancel_at_ring_timeout() {
 
 #[tokio::test]
 async fn digest_challenge_answered() {
-    let sipp = Sipp::uas("uas_auth.xml");
+    let sipp = uas("uas_auth.xml");
     let mut d = start_driver().await;
     let creds = Credentials {
         username: "rappel".into(),
@@ -403,7 +320,7 @@ impl Drop for LossyProxy {
 #[tokio::test]
 async fn answered_call_survives_20_percent_loss() {
     use std::sync::atomic::Ordering;
-    let sipp = Sipp::uas("uas_answer.xml");
+    let sipp = uas("uas_answer.xml");
     let proxy = LossyProxy::start(sipp.addr).await;
     let mut d = start_driver().await;
     let req = InviteRequest {

@@ -15,7 +15,7 @@ use rappel::sip::endpoint::{
 use rappel::sip::message::{StatusCode, Uri};
 use rappel::sip::register::{RegistrationAgent, RegistrationEvent, RegistrationPolicy};
 use rappel::sip::transaction::Transport;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,9 +23,10 @@ use tokio::sync::mpsc;
 
 const EVENT_WAIT: Duration = Duration::from_secs(20);
 
-fn localhost() -> IpAddr {
-    "127.0.0.1".parse().unwrap()
-}
+#[path = "support/sipp.rs"]
+mod sipp;
+
+use sipp::{free_port, local, localhost, wait_bound, Sipp};
 
 /// A child process killed (by its PID) when dropped.
 struct Proc(Child);
@@ -37,88 +38,11 @@ impl Drop for Proc {
     }
 }
 
-struct Sipp {
-    proc: Proc,
-    addr: SocketAddr,
-}
-
-impl Sipp {
-    fn uas(scenario: &str, port: u16, tcp: bool) -> Sipp {
-        let path = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
-        assert!(std::path::Path::new(&path).exists(), "missing {path}");
-        let child = Command::new("sipp")
-            .args(["-sf", &path, "-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-t", if tcp { "t1" } else { "u1" }])
-            .args(["-m", "1", "-nostdin", "-timeout", "60s", "-mp"])
-            .args(if std::env::var_os("SIPP_TRACE").is_some() {
-                &["-trace_msg", "-trace_err"][..]
-            } else {
-                &[][..]
-            })
-            .arg(free_port().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp not found: install Debian's sip-tester (scripts/test.sh does)");
-        wait_bound(port, tcp);
-        Sipp {
-            proc: Proc(child),
-            addr: SocketAddr::new(localhost(), port),
-        }
-    }
-
-    /// Waits for SIPp to finish its one call; its exit code (0: the scenario ran to the end).
-    async fn finish(mut self) -> i32 {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.proc.0.try_wait().expect("wait sipp") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sipp did not finish"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await; // polling a child process: no event to await
-        }
-    }
-}
-
-/// Waits until some process has bound `port` (listening, for TCP), read from /proc/net.
-fn wait_bound(port: u16, tcp: bool) {
-    let needle = format!(":{port:04X} ");
-    let files: &[&str] = if tcp {
-        &["/proc/net/tcp", "/proc/net/tcp6"]
-    } else {
-        &["/proc/net/udp", "/proc/net/udp6"]
-    };
-    for _ in 0..500 {
-        let bound = files.iter().any(|f| {
-            std::fs::read_to_string(f).is_ok_and(|t| {
-                t.lines().skip(1).any(|l| {
-                    let cols: Vec<&str> = l.split_whitespace().collect();
-                    cols.get(1)
-                        .is_some_and(|a| format!("{a} ").ends_with(&needle))
-                        && (!tcp || cols.get(3) == Some(&"0A"))
-                })
-            })
-        });
-        if bound {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10)); // an outside process's start-up: nothing to await
-    }
-    panic!("nothing bound port {port}");
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1.
-fn free_port() -> u16 {
-    loop {
-        let s = UdpSocket::bind((localhost(), 0)).expect("bind");
-        let port = s.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind((localhost(), port)).is_ok() {
-            return port;
-        }
-    }
+/// SIPp as UAS with `scenario` on 127.0.0.1:`port`, for one call, over TCP when `tcp`.
+fn uas(scenario: &str, port: u16, tcp: bool) -> Sipp {
+    let media = free_port(localhost()).to_string();
+    let extra = ["-m", "1", "-timeout", "60s", "-mp", &media];
+    Sipp::uas(&Sipp::scenario(scenario), local(port), tcp, &extra)
 }
 
 /// dnsmasq serving only the given records for `*.test`, on 127.0.0.1:port.
@@ -134,7 +58,7 @@ impl Dns {
             .into_iter()
             .find(|b| !b.starts_with('/') || std::path::Path::new(b).exists())
             .unwrap();
-        let port = free_port();
+        let port = free_port(localhost());
         let dir = tempfile::tempdir().unwrap();
         let pid = dir.path().join("dnsmasq.pid");
         let mut cmd = Command::new(bin);
@@ -237,7 +161,7 @@ async fn hang_up(client: &SipClient, events: &mut mpsc::Receiver<Event>, call: C
 
 #[tokio::test]
 async fn reliable_183_is_pracked() {
-    let sipp = Sipp::uas("uas_prack.xml", free_port(), false);
+    let sipp = uas("uas_prack.xml", free_port(localhost()), false);
     let mut d = start_driver(Transport::Udp).await;
     let call = invite(&d.client, &format!("sip:visitor@{}", sipp.addr), sipp.addr).await;
     let (prov, result) = outcome(&mut d.events, call).await;
@@ -257,7 +181,7 @@ async fn reliable_183_is_pracked() {
 
 #[tokio::test]
 async fn registration_refreshed_and_removed_at_a_registrar() {
-    let sipp = Sipp::uas("registrar.xml", free_port(), false);
+    let sipp = uas("registrar.xml", free_port(localhost()), false);
     let mut d = start_driver(Transport::Udp).await;
     let req = RegisterRequest {
         registrar: format!("sip:{}", sipp.addr),
@@ -377,7 +301,7 @@ async fn call_with_failover(
 
 #[tokio::test]
 async fn dns_srv_failover_from_a_503_to_the_next_priority() {
-    let (p1, p2) = (free_port(), free_port());
+    let (p1, p2) = (free_port(localhost()), free_port(localhost()));
     let dns = Dns::start(&[
         "--naptr-record=trunk.test,10,50,s,SIP+D2U,,_sip._udp.trunk.test".into(),
         format!("--srv-host=_sip._udp.trunk.test,sip-a.trunk.test,{p1},10,50"),
@@ -413,8 +337,8 @@ async fn dns_srv_failover_from_a_503_to_the_next_priority() {
     );
     assert!(resolver.resolve(&r("sip:nothing.test")).await.is_err());
 
-    let bad = Sipp::uas("uas_503.xml", p1, false);
-    let good = Sipp::uas("uas_answer.xml", p2, false);
+    let bad = uas("uas_503.xml", p1, false);
+    let good = uas("uas_answer.xml", p2, false);
     let mut d = start_driver(Transport::Udp).await;
     let (targets, results, call) =
         call_with_failover(&mut d, &resolver, "sip:visitor@trunk.test").await;
@@ -446,7 +370,7 @@ async fn dns_srv_failover_from_a_503_to_the_next_priority() {
 async fn dns_srv_failover_over_tcp_from_a_dead_target() {
     // Nothing listens on the first target: the TCP connect is refused, the driver reports the transport error,
     // the INVITE ends at once with TransportError and the second target takes the call.
-    let (dead, p2) = (free_port(), free_port());
+    let (dead, p2) = (free_port(localhost()), free_port(localhost()));
     let dns = Dns::start(&[
         format!("--srv-host=_sip._tcp.tcp.test,sip-a.tcp.test,{dead},10,0"),
         format!("--srv-host=_sip._tcp.tcp.test,sip-b.tcp.test,{p2},20,0"),
@@ -454,7 +378,7 @@ async fn dns_srv_failover_over_tcp_from_a_dead_target() {
         "--host-record=sip-b.tcp.test,127.0.0.1".into(),
     ]);
     let resolver = SipResolver::with_nameservers(&[dns.addr]).unwrap();
-    let good = Sipp::uas("uas_answer.xml", p2, true);
+    let good = uas("uas_answer.xml", p2, true);
     let mut d = start_driver(Transport::Tcp).await;
     let begin = tokio::time::Instant::now();
     let (targets, results, call) =
