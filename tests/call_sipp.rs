@@ -461,6 +461,59 @@ async fn bridge_aligns_a_pcma_leg_with_a_pcmu_leg_by_reinvite() {
     assert_eq!(visitor_peer.finish_within(WAIT).await, 0);
 }
 
+/// The agent answers PCMA only and refuses the alignment re-INVITE (488): the bridge is made anyway and the
+/// relay transcodes. The visitor plays PCMU; the agent echoes what it gets (PCMA) back through the bridge.
+#[tokio::test]
+async fn bridge_transcodes_when_a_pcma_leg_refuses_alignment() {
+    let player = player(3000);
+    let echo = uas("call_peer_pcma_refuse.xml", &["-rtp_echo"]);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&player.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e
+        .call(&echo.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let mut bridge = within(e.bridge(&visitor, &agent, BridgeOptions::default()))
+        .await
+        .expect("bridged with transcoding after the 488");
+    let bcdr = within(bridge.ended()).await.unwrap();
+    let p = within(visitor.ended()).await.unwrap();
+    let q = within(agent.ended()).await.unwrap();
+    assert_eq!(bcdr.ended_by_leg, Some(p.leg), "the player's BYE ended it");
+    assert_eq!(
+        (q.hangup_by, q.end_cause),
+        (HangupBy::Local, EndCause::Normal)
+    );
+    // About 3 s of PCMU from the player, less the time before the bridge, crossed to the PCMA peer, were
+    // echoed, and crossed back to the player.
+    assert!(p.media.packets_in >= 100, "player sent {:?}", p.media);
+    assert!(q.media.packets_out >= 60, "PCMA peer got {:?}", q.media);
+    assert!(q.media.packets_out <= p.media.packets_in);
+    assert!(q.media.packets_in >= 50, "PCMA peer echoed {:?}", q.media);
+    assert!(
+        p.media.packets_out >= 50,
+        "player got the echo {:?}",
+        p.media
+    );
+    assert!(p.media.packets_out <= q.media.packets_in);
+    // G.711 transcoding keeps the payload length: bytes per packet are equal on both sides.
+    assert_eq!(
+        q.media.bytes_out * p.media.packets_in,
+        p.media.bytes_in * q.media.packets_out
+    );
+    assert_eq!(player.finish_within(WAIT).await, 0, "player completed");
+    assert_eq!(
+        echo.finish_within(WAIT).await,
+        0,
+        "PCMA peer saw the PCMU re-INVITE, answered 488, then BYE"
+    );
+}
+
 #[tokio::test]
 async fn the_visitor_hears_our_ringback_while_the_agent_rings() {
     use rappel::EarlyMedia;

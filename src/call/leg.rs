@@ -140,6 +140,9 @@ pub enum LegCommand {
         rtcp: SocketAddr,
         /// The peer's telephone-event payload type.
         telephone_event_pt: Option<u8>,
+        /// The G.711 law of the negotiated audio codec (`None` for another codec): the relay transcodes
+        /// between bridged legs of different laws.
+        law: Option<crate::media::g711::Law>,
     },
     /// The peer stops sending (hold either way): suspend (true) or resume (false) the inactivity watchdog.
     MediaHold(bool),
@@ -601,13 +604,16 @@ impl LegCore {
 
     fn apply(&mut self, n: Negotiated) {
         let changed = self.negotiated.as_ref().is_none_or(|o| {
-            o.remote_rtp != n.remote_rtp || o.telephone_event_pt != n.telephone_event_pt
+            o.remote_rtp != n.remote_rtp
+                || o.telephone_event_pt != n.telephone_event_pt
+                || o.codec.law() != n.codec.law()
         });
         if changed {
             self.commands.push_back(LegCommand::Remote {
                 rtp: n.remote_rtp,
                 rtcp: n.remote_rtcp,
                 telephone_event_pt: n.telephone_event_pt,
+                law: n.codec.law(),
             });
         }
         self.negotiated = Some(n);

@@ -305,8 +305,13 @@ impl Engine {
         Ok(leg)
     }
 
-    /// Joins two answered legs through the relay. When their codecs differ (PCMU and PCMA), leg `b` is
-    /// re-INVITEd with leg `a`'s codec first; returns once the legs hear each other.
+    /// Joins two answered legs through the relay; returns once the legs hear each other.
+    ///
+    /// When their codecs differ (PCMU and PCMA), leg `b` is first re-INVITEd offering only leg `a`'s codec:
+    /// a bridge without transcoding keeps the audio bit-exact and the relay's per-packet path minimal. If `b`
+    /// refuses (488, timeout of the transaction) or answers with its old codec anyway, the bridge is made
+    /// regardless and the relay transcodes PCMU↔PCMA per packet (a 256-entry table, in place). Only codecs
+    /// that are not both G.711 fail with [`CallError::IncompatibleCodecs`].
     pub async fn bridge(&self, a: &Leg, b: &Leg, opts: BridgeOptions) -> Result<Bridge, CallError> {
         if a.id == b.id {
             return Err(CallError::AlreadyBridged);
@@ -982,7 +987,9 @@ impl Task {
             return;
         };
         match plan(&ca, &cb, aligned_once) {
-            Plan::Connect => {
+            // Transcode: the legs' laws reached the relay with their `LegCommand::Remote`; it maps PCMU↔PCMA
+            // per packet (see `media::relay`).
+            Plan::Connect | Plan::Transcode => {
                 let Some(br) = self.bridges.get_mut(&bid) else {
                     return;
                 };
@@ -1038,9 +1045,7 @@ impl Task {
                     Err(e) => self.fail_bridge(bid, e),
                 }
             }
-            Plan::Transcode | Plan::Incompatible => {
-                self.fail_bridge(bid, CallError::IncompatibleCodecs)
-            }
+            Plan::Incompatible => self.fail_bridge(bid, CallError::IncompatibleCodecs),
         }
     }
 
@@ -1284,10 +1289,15 @@ impl Task {
                     rtp,
                     rtcp,
                     telephone_event_pt,
+                    law,
                 } => {
+                    if let (Some(law), Some(l)) = (law, self.legs.get_mut(&id)) {
+                        l.law = law;
+                    }
                     fire(self.relay.with_relay(move |r, _| {
                         let _ = r.set_remote(rid, Some(rtp), Some(rtcp));
                         let _ = r.set_telephone_event_pt(rid, telephone_event_pt);
+                        let _ = r.set_codec(rid, law);
                     }));
                 }
                 LegCommand::MediaHold(on) => {
@@ -1302,9 +1312,17 @@ impl Task {
                         }
                         if op == Op::Reoffer {
                             if let Some(bid) = l.aligning.take() {
+                                // Aligned or refused: connect, transcoding G.711 if the laws still
+                                // differ. A leg that ended meanwhile fails the bridge in `try_connect`.
+                                let up = l.core.phase() == Phase::Answered;
                                 match result {
-                                    Ok(()) => self.try_connect(now, bid, true),
-                                    Err(e) => self.fail_bridge(bid, e),
+                                    Err(e) if !up => self.fail_bridge(bid, e),
+                                    r => {
+                                        if r.is_err() {
+                                            tracing::debug!("codec re-INVITE refused: transcoding");
+                                        }
+                                        self.try_connect(now, bid, true);
+                                    }
                                 }
                             }
                         }
