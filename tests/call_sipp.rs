@@ -566,3 +566,64 @@ async fn send_dtmf_as_sip_info() {
         "SIPp got INFO Signal=5, INFO Signal=#, BYE"
     );
 }
+
+/// A peer that negotiated telephone-event (as PT 100) gets DTMF in-band: RFC 4733 packets on its SDP address,
+/// read here by the test's own UDP socket.
+#[tokio::test]
+async fn send_dtmf_as_rfc4733_events() {
+    use rappel::media::dtmf::TelephoneEvent;
+    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tpl = std::fs::read_to_string(Sipp::scenario("call_peer_rfc4733.xml.in")).unwrap();
+    let xml = tpl.replace("@RTP_PORT@", &rtp.local_addr().unwrap().port().to_string());
+    let sf = dir.path().join("peer.xml");
+    std::fs::write(&sf, xml).unwrap();
+    let peer = start(sf.to_str().unwrap(), &[]).keep(dir);
+    let e = engine().await;
+    let mut leg = e
+        .call(&peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    within(leg.send_dtmf("1#")).await.unwrap();
+    // Returned once every packet was handed to the relay: 2 digits x (2 start + 3 end) packets.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1500];
+    while got.len() < 10 {
+        let n = within(rtp.recv(&mut buf)).await.unwrap();
+        got.push(buf[..n].to_vec());
+    }
+    leg.hangup().await.unwrap();
+    within(leg.ended()).await.unwrap();
+    let field = |p: &[u8]| {
+        (
+            p[1] & 0x80 != 0,
+            p[1] & 0x7f,
+            u16::from_be_bytes([p[2], p[3]]),
+            u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+            TelephoneEvent::parse(&p[12..]).unwrap(),
+        )
+    };
+    let first_seq = field(&got[0]).2;
+    for (digit, event) in [(0usize, 1u8), (1, 11)] {
+        let ts = field(&got[digit * 5]).3;
+        for i in 0..5 {
+            let (marker, pt, seq, t, ev) = field(&got[digit * 5 + i]);
+            assert_eq!(got[digit * 5 + i].len(), 16);
+            assert_eq!(pt, 100, "the leg's telephone-event PT");
+            assert_eq!(marker, i == 0, "marker on the first packet only");
+            assert_eq!(seq, first_seq.wrapping_add((digit * 5 + i) as u16));
+            assert_eq!(t, ts, "one timestamp per event");
+            assert_eq!(
+                (ev.event, ev.end),
+                (event, i >= 2),
+                "digit {digit} packet {i}"
+            );
+            assert_eq!(ev.duration, [400, 800, 800, 800, 800][i]);
+        }
+    }
+    // The second key starts after the first one's packets and the gap (>= 300 ms = 2400 samples).
+    let gap = field(&got[5]).3.wrapping_sub(field(&got[0]).3);
+    assert!((2200..8000).contains(&gap), "timestamp step {gap}");
+    assert_eq!(peer.finish_within(WAIT).await, 0, "no INFO, then BYE");
+}

@@ -846,9 +846,9 @@ impl Relay {
             Some(e) if !first => e,
             _ => (tag, 0),
         };
-        // Source seq `seq` and timestamp 0 under a tag of its own: the first packet re-anchors the stream
-        // (marker, timestamp = now), the others map to the next sequence numbers and the same timestamp.
-        let (marker, out_seq, out_ts) = l.out.rewrite(now, tag, 0, seq, 0, false, 4);
+        // Source seq `seq` under a tag of its own: the first packet re-anchors the stream (marker, timestamp =
+        // now), the others map to the next sequence numbers and the same timestamp.
+        let (marker, out_seq, out_ts) = l.out.rewrite_event(now, tag, seq);
         l.event = (!last).then_some((tag, seq.wrapping_add(1)));
         let (head, rest) = buf.split_at_mut(RTP_HEADER_LEN);
         let head: &mut [u8; RTP_HEADER_LEN] =

@@ -16,7 +16,7 @@ use crate::call::{
     BridgeCdr, BridgeEvent, BridgeId, BridgeOptions, CallError, CallOptions, Cdr, EarlyMedia,
     EndCause, LegEvent, LegId, MediaCounters, ShutdownMode,
 };
-use crate::media::dtmf::{Digit, DtmfReceiver};
+use crate::media::dtmf::{Digit, DtmfReceiver, DtmfSendOptions, DtmfSender};
 use crate::media::g711::Law;
 use crate::media::player::{PlayItem, PlayerEvent, PlayerId, PlayerOptions, PlayerSet, Playlist};
 use crate::media::relay::{LegConfig, LegStats, RelayConfig, Source};
@@ -181,6 +181,7 @@ impl EngineBuilder {
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
             bridges: HashMap::new(),
+            dtmf: HashMap::new(),
             outbound_proxy: self.outbound_proxy,
             from: self.from,
             dirty: VecDeque::new(),
@@ -229,7 +230,8 @@ enum Cmd {
     Play(u64, Playlist, Reply<()>),
     StopMedia(u64, Reply<()>),
     Hangup(u64, Option<Reply<()>>),
-    Dtmf(u64, Vec<Digit>, Reply<()>),
+    /// Digits, and whether to force SIP INFO.
+    Dtmf(u64, Vec<Digit>, bool, Reply<()>),
     Bridge {
         id: u64,
         a: u64,
@@ -412,15 +414,22 @@ impl Leg {
         self.engine.ask(|r| Cmd::StopMedia(self.id.0, r)).await
     }
 
-    /// Sends DTMF digits (`0-9*#A-D`) to the peer, one SIP INFO `application/dtmf-relay` per digit (250 ms
-    /// each). In-band RFC 4733 sending is not done yet. Errors: [`CallError::InvalidDigit`] (nothing sent),
-    /// [`CallError::NotAnswered`].
+    /// Sends DTMF digits (`0-9*#A-D`) to the peer. When the leg negotiated telephone-event, they go in-band
+    /// as RFC 4733 events through the relay (with the leg's telephone-event payload type: 100 ms per key, one
+    /// packet every 50 ms, three end packets, 100 ms between keys; the leg's audio pauses during each event)
+    /// and this returns once the last packet is sent; calls made meanwhile queue behind. Otherwise they go as
+    /// SIP INFO, as [`Self::send_dtmf_info`]. Errors: [`CallError::InvalidDigit`] (nothing sent),
+    /// [`CallError::NotAnswered`], [`CallError::Ended`] (the call ended before all were sent).
     pub async fn send_dtmf(&self, digits: &str) -> Result<(), CallError> {
-        let d = digits
-            .chars()
-            .map(|c| Digit::from_char(c).ok_or(CallError::InvalidDigit(c)))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.engine.ask(|r| Cmd::Dtmf(self.id.0, d, r)).await
+        let d = parse_digits(digits)?;
+        self.engine.ask(|r| Cmd::Dtmf(self.id.0, d, false, r)).await
+    }
+
+    /// Sends DTMF digits as SIP INFO `application/dtmf-relay`, one request per digit (`Duration=250`), whatever
+    /// the SDP negotiated. Errors as [`Self::send_dtmf`].
+    pub async fn send_dtmf_info(&self, digits: &str) -> Result<(), CallError> {
+        let d = parse_digits(digits)?;
+        self.engine.ask(|r| Cmd::Dtmf(self.id.0, d, true, r)).await
     }
 
     /// Hangs up (CANCEL before an answer, BYE after). [`LegEvent::Ended`] follows.
@@ -432,6 +441,13 @@ impl Leg {
     pub fn cdr(&self) -> Option<&Cdr> {
         self.cdr.as_ref()
     }
+}
+
+fn parse_digits(digits: &str) -> Result<Vec<Digit>, CallError> {
+    digits
+        .chars()
+        .map(|c| Digit::from_char(c).ok_or(CallError::InvalidDigit(c)))
+        .collect()
 }
 
 impl Drop for Leg {
@@ -519,6 +535,14 @@ struct BridgeRec {
     start_unix_ms: u64,
 }
 
+/// RFC 4733 digits being sent on one leg, and calls queued behind them.
+struct DtmfJob {
+    sender: DtmfSender,
+    pt: u8,
+    reply: Reply<()>,
+    queue: VecDeque<(Vec<Digit>, Reply<()>)>,
+}
+
 struct ShutdownState {
     deadline: Option<Instant>,
     done: Vec<oneshot::Sender<()>>,
@@ -535,6 +559,8 @@ struct Task {
     deadlines: BTreeSet<(Instant, u64)>,
     deadline_of: HashMap<u64, Instant>,
     bridges: HashMap<u64, BridgeRec>,
+    /// In-band DTMF being sent, by leg.
+    dtmf: HashMap<u64, DtmfJob>,
     outbound_proxy: Option<SocketAddr>,
     from: String,
     /// Legs whose state machines have output to drain.
@@ -629,6 +655,10 @@ impl Task {
             };
             for t in [
                 self.players.poll_timeout(),
+                self.dtmf
+                    .values()
+                    .filter_map(|j| j.sender.poll_timeout())
+                    .min(),
                 self.deadlines.first().map(|d| d.0),
                 self.shutdown.as_ref().and_then(|s| s.deadline),
                 linger_until,
@@ -676,6 +706,7 @@ impl Task {
             self.ep_dirty = true;
         }
         self.players.handle_timeout(now);
+        self.pump_dtmf(now);
         while let Some(&(t, id)) = self.deadlines.first() {
             if t > now {
                 break;
@@ -840,12 +871,36 @@ impl Task {
                     let _ = reply.send(r);
                 }
             }
-            Cmd::Dtmf(id, digits, reply) => {
-                let call = self
+            Cmd::Dtmf(id, digits, info, reply) => {
+                let leg = self
                     .legs
                     .get(&id)
-                    .filter(|l| l.core.phase() == Phase::Answered)
-                    .and_then(|l| l.core.call());
+                    .filter(|l| l.core.phase() == Phase::Answered);
+                let call = leg.and_then(|l| l.core.call());
+                let te = leg
+                    .and_then(|l| l.core.negotiated())
+                    .and_then(|n| n.telephone_event_pt)
+                    .filter(|_| !info);
+                if let (Some(pt), Some(_)) = (te, call) {
+                    match self.dtmf.get_mut(&id) {
+                        Some(job) => job.queue.push_back((digits, reply)),
+                        None => {
+                            let opts = DtmfSendOptions::default();
+                            let sender = DtmfSender::new(now, &digits, opts);
+                            self.dtmf.insert(
+                                id,
+                                DtmfJob {
+                                    sender,
+                                    pt,
+                                    reply,
+                                    queue: VecDeque::new(),
+                                },
+                            );
+                            self.pump_dtmf(now);
+                        }
+                    }
+                    return;
+                }
                 let r = match call {
                     Some(c) => digits.iter().try_for_each(|d| {
                         let body = format!("Signal={}\r\nDuration=250\r\n", d.to_char());
@@ -881,6 +936,54 @@ impl Task {
                 let _ = reply.send(r);
             }
             Cmd::Shutdown(mode, done) => self.start_shutdown(now, mode, Some(done)),
+        }
+    }
+
+    /// Sends the RFC 4733 packets due; answers a finished call and starts the next one queued on its leg.
+    fn pump_dtmf(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        for (id, job) in &mut self.dtmf {
+            let Some(l) = self.legs.get(id) else {
+                done.push(*id);
+                continue;
+            };
+            job.sender.handle_timeout(now);
+            while let Some(p) = job.sender.poll_packet() {
+                self.relay
+                    .send_event(l.info.id, job.pt, p.payload, p.marker, p.last);
+            }
+            if job.sender.poll_timeout().is_none() {
+                done.push(*id);
+            }
+        }
+        for id in done {
+            let Some(job) = self.dtmf.remove(&id) else {
+                continue;
+            };
+            let up = self.legs.contains_key(&id);
+            let _ = job
+                .reply
+                .send(if up { Ok(()) } else { Err(CallError::Ended) });
+            let mut queue = job.queue;
+            if !up {
+                for (_, r) in queue {
+                    let _ = r.send(Err(CallError::Ended));
+                }
+                continue;
+            }
+            if let Some((digits, reply)) = queue.pop_front() {
+                let opts = DtmfSendOptions::default();
+                let sender = DtmfSender::new(now + opts.gap, &digits, opts);
+                self.dtmf.insert(
+                    id,
+                    DtmfJob {
+                        sender,
+                        pt: job.pt,
+                        reply,
+                        queue,
+                    },
+                );
+            }
         }
     }
 
@@ -1424,6 +1527,12 @@ impl Task {
                 }
                 for (_, w) in l.waiters {
                     let _ = w.send(Err(CallError::Ended));
+                }
+                if let Some(job) = self.dtmf.remove(&id) {
+                    let _ = job.reply.send(Err(CallError::Ended));
+                    for (_, r) in job.queue {
+                        let _ = r.send(Err(CallError::Ended));
+                    }
                 }
                 let stats = self.relay.remove_leg(l.info.id);
                 let tx = l.events;

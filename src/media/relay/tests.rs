@@ -804,5 +804,7 @@ fn dtmf_events_share_a_timestamp_and_suppress_audio_until_the_last_packet() {
     let (m, pt, seq, ts, _) = fields(&mut p);
     assert!(m);
     assert_eq!((pt, seq), (0, last_audio.0.wrapping_add(6)));
-    assert!(ts.wrapping_sub(ts0) < 0x8000_0000 && ts != ts0);
+    // Timed from the event's start (100 ms), not from its last packet (300 ms): 220 ms later.
+    assert_eq!(now, ms(300));
+    assert_eq!(ts.wrapping_sub(ts0), 1760);
 }
