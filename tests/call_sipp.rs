@@ -627,3 +627,19 @@ async fn send_dtmf_as_rfc4733_events() {
     assert!((2200..8000).contains(&gap), "timestamp step {gap}");
     assert_eq!(peer.finish_within(WAIT).await, 0, "no INFO, then BYE");
 }
+
+/// The From display name goes on the wire quoted, with `"` and `\` escaped (the SIPp peer checks the header).
+#[tokio::test]
+async fn from_display_name_is_quoted_and_escaped() {
+    let peer = uas("uas_from_display.xml", &[]);
+    let e = engine().await;
+    let opts = CallOptions::default().from("sip:ann@example.com", Some(r#"Ann "The" \ Agent"#));
+    let mut leg = e.call(&peer.uri("v"), opts).await.unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    assert_eq!(cdr.end_cause, EndCause::Rejected(486));
+    assert_eq!(
+        peer.finish_within(WAIT).await,
+        0,
+        "SIPp's From regex matched"
+    );
+}

@@ -1307,7 +1307,10 @@ impl Task {
                 now,
                 InviteRequest {
                     target: l.target.clone(),
-                    from: l.opts.from.clone().unwrap_or_else(|| self.from.clone()),
+                    from: from_header(
+                        l.opts.from.as_deref().unwrap_or(&self.from),
+                        l.opts.display_name.as_deref(),
+                    ),
                     to: None,
                     next_hop,
                     sdp: body,
@@ -1646,6 +1649,20 @@ impl Task {
             }
         }
         self.dirty.push_back(id);
+    }
+}
+
+/// Our From for an INVITE: the URI, or `"Display Name" <uri>` with the name quoted and `"` and `\\` escaped
+/// (RFC 3261 §25.1 quoted-string). A URI that does not parse is passed on as is (the endpoint rejects it).
+fn from_header(uri: &str, display_name: Option<&str>) -> String {
+    match (display_name, Uri::parse(uri)) {
+        (Some(name), Ok(u)) => {
+            let v = crate::sip::message::NameAddr::new(u)
+                .with_display_name(name)
+                .encode();
+            String::from_utf8_lossy(&v).into_owned()
+        }
+        _ => uri.to_owned(),
     }
 }
 
