@@ -85,22 +85,25 @@ impl LegNode {
                 any = true;
                 let call = self.leg.call();
                 match c {
-                    LegCommand::Invite { body, headers } => {
-                        let h = self
-                            .ep
-                            .start_invite(
-                                now,
-                                InviteRequest {
-                                    target: "sip:agent@10.0.0.2:5060".into(),
-                                    from: "sip:rappel@10.0.0.1".into(),
-                                    to: None,
-                                    next_hop: addr_b(),
-                                    sdp: body,
-                                    credentials: None,
-                                    extra_headers: headers,
-                                },
-                            )
-                            .unwrap();
+                    LegCommand::Invite {
+                        body,
+                        headers,
+                        retry_of,
+                    } => {
+                        let req = InviteRequest {
+                            target: "sip:agent@10.0.0.2:5060".into(),
+                            from: "sip:rappel@10.0.0.1".into(),
+                            to: None,
+                            next_hop: addr_b(),
+                            sdp: body,
+                            credentials: None,
+                            extra_headers: headers,
+                        };
+                        let h = match retry_of {
+                            Some(prev) => self.ep.retry_invite(now, prev, req),
+                            None => self.ep.start_invite(now, req),
+                        }
+                        .unwrap();
                         self.leg.attach(h, None);
                     }
                     LegCommand::Cancel => {
@@ -370,6 +373,22 @@ fn answer_422_is_retried_with_the_peers_min_se() {
     };
     assert_eq!(se(0).as_deref(), Some(&b"300;refresher=uac"[..]));
     assert_eq!(se(1).as_deref(), Some(&b"1800;refresher=uac"[..]));
+    // RFC 4028 §7.4: the retry carries the 422's Min-SE, in the same call (Call-ID, From with its tag) with the
+    // next CSeq and a new transaction (branch).
+    let hdr = |i: usize, n: HeaderName| invites[i].1.headers.get(&n).cloned().unwrap();
+    assert_eq!(&hdr(0, HeaderName::MinSe)[..], b"90");
+    assert_eq!(&hdr(1, HeaderName::MinSe)[..], b"1800");
+    assert_eq!(hdr(0, HeaderName::CallId), hdr(1, HeaderName::CallId));
+    assert_eq!(hdr(0, HeaderName::From), hdr(1, HeaderName::From));
+    assert_eq!(&hdr(0, HeaderName::CSeq)[..], b"1 INVITE");
+    assert_eq!(&hdr(1, HeaderName::CSeq)[..], b"2 INVITE");
+    assert_ne!(hdr(0, HeaderName::Via), hdr(1, HeaderName::Via));
+    // The 422 was ACKed (by its transaction), and the dialog is the retry's: the answer's To tag, our tag.
+    assert_eq!(
+        requests(&sim, Method::Ack).len(),
+        2,
+        "ACK for the 422, ACK for the 200"
+    );
     assert_eq!(sim.a.leg.phase(), Phase::Answered);
     assert!(sim.a.events.iter().any(|(_, e)| *e == LegEvent::Answered));
     assert!(
@@ -407,7 +426,15 @@ fn a_second_422_gives_up_after_two_retries() {
     sim.now = t0;
     start(&mut sim);
     sim.run_to(Duration::from_secs(5));
-    assert_eq!(requests(&sim, Method::Invite).len(), 3);
+    let invites = requests(&sim, Method::Invite);
+    assert_eq!(invites.len(), 3);
+    let cseqs: Vec<_> = invites
+        .iter()
+        .map(|(_, r)| r.headers.get(&HeaderName::CSeq).cloned().unwrap())
+        .collect();
+    assert_eq!(cseqs, ["1 INVITE", "2 INVITE", "3 INVITE"]);
+    let call_id = |i: usize| invites[i].1.headers.get(&HeaderName::CallId).cloned();
+    assert!(call_id(0) == call_id(1) && call_id(1) == call_id(2));
     assert_eq!(sim.a.ended().map(|e| e.1), Some(EndCause::Rejected(422)));
 }
 

@@ -11,8 +11,9 @@
 //!
 //! # Session timers (RFC 4028), as UAC
 //! With [`SessionTimerOptions`] the INVITE carries `Supported: timer`, `Session-Expires: N;refresher=uac` and
-//! `Min-SE`. A 422 answer is retried (at most twice) with the larger of our interval and the 422's Min-SE (a new
-//! INVITE: the endpoint gives it a new Call-ID, where §7.2 would keep the old one). The 2xx's Session-Expires
+//! `Min-SE`. A 422 answer is retried (at most twice) with Min-SE raised to the 422's and Session-Expires to at
+//! least that, in the same Call-ID and From tag with the next CSeq and a new branch (RFC 4028 §7.4, RFC 3261
+//! §8.1.3.5: [`LegCommand::Invite::retry_of`]). The 2xx's Session-Expires
 //! decides: when we are the refresher we refresh (re-INVITE or UPDATE with an unchanged SDP, so the `o=` version
 //! stays, RFC 3264 §8) at half the interval; either way, with no refresh seen by `interval − min(32 s,
 //! interval/3)` we send BYE (§10). A re-INVITE or UPDATE from the peer counts as a refresh. Without
@@ -109,6 +110,9 @@ pub enum LegCommand {
         body: Bytes,
         /// Session-timer headers.
         headers: Vec<(HeaderName, Bytes)>,
+        /// A retry after a 422: the failed call, whose Call-ID and From tag the new INVITE keeps with the next
+        /// CSeq ([`crate::sip::endpoint::Endpoint::retry_invite`], RFC 4028 §7.4).
+        retry_of: Option<CallHandle>,
     },
     /// CANCEL the pending INVITE.
     Cancel,
@@ -203,6 +207,8 @@ pub struct LegCore {
     ringing_seen: bool,
     early_seen: bool,
     session_expires: u32,
+    /// The Min-SE we send: ours, raised to the largest Min-SE of the 422s we got (RFC 4028 §7.4).
+    min_se: u32,
     retries_422: u32,
     timer: Option<Timer>,
     local_cause: Option<EndCause>,
@@ -217,6 +223,7 @@ impl LegCore {
     pub fn new(now: Instant, setup: LegSetup) -> Self {
         let session = LocalSession::new(setup.sdp_session_id, setup.local_rtp);
         let se = setup.session_timer.map_or(0, |t| t.expires.max(90));
+        let min_se = setup.session_timer.map_or(90, |t| t.min_se.max(90));
         Self {
             setup,
             phase: Phase::Idle,
@@ -233,6 +240,7 @@ impl LegCore {
             ringing_seen: false,
             early_seen: false,
             session_expires: se,
+            min_se,
             retries_422: 0,
             timer: None,
             local_cause: None,
@@ -280,23 +288,26 @@ impl LegCore {
         }
         self.phase = Phase::Calling;
         self.ring_deadline = self.setup.ring_timeout.map(|d| now + d);
-        self.send_invite();
+        self.send_invite(None);
     }
 
-    fn send_invite(&mut self) {
+    fn send_invite(&mut self, retry_of: Option<CallHandle>) {
         let offer = self.session.offer(&self.setup.codecs, Direction::SendRecv);
         let body = Bytes::from(offer.to_bytes());
         self.last_offer = Some(offer);
         let mut headers = Vec::new();
-        if let Some(t) = self.setup.session_timer {
+        if self.setup.session_timer.is_some() {
             headers.push((
                 HeaderName::SessionExpires,
                 Bytes::from(format!("{};refresher=uac", self.session_expires)),
             ));
-            headers.push((HeaderName::MinSe, Bytes::from(t.min_se.max(90).to_string())));
+            headers.push((HeaderName::MinSe, Bytes::from(self.min_se.to_string())));
         }
-        self.commands
-            .push_back(LegCommand::Invite { body, headers });
+        self.commands.push_back(LegCommand::Invite {
+            body,
+            headers,
+            retry_of,
+        });
     }
 
     /// The endpoint accepted the INVITE as `call` (with its Call-ID, for the CDR).
@@ -569,9 +580,10 @@ impl LegCore {
             .and_then(|v| leading_u32(v));
         let Some(min_se) = min_se else { return false };
         self.retries_422 += 1;
-        self.session_expires = self.session_expires.max(min_se);
-        self.call = None;
-        self.send_invite();
+        self.min_se = self.min_se.max(min_se);
+        self.session_expires = self.session_expires.max(self.min_se);
+        let previous = self.call.take();
+        self.send_invite(previous);
         true
     }
 

@@ -1280,6 +1280,7 @@ impl Task {
         id: u64,
         body: Bytes,
         headers: Vec<(HeaderName, Bytes)>,
+        retry_of: Option<CallHandle>,
     ) {
         let Some(l) = self.legs.get_mut(&id) else {
             return;
@@ -1303,21 +1304,22 @@ impl Task {
             extra.push((HeaderName::Privacy, Bytes::from(p.clone())));
         }
         let r = next_hop.map(|next_hop| {
-            self.ep.start_invite(
-                now,
-                InviteRequest {
-                    target: l.target.clone(),
-                    from: from_header(
-                        l.opts.from.as_deref().unwrap_or(&self.from),
-                        l.opts.display_name.as_deref(),
-                    ),
-                    to: None,
-                    next_hop,
-                    sdp: body,
-                    credentials: l.opts.credentials.clone(),
-                    extra_headers: extra,
-                },
-            )
+            let req = InviteRequest {
+                target: l.target.clone(),
+                from: from_header(
+                    l.opts.from.as_deref().unwrap_or(&self.from),
+                    l.opts.display_name.as_deref(),
+                ),
+                to: None,
+                next_hop,
+                sdp: body,
+                credentials: l.opts.credentials.clone(),
+                extra_headers: extra,
+            };
+            match retry_of {
+                Some(prev) => self.ep.retry_invite(now, prev, req),
+                None => self.ep.start_invite(now, req),
+            }
         });
         match r {
             Some(Ok(call)) => {
@@ -1345,7 +1347,11 @@ impl Task {
             let rid = l.info.id;
             let _g = l.span.clone().entered();
             match cmd {
-                LegCommand::Invite { body, headers } => self.start_invite(now, id, body, headers),
+                LegCommand::Invite {
+                    body,
+                    headers,
+                    retry_of,
+                } => self.start_invite(now, id, body, headers, retry_of),
                 LegCommand::Cancel => {
                     if let Some(c) = call {
                         let _ = self.ep.send_cancel(now, c);
