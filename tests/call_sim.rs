@@ -49,7 +49,7 @@ impl LegNode {
         timer: Option<SessionTimerOptions>,
     ) -> Self {
         let mut cfg = EndpointConfig::new(addr_a());
-        cfg.rng_seed(7);
+        cfg.rng_seed(7).tu_glare_retry(true);
         let leg = LegCore::new(
             now,
             LegSetup {
@@ -526,4 +526,97 @@ fn glare_during_hold_resolves() {
     );
     let body = String::from_utf8_lossy(ours[2].message().body()).into_owned();
     assert!(body.contains("a=sendonly"), "{body}");
+    // The retry is a new offer (RFC 3264 §8): its o= version is above every SDP we sent before it, including
+    // our answer to the peer's re-INVITE that got in first.
+    let version = |b: &[u8]| -> u64 {
+        let sdp = String::from_utf8_lossy(b).into_owned();
+        let o = sdp
+            .lines()
+            .find(|l| l.starts_with("o="))
+            .unwrap()
+            .to_owned();
+        o.split(' ').nth(2).unwrap().parse().unwrap()
+    };
+    let sdps: Vec<(Instant, u64)> = sim
+        .packets(|p| p.from == addr_a() && !p.message().body().is_empty())
+        .iter()
+        .map(|p| (p.sent, version(p.message().body())))
+        .collect();
+    let retry_at = ours[2].sent;
+    let retry_v = version(ours[2].message().body());
+    let before: Vec<u64> = sdps
+        .iter()
+        .filter(|s| s.0 < retry_at)
+        .map(|s| s.1)
+        .collect();
+    assert!(
+        before.len() >= 3,
+        "INVITE, hold, answer to the peer: {before:?}"
+    );
+    assert!(
+        before.iter().all(|&v| v < retry_v),
+        "{before:?} then {retry_v}"
+    );
+    assert_eq!(retry_v, before.iter().max().unwrap() + 1);
+    assert_eq!(
+        version(ours[1].message().body()) + 2,
+        retry_v,
+        "hold offer, answer, retried hold offer"
+    );
+}
+
+/// A 491 with nothing in between (the peer's re-INVITE never comes): the retried offer still bumps the version.
+#[test]
+fn reoffer_after_491_bumps_the_version() {
+    let t0 = Instant::now();
+    let mut n = 0;
+    let peer = ScriptNode::new(addr_b(), move |req: &Request| match req.method {
+        Method::Invite => {
+            n += 1;
+            let code = if n == 2 { 491 } else { 200 };
+            let mut r = reply(req, code, "p");
+            if code == 200 {
+                r.set_body("application/sdp", Bytes::from_static(PEER_SDP.as_bytes()));
+            }
+            vec![Message::Response(r)]
+        }
+        _ => Vec::new(),
+    });
+    let mut sim = Sim::new(LegNode::new(t0, None, None), peer);
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.a.leg.phase()
+        == Phase::Answered));
+    let now = sim.now;
+    sim.a.leg.hold().unwrap();
+    sim.a.pump(now);
+    assert!(sim.run_until(Duration::from_secs(10), |s| !s.a.done.is_empty()));
+    assert_eq!(sim.a.done[0].2, Ok(()));
+    let invites = requests(&sim, Method::Invite);
+    assert_eq!(invites.len(), 3, "INVITE, hold (491), hold again");
+    let version = |r: &Request| -> u64 {
+        let sdp = String::from_utf8_lossy(&r.body).into_owned();
+        let o = sdp
+            .lines()
+            .find(|l| l.starts_with("o="))
+            .unwrap()
+            .to_owned();
+        o.split(' ').nth(2).unwrap().parse().unwrap()
+    };
+    let (v0, v1, v2) = (
+        version(&invites[0].1),
+        version(&invites[1].1),
+        version(&invites[2].1),
+    );
+    assert_eq!((v1, v2), (v0 + 1, v0 + 2), "each offer a new version");
+    // The §14.1 back-off for the Call-ID owner: 2.1 to 4 s after the 491.
+    let wait = invites[2].0 - invites[1].0;
+    assert!(
+        wait >= Duration::from_millis(2100) && wait <= Duration::from_millis(4100),
+        "{wait:?}"
+    );
+    let body = String::from_utf8_lossy(&invites[2].1.body).into_owned();
+    assert!(body.contains("a=sendonly"), "{body}");
+    assert!(sim.a.leg.is_held());
 }

@@ -203,6 +203,10 @@ pub struct LegCore {
     /// The peer holds us.
     remote_held: bool,
     pending: Option<Pending>,
+    /// Codecs and direction of the pending re-offer, to build it anew when retried after a 491.
+    pending_offer: Option<(Vec<Codec>, Direction)>,
+    /// When to retry the pending re-offer refused with 491 ([`Event::Glare`]).
+    glare_at: Option<Instant>,
     ring_deadline: Option<Instant>,
     ringing_seen: bool,
     early_seen: bool,
@@ -236,6 +240,8 @@ impl LegCore {
             held: false,
             remote_held: false,
             pending: None,
+            pending_offer: None,
+            glare_at: None,
             ring_deadline: None,
             ringing_seen: false,
             early_seen: false,
@@ -373,10 +379,17 @@ impl LegCore {
         if self.pending.is_some() {
             return Err(CallError::Busy);
         }
+        self.pending = Some(what);
+        self.pending_offer = Some((codecs.to_vec(), dir));
+        self.send_offer(codecs, dir, what);
+        Ok(())
+    }
+
+    /// Builds an offer and queues the re-INVITE (or UPDATE, for a refresh so configured) carrying it.
+    fn send_offer(&mut self, codecs: &[Codec], dir: Direction, what: Pending) {
         let offer = self.session.offer(codecs, dir);
         let body = Bytes::from(offer.to_bytes());
         self.last_offer = Some(offer);
-        self.pending = Some(what);
         let use_update = what == Pending::Refresh
             && self
                 .setup
@@ -387,7 +400,19 @@ impl LegCore {
         } else {
             LegCommand::Reinvite(body)
         });
-        Ok(())
+    }
+
+    /// The glare back-off is over: re-offer, as a new offer (new `o=` version, RFC 3264 §8), built now so that
+    /// it accounts for anything the peer's own re-INVITE changed meanwhile.
+    fn retry_after_glare(&mut self) {
+        let (Some(what), Some((codecs, dir))) = (self.pending, self.pending_offer.clone()) else {
+            return;
+        };
+        if self.phase != Phase::Answered {
+            return;
+        }
+        self.session.bump_version();
+        self.send_offer(&codecs, dir, what);
     }
 
     /// Puts the peer on hold (re-INVITE `sendonly`). The outcome comes as [`LegCommand::Done`].
@@ -517,6 +542,9 @@ impl LegCore {
                     self.fail_pending(p, CallError::Timeout);
                 }
             }
+            Event::Glare { retry_at, .. } if self.pending.is_some() => {
+                self.glare_at = Some(*retry_at);
+            }
             Event::Terminated { reason, .. } => self.terminated(now, *reason, final_headers),
             _ => {}
         }
@@ -590,6 +618,7 @@ impl LegCore {
     fn end(&mut self, now: Instant, cause: EndCause, by: HangupBy) {
         self.phase = Phase::Ended;
         self.ring_deadline = None;
+        self.glare_at = None;
         self.timer = None;
         let cdr = self.times.finish(
             self.setup.id,
@@ -724,14 +753,18 @@ impl LegCore {
         let t = self
             .timer
             .map(|t| t.refresh_at.map_or(t.expire_at, |r| r.min(t.expire_at)));
-        match (self.ring_deadline, t) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.ring_deadline, t, self.glare_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.glare_at.is_some_and(|g| g <= now) {
+            self.glare_at = None;
+            self.retry_after_glare();
+        }
         if self.ring_deadline.is_some_and(|d| d <= now) {
             self.ring_deadline = None;
             if self.phase == Phase::Calling {

@@ -144,6 +144,8 @@ impl EngineBuilder {
             .ok_or_else(|| io::Error::other("no SIP address"))?;
         let mut ecfg = EndpointConfig::new(self.public_addr.unwrap_or(first));
         ecfg.timers(self.timers);
+        // Our re-INVITEs refused with 491 are retried by the leg with a fresh offer (new o= version).
+        ecfg.tu_glare_retry(true);
         if let Some(s) = self.rng_seed {
             ecfg.rng_seed(s);
         }
@@ -1633,6 +1635,7 @@ impl Task {
             | Event::Request { call, .. }
             | Event::Response { call, .. }
             | Event::TransactionTimeout { call, .. }
+            | Event::Glare { call, .. }
             | Event::Terminated { call, .. } => *call,
             Event::IncomingCall { call, .. } => {
                 let _ = self.ep.answer_invite(now, *call, 603, Bytes::new());
