@@ -643,3 +643,49 @@ async fn from_display_name_is_quoted_and_escaped() {
         "SIPp's From regex matched"
     );
 }
+
+/// The bridge's record counts from the bridge's start: the visitor's player talks for about a second before the
+/// agent is even called; that audio is in the visitor's own record but not in the bridge's.
+#[tokio::test]
+async fn bridge_cdr_counts_only_the_bridge_lifetime() {
+    let player = player(3000);
+    let echo = uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&player.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    // Not a synchronisation: about 50 packets from the visitor reach the relay before any bridge exists.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut agent = e
+        .call(&echo.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let mut bridge = e
+        .bridge(&visitor, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    let b = within(bridge.ended()).await.unwrap();
+    let v = within(visitor.ended()).await.unwrap();
+    let a = within(agent.ended()).await.unwrap();
+    assert!(
+        v.media.packets_in >= b.a_media.packets_in + 30,
+        "leg {:?} vs bridge {:?}",
+        v.media,
+        b.a_media
+    );
+    assert!(b.a_media.packets_in >= 40, "bridged audio {:?}", b.a_media);
+    // During the bridge, what the visitor sent is what the agent was sent (both read at the same points).
+    assert!(
+        b.a_media.packets_in.abs_diff(b.b_media.packets_out) <= 2,
+        "{:?} {:?}",
+        b.a_media,
+        b.b_media
+    );
+    assert!(b.b_media.packets_out <= a.media.packets_out);
+    assert!(b.a_media.packets_out <= v.media.packets_out);
+    assert_eq!(player.finish_within(WAIT).await, 0);
+    assert_eq!(echo.finish_within(WAIT).await, 0);
+}

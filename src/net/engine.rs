@@ -535,6 +535,9 @@ struct BridgeRec {
     events: mpsc::UnboundedSender<BridgeEvent>,
     reply: Option<Reply<()>>,
     start_unix_ms: u64,
+    /// Each leg's relay counters when the bridge first connected it (queued before the connect, so the
+    /// relay reads them at that point): the bridge's record counts from there.
+    snapshots: Vec<(u64, crate::net::rtp_io::Reply<Option<LegStats>>)>,
 }
 
 /// RFC 4733 digits being sent on one leg, and calls queued behind them.
@@ -1071,6 +1074,7 @@ impl Task {
                 events,
                 reply: Some(reply),
                 start_unix_ms: unix_ms(),
+                snapshots: Vec::new(),
             },
         );
         self.try_connect(now, id, false);
@@ -1216,6 +1220,13 @@ impl Task {
                     self.stop_player(x);
                     self.stop_player(y);
                     if let (Some(lx), Some(ly)) = (self.legs.get(&x), self.legs.get(&y)) {
+                        if let Some(br) = self.bridges.get_mut(&bid) {
+                            for (leg, rid) in [(x, lx.info.id), (y, ly.info.id)] {
+                                if !br.snapshots.iter().any(|s| s.0 == leg) {
+                                    br.snapshots.push((leg, self.relay.leg_stats(rid)));
+                                }
+                            }
+                        }
                         fire(self.relay.connect(lx.info.id, ly.info.id));
                     }
                 }
@@ -1258,16 +1269,30 @@ impl Task {
                     let sa = self.legs.get(&a).map(|l| self.relay.leg_stats(l.info.id));
                     let sb = self.legs.get(&b).map(|l| self.relay.leg_stats(l.info.id));
                     let tx = br.events;
+                    let mut snapshots = br.snapshots;
+                    let mut start_of = move |leg: u64| {
+                        let i = snapshots.iter().position(|s| s.0 == leg)?;
+                        Some(snapshots.swap_remove(i).1)
+                    };
+                    let (a0, b0) = (start_of(a), start_of(b));
                     tokio::spawn(async move {
-                        if let Some(s) = sa {
-                            if let Ok(Some(s)) = s.await {
-                                cdr.a_media = counters(&s);
-                            }
+                        // Counters over the bridge's life: at the end, less at the leg's connection.
+                        async fn read(
+                            end: Option<crate::net::rtp_io::Reply<Option<LegStats>>>,
+                            start: Option<crate::net::rtp_io::Reply<Option<LegStats>>>,
+                        ) -> Option<MediaCounters> {
+                            let end = counters(&end?.await.ok()??);
+                            let start = match start {
+                                Some(s) => s.await.ok().flatten().map(|s| counters(&s)),
+                                None => None,
+                            };
+                            Some(start.map_or(end, |s| end.since(&s)))
                         }
-                        if let Some(s) = sb {
-                            if let Ok(Some(s)) = s.await {
-                                cdr.b_media = counters(&s);
-                            }
+                        if let Some(m) = read(sa, a0).await {
+                            cdr.a_media = m;
+                        }
+                        if let Some(m) = read(sb, b0).await {
+                            cdr.b_media = m;
                         }
                         let _ = tx.send(BridgeEvent::Ended(cdr));
                     });
