@@ -36,12 +36,7 @@ fn uas(name: &str, extra: &[&str]) -> Sipp {
 fn player(talk_ms: u32) -> Sipp {
     let dir = tempfile::tempdir().expect("tempdir");
     let audio = dir.path().join("tone.pcmu");
-    let pcm: Vec<i16> = (0..16_000)
-        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16)
-        .collect();
-    let mut enc = Vec::new();
-    Law::Ulaw.encode_into(&pcm, &mut enc);
-    std::fs::write(&audio, enc).expect("write audio");
+    std::fs::write(&audio, tone_pcmu()).expect("write audio");
     let tpl = std::fs::read_to_string(format!(
         "{}/tests/sipp/call_peer_bye.xml.in",
         env!("CARGO_MANIFEST_DIR")
@@ -54,6 +49,16 @@ fn player(talk_ms: u32) -> Sipp {
     std::fs::write(&sf, xml).expect("write scenario");
     let sf = sf.to_str().expect("utf-8 path").to_owned();
     start(&sf, &[]).keep(dir)
+}
+
+/// What the playing peer plays: 2 s of a 440 Hz tone in PCMU.
+fn tone_pcmu() -> Vec<u8> {
+    let pcm: Vec<i16> = (0..16_000)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16)
+        .collect();
+    let mut enc = Vec::new();
+    Law::Ulaw.encode_into(&pcm, &mut enc);
+    enc
 }
 
 /// Ports in a band per test process (SIPp needs a few consecutive free ones for RTP).
@@ -688,4 +693,64 @@ async fn bridge_cdr_counts_only_the_bridge_lifetime() {
     assert!(b.a_media.packets_out <= v.media.packets_out);
     assert_eq!(player.finish_within(WAIT).await, 0);
     assert_eq!(echo.finish_within(WAIT).await, 0);
+}
+
+/// The transcoded bytes on the wire: the PCMA peer's media address is the test's own socket. Every packet it
+/// gets carries PT 8 and a payload that is a run of the player's PCMU file mapped through the PCMU→PCMA table.
+#[tokio::test]
+async fn transcoded_audio_on_the_wire_is_the_pcma_table_image() {
+    use rappel::media::g711::ULAW_TO_ALAW;
+    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let xml = std::fs::read_to_string(Sipp::scenario("call_peer_pcma_refuse.xml"))
+        .unwrap()
+        .replace(
+            "m=audio [media_port]",
+            &format!("m=audio {}", rtp.local_addr().unwrap().port()),
+        );
+    let sf = dir.path().join("peer.xml");
+    std::fs::write(&sf, xml).unwrap();
+    let agent_peer = start(sf.to_str().unwrap(), &[]).keep(dir);
+    let player = player(4000);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&player.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e
+        .call(&agent_peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let _bridge = within(e.bridge(&visitor, &agent, BridgeOptions::default()))
+        .await
+        .expect("bridged with transcoding");
+    // The file, twice (the player loops), through the table.
+    let image: Vec<u8> = tone_pcmu()
+        .repeat(2)
+        .iter()
+        .map(|&c| ULAW_TO_ALAW[c as usize])
+        .collect();
+    let raw = tone_pcmu().repeat(2);
+    let mut buf = [0u8; 1500];
+    for _ in 0..20 {
+        let n = within(rtp.recv(&mut buf)).await.unwrap();
+        let p = &buf[..n];
+        assert_eq!(p[1] & 0x7f, 8, "PCMA payload type");
+        let payload = &p[12..];
+        assert_eq!(payload.len(), 160);
+        assert!(
+            image.windows(160).any(|w| w == payload),
+            "payload is the PCMA image of the file"
+        );
+        assert!(
+            !raw.windows(160).any(|w| w == payload),
+            "not the PCMU bytes"
+        );
+    }
+    visitor.hangup().await.unwrap();
+    within(visitor.ended()).await.unwrap();
+    within(agent.ended()).await.unwrap();
+    assert_eq!(agent_peer.finish_within(WAIT).await, 0);
 }
