@@ -12,7 +12,9 @@ use rappel::call::leg::{
 };
 use rappel::call::LegEvent;
 use rappel::sdp::Codec;
-use rappel::sip::endpoint::{CallHandle, Endpoint, EndpointConfig, Event, InviteRequest};
+use rappel::sip::endpoint::{
+    CallHandle, Endpoint, EndpointConfig, EndpointError, Event, InviteRequest,
+};
 use rappel::sip::message::{HeaderName, Message, Method, Request};
 use rappel::sip::transaction::{Transmit, Transport};
 use std::net::SocketAddr;
@@ -398,6 +400,25 @@ fn answer_422_is_retried_with_the_peers_min_se() {
             .any(|(_, e)| matches!(e, LegEvent::Failed { .. })),
         "the 422 is not a failure"
     );
+    // Only a call whose INVITE failed can be retried: not the answered one, not an unknown handle.
+    let req = InviteRequest {
+        target: "sip:agent@10.0.0.2:5060".into(),
+        from: "sip:rappel@10.0.0.1".into(),
+        to: None,
+        next_hop: addr_b(),
+        sdp: Bytes::new(),
+        credentials: None,
+        extra_headers: Vec::new(),
+    };
+    let live = sim.a.leg.call().unwrap();
+    assert_eq!(
+        sim.a.ep.retry_invite(sim.now, live, req.clone()),
+        Err(EndpointError::InvalidState)
+    );
+    assert!(matches!(
+        sim.a.ep.retry_invite(sim.now, CallHandle(u64::MAX), req),
+        Err(EndpointError::UnknownCall(_))
+    ));
     // The next refresh is at half of 1800 s.
     let next = sim.a.leg.poll_timeout().unwrap() - sim.now;
     assert!(
