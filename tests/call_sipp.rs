@@ -754,3 +754,26 @@ async fn transcoded_audio_on_the_wire_is_the_pcma_table_image() {
     within(agent.ended()).await.unwrap();
     assert_eq!(agent_peer.finish_within(WAIT).await, 0);
 }
+
+/// RFC 4028 §7.4 through the engine: a 422 is retried in the same call (SIPp follows its scenario only for the
+/// same Call-ID) with CSeq 2 and the 422's Min-SE.
+#[tokio::test]
+async fn a_422_is_retried_in_the_same_call() {
+    use rappel::call::leg::SessionTimerOptions;
+    let peer = uas("uas_422.xml", &[]);
+    let e = engine().await;
+    let opts = CallOptions::default().session_timer(SessionTimerOptions {
+        expires: 300,
+        ..SessionTimerOptions::default()
+    });
+    let mut leg = e.call(&peer.uri("agent"), opts).await.unwrap();
+    within(leg.answered()).await.unwrap();
+    leg.hangup().await.unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    assert_eq!(cdr.end_cause, EndCause::Normal);
+    assert_eq!(
+        peer.finish_within(WAIT).await,
+        0,
+        "SIPp saw 1 INVITE, then 2 INVITE with Min-SE 1800 in the same call, then BYE"
+    );
+}
