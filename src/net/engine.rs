@@ -11,7 +11,7 @@
 //! (endpoint, players, and a sorted set of leg deadlines).
 //!
 //! The trunk side (outbound proxy, RFC 3263 name resolution with failover between targets, registration) is in
-//! [`trunk`]: lookups run on spawned tasks and come back as messages, so DNS never blocks signalling.
+//! `engine/trunk.rs`: lookups run on spawned tasks and come back as messages, so DNS never blocks signalling.
 
 mod trunk;
 
