@@ -149,6 +149,63 @@ async fn registers_refreshes_and_unregisters_at_shutdown() {
 }
 
 #[tokio::test]
+async fn registration_fails_over_to_the_next_srv_target() {
+    let dead = Silent::bind();
+    let sipp = uas("registrar.xml");
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._udp.reg.test,a.reg.test,{},10,0",
+            dead.port()
+        ),
+        format!(
+            "--srv-host=_sip._udp.reg.test,b.reg.test,{},20,0",
+            sipp.addr.port()
+        ),
+        "--host-record=a.reg.test,127.0.0.1".into(),
+        "--host-record=b.reg.test,127.0.0.1".into(),
+    ]);
+    let reg = TrunkRegistration::new("sip:reg.test", "sip:rappel@reg.test")
+        .credentials(Credentials {
+            username: "rappel".into(),
+            password: "secret".into(),
+            realm: None,
+        })
+        .expires(4);
+    // T1 = 100 ms: Timer F (64·T1) gives up on the silent target after 6.4 s.
+    let engine = builder()
+        .timers(TimerConfig {
+            t1: Duration::from_millis(100),
+            ..TimerConfig::default()
+        })
+        .nameservers(vec![dns.addr])
+        .register(reg)
+        .start()
+        .await
+        .unwrap();
+    let mut status = engine.registration().unwrap();
+    let s = within(status.wait_for(|s| s.registrations >= 2))
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(s.failures, 1, "the silent target, once");
+    let got = dead.received();
+    assert!(
+        !got.is_empty() && got.iter().all(|l| l == "REGISTER sip:reg.test SIP/2.0"),
+        "{got:?}"
+    );
+    within(engine.shutdown(ShutdownMode::HangUp)).await;
+    assert_eq!(
+        status.borrow().last_event,
+        Some(RegistrationEvent::Unregistered { removed: true })
+    );
+    assert!(
+        dead.received().is_empty(),
+        "nothing more to the dead target"
+    );
+    assert_eq!(within(sipp.finish()).await, 0);
+}
+
+#[tokio::test]
 async fn registrar_name_that_does_not_resolve_is_retried() {
     let dns = Dns::start(&[]);
     let reg = TrunkRegistration::new("sip:nowhere.test", "sip:rappel@nowhere.test");

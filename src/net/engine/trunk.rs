@@ -193,6 +193,8 @@ impl Route {
 pub(super) struct Registrar {
     config: TrunkRegistration,
     agent: Option<RegistrationAgent>,
+    /// The registrar's resolved targets: one that does not answer (or answers 503) hands over to the next.
+    failover: Option<Failover>,
     status: watch::Sender<RegistrationStatus>,
     /// Resolution failed: the next one at this time.
     retry_at: Option<Instant>,
@@ -210,6 +212,7 @@ impl Registrar {
             Self {
                 config,
                 agent: None,
+                failover: None,
                 status,
                 retry_at: None,
                 resolving: false,
@@ -259,7 +262,13 @@ impl Registrar {
             self.publish(Some(RegistrationEvent::Unregistered { removed: false }));
             return;
         }
-        match r.map(|t| t.first().copied()) {
+        let first = r.map(|t| {
+            let mut f = Failover::new(t);
+            let first = f.next_target();
+            self.failover = Some(f);
+            first
+        });
+        match first {
             Ok(Some(t)) => self.start_agent(now, ep, t.addr),
             r => {
                 if let Err(e) = &r {
@@ -304,7 +313,22 @@ impl Registrar {
         if !a.handle_event(now, ep, ev) {
             return false;
         }
-        self.drain();
+        let evs = self.drain();
+        // RFC 3263 §4.3: no answer or 503: the next target, at once (the agent's back-off applies once the
+        // list is exhausted).
+        let fail_over = evs.iter().any(|e| {
+            matches!(e, RegistrationEvent::Failed { status, .. }
+                if status.is_none_or(|s| s.as_u16() == 503))
+        });
+        if fail_over && !self.stopping {
+            if let Some(t) = self.failover.as_mut().and_then(|f| f.next_target()) {
+                if let Some(h) = self.agent.take().and_then(|a| a.handle()) {
+                    ep.drop_registration(h);
+                }
+                tracing::info!(next = %t.addr, "registrar failing over to the next target");
+                self.start_agent(now, ep, t.addr);
+            }
+        }
         true
     }
 
@@ -321,7 +345,7 @@ impl Registrar {
         match &mut self.agent {
             Some(a) => {
                 a.handle_timeout(now, ep);
-                self.drain();
+                let _ = self.drain();
                 false
             }
             None => self.retry_at.is_some_and(|t| t <= now),
@@ -338,7 +362,7 @@ impl Registrar {
         match &mut self.agent {
             Some(a) => {
                 a.shutdown(now, ep);
-                self.drain();
+                let _ = self.drain();
             }
             None if self.resolving => {}
             None => self.publish(Some(RegistrationEvent::Unregistered { removed: false })),
@@ -353,7 +377,8 @@ impl Registrar {
         }
     }
 
-    fn drain(&mut self) {
+    /// Publishes the agent's new events (and state); returns the events.
+    fn drain(&mut self) -> Vec<RegistrationEvent> {
         let mut evs = Vec::new();
         if let Some(a) = &mut self.agent {
             while let Some(e) = a.poll_event() {
@@ -363,8 +388,8 @@ impl Registrar {
         if evs.is_empty() {
             self.publish(None);
         }
-        for e in evs {
-            match &e {
+        for e in &evs {
+            match e {
                 RegistrationEvent::Registered { expires } => {
                     tracing::info!(expires, "registered with the trunk")
                 }
@@ -375,8 +400,9 @@ impl Registrar {
                     tracing::info!(removed, "unregistered")
                 }
             }
-            self.publish(Some(e));
+            self.publish(Some(e.clone()));
         }
+        evs
     }
 
     /// Publishes the state, and `event` when there is one (counting it).
