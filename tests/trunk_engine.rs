@@ -309,6 +309,14 @@ async fn call_through_a_named_outbound_proxy_fails_over_after_a_503() {
         "--host-record=p1.proxy.test,127.0.0.1".into(),
         "--host-record=p2.proxy.test,127.0.0.1".into(),
     ]);
+    let bad = builder()
+        .outbound_proxy_uri(Some("proxy.test".into()))
+        .start()
+        .await;
+    assert_eq!(
+        bad.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::InvalidInput)
+    );
     let engine = builder()
         .nameservers(vec![dns.addr])
         .outbound_proxy_uri(Some("sip:proxy.test".into()))

@@ -163,7 +163,16 @@ impl EngineBuilder {
     }
 
     /// Binds the SIP sockets, starts the relay thread and the engine task (on the current tokio runtime).
+    /// Errors: a socket that cannot be bound, an outbound proxy URI that does not parse (`InvalidInput`).
     pub async fn start(self) -> io::Result<Engine> {
+        if let Some(Proxy::Uri(u)) = &self.outbound_proxy {
+            if trunk::hop_for(self.outbound_proxy.as_ref(), "") == Hop::Invalid {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("outbound proxy {u:?} is not a SIP URI"),
+                ));
+            }
+        }
         let mut tcfg = SipTransportConfig::new(self.sip_bind[0]);
         tcfg.bind = self.sip_bind.clone();
         tcfg.tcp = self.tcp;
