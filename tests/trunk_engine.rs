@@ -293,6 +293,44 @@ async fn call_fails_over_from_a_silent_target_in_srv_priority_order() {
 }
 
 #[tokio::test]
+async fn srv_weight_decides_within_a_priority() {
+    // Same priority: the weight-1000 target goes first (RFC 2782; the light one would be first for 2 draws in
+    // 1002), whichever order the records come in. Were weights ignored, one of the two names would try the light,
+    // silent target first.
+    let light = Silent::bind();
+    let (h1, h2) = (uas("uas_answer.xml"), uas("uas_answer.xml"));
+    let srv = |name: &str, host: &str, port: u16, weight: u16| {
+        format!("--srv-host=_sip._udp.{name},{host},{port},10,{weight}")
+    };
+    let dns = Dns::start(&[
+        srv("w1.test", "light.test", light.port(), 1),
+        srv("w1.test", "heavy.test", h1.addr.port(), 1000),
+        srv("w2.test", "heavy.test", h2.addr.port(), 1000),
+        srv("w2.test", "light.test", light.port(), 1),
+        "--host-record=light.test,127.0.0.1".into(),
+        "--host-record=heavy.test,127.0.0.1".into(),
+    ]);
+    let engine = builder().nameservers(vec![dns.addr]).start().await.unwrap();
+    for name in ["w1.test", "w2.test"] {
+        let mut leg = engine
+            .call(&format!("sip:visitor@{name}"), CallOptions::default())
+            .await
+            .unwrap();
+        within(leg.answered())
+            .await
+            .expect("answered by the heavy target");
+        leg.hangup().await.unwrap();
+        within(leg.ended()).await.unwrap();
+    }
+    assert!(
+        light.received().is_empty(),
+        "the light target was never tried"
+    );
+    assert_eq!(within(h1.finish()).await, 0);
+    assert_eq!(within(h2.finish()).await, 0);
+}
+
+#[tokio::test]
 async fn call_through_a_named_outbound_proxy_fails_over_after_a_503() {
     let busy = uas("uas_503.xml");
     let good = uas("uas_answer.xml");
