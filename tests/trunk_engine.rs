@@ -387,6 +387,32 @@ async fn call_through_a_named_outbound_proxy_fails_over_after_a_503() {
 }
 
 #[tokio::test]
+async fn a_proxy_given_as_uri_is_the_preloaded_route() {
+    let proxy = tokio::net::UdpSocket::bind((localhost(), 0)).await.unwrap();
+    let port = proxy.local_addr().unwrap().port();
+    let engine = builder()
+        .outbound_proxy_uri(Some(format!("sip:127.0.0.1:{port}")))
+        .start()
+        .await
+        .unwrap();
+    let _leg = engine
+        .call("sip:visitor@elsewhere.invalid", CallOptions::default())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = within(proxy.recv(&mut buf)).await.unwrap();
+    let invite = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        invite.starts_with("INVITE sip:visitor@elsewhere.invalid SIP/2.0\r\n"),
+        "{invite}"
+    );
+    assert!(
+        invite.contains(&format!("\r\nRoute: <sip:127.0.0.1:{port};lr>\r\n")),
+        "{invite}"
+    );
+}
+
+#[tokio::test]
 async fn hang_up_while_resolving_and_other_calls_go_on() {
     // A name server that never answers: the lookup stays pending for seconds.
     let mute = Silent::bind();

@@ -1385,6 +1385,9 @@ impl Task {
         if let Some(p) = &l.opts.privacy {
             extra.push((HeaderName::Privacy, Bytes::from(p.clone())));
         }
+        if let Some(route) = trunk::preloaded_route(self.outbound_proxy.as_ref()) {
+            extra.push((HeaderName::Route, route));
+        }
         let r = self.ep.start_invite(
             now,
             InviteRequest {

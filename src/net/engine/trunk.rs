@@ -159,6 +159,22 @@ pub(super) fn hop_for(proxy: Option<&Proxy>, target: &str) -> Hop {
     }
 }
 
+/// The Route header value an outbound proxy given as a URI puts on each INVITE (RFC 3261 §8.1.2: the proxy is
+/// the route set, loose routing assumed, so `;lr` is added when missing). A proxy given as an address adds none.
+pub(super) fn preloaded_route(proxy: Option<&Proxy>) -> Option<Bytes> {
+    let Some(Proxy::Uri(u)) = proxy else {
+        return None;
+    };
+    let lr = u.split(';').skip(1).any(|p| {
+        p.trim().eq_ignore_ascii_case("lr") || p.trim().to_ascii_lowercase().starts_with("lr=")
+    });
+    Some(Bytes::from(if lr {
+        format!("<{u}>")
+    } else {
+        format!("<{u};lr>")
+    }))
+}
+
 /// A leg's routing between INVITE attempts.
 #[derive(Debug, Default)]
 pub(super) struct Route {
@@ -466,5 +482,25 @@ mod tests {
             Hop::Resolve(_)
         ));
         assert_eq!(hop_for(None, "not a uri"), Hop::Invalid);
+    }
+
+    #[test]
+    fn preloaded_routes() {
+        let r = |u: &str| preloaded_route(Some(&Proxy::Uri(u.into())));
+        assert_eq!(
+            r("sip:proxy.test").as_deref(),
+            Some(&b"<sip:proxy.test;lr>"[..])
+        );
+        assert_eq!(
+            r("sip:proxy.test:5070;LR").as_deref(),
+            Some(&b"<sip:proxy.test:5070;LR>"[..])
+        );
+        assert_eq!(
+            r("sip:p.test;transport=udp").as_deref(),
+            Some(&b"<sip:p.test;transport=udp;lr>"[..])
+        );
+        let addr = Proxy::Addr(SocketAddr::from(([192, 0, 2, 1], 5060)));
+        assert_eq!(preloaded_route(Some(&addr)), None);
+        assert_eq!(preloaded_route(None), None);
     }
 }
