@@ -1305,7 +1305,7 @@ impl Task {
                     l.route.resolving = true;
                     tracing::debug!(uri = %uri, "resolving the next hop");
                     trunk::spawn_resolve(
-                        Some(self.resolver.clone()),
+                        self.resolver.clone(),
                         uri,
                         self.resolved_tx.clone(),
                         move |r| Resolved::Leg(id, r),
@@ -1357,7 +1357,7 @@ impl Task {
                 now,
                 &mut self.ep,
                 self.outbound_proxy.as_ref(),
-                Some(self.resolver.clone()),
+                self.resolver.clone(),
                 &self.resolved_tx,
             );
         }

@@ -112,16 +112,13 @@ pub(super) enum Resolved {
 
 /// Resolves `uri` on a spawned task; the answer comes back on `tx`.
 pub(super) fn spawn_resolve(
-    resolver: Option<Arc<SipResolver>>,
+    resolver: Arc<SipResolver>,
     uri: Uri,
     tx: mpsc::UnboundedSender<Resolved>,
     wrap: impl FnOnce(Result<Vec<Target>, DnsError>) -> Resolved + Send + 'static,
 ) {
     tokio::spawn(async move {
-        let r = match resolver {
-            Some(r) => r.resolve(&uri).await,
-            None => Err(DnsError::NotFound(uri.to_string())),
-        };
+        let r = resolver.resolve(&uri).await;
         let _ = tx.send(wrap(r));
     });
 }
@@ -245,7 +242,7 @@ impl Registrar {
         now: Instant,
         ep: &mut Endpoint,
         proxy: Option<&Proxy>,
-        resolver: Option<Arc<SipResolver>>,
+        resolver: Arc<SipResolver>,
         tx: &mpsc::UnboundedSender<Resolved>,
     ) {
         if self.stopping || self.resolving || self.agent.is_some() {
