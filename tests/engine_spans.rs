@@ -21,6 +21,19 @@ use sipp::{free_port, local, localhost, Sipp};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// An RTP port range (40 ports) free at the time of the call: fixed ranges collide with other processes on a
+/// shared machine.
+fn rtp_range() -> (u16, u16) {
+    loop {
+        let base = free_port(localhost()) & !1;
+        if base < 65_000
+            && (base..base + 40).all(|p| std::net::UdpSocket::bind((localhost(), p)).is_ok())
+        {
+            return (base, base + 39);
+        }
+    }
+}
+
 async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(WAIT, f).await.expect("timed out")
 }
@@ -94,8 +107,9 @@ async fn each_call_has_its_own_span() {
         "--host-record=a.span.test,127.0.0.1".into(),
         "--host-record=b.span.test,127.0.0.1".into(),
     ]);
+    let (min, max) = rtp_range();
     let engine = Engine::builder()
-        .rtp_ports(44_000, 44_499)
+        .rtp_ports(min, max)
         .timers(TimerConfig {
             t1: Duration::from_millis(25),
             ..TimerConfig::default()

@@ -88,7 +88,21 @@ fn fast_timers() -> TimerConfig {
 }
 
 fn builder() -> rappel::EngineBuilder {
-    Engine::builder().rtp_ports(43_000, 43_999).rng_seed(7)
+    let (min, max) = rtp_range();
+    Engine::builder().rtp_ports(min, max).rng_seed(7)
+}
+
+/// An RTP port range (40 ports) free at the time of the call: fixed ranges collide with other processes on a
+/// shared machine.
+fn rtp_range() -> (u16, u16) {
+    loop {
+        let base = free_port(localhost()) & !1;
+        if base < 65_000
+            && (base..base + 40).all(|p| std::net::UdpSocket::bind((localhost(), p)).is_ok())
+        {
+            return (base, base + 39);
+        }
+    }
 }
 
 #[tokio::test]
