@@ -253,6 +253,13 @@ impl App {
         self.engine.sip_addrs()
     }
 
+    /// The registration with the trunk (`[trunk.register]`), when configured.
+    pub fn registration(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<crate::net::engine::RegistrationStatus>> {
+        self.engine.registration()
+    }
+
     /// The callback service.
     pub fn service(&self) -> &CallbackService {
         &self.service
