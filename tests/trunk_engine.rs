@@ -9,7 +9,7 @@
 use rappel::call::{EndCause, HangupBy};
 use rappel::net::engine::{RegistrationStatus, TrunkRegistration};
 use rappel::sip::auth::Credentials;
-use rappel::sip::register::{RegistrationEvent, RegistrationState};
+use rappel::sip::register::{RegistrationEvent, RegistrationPolicy, RegistrationState};
 use rappel::sip::transaction::TimerConfig;
 use rappel::{CallOptions, Engine, LegEvent, ShutdownMode};
 use std::net::{SocketAddr, UdpSocket};
@@ -69,14 +69,36 @@ impl Silent {
     }
     /// The first lines of the datagrams received so far.
     fn received(&self) -> Vec<String> {
+        self.received_messages()
+            .iter()
+            .map(|m| m.lines().next().unwrap_or_default().to_owned())
+            .collect()
+    }
+    /// The datagrams received so far.
+    fn received_messages(&self) -> Vec<String> {
         let mut buf = [0u8; 4096];
         let mut out = Vec::new();
         while let Ok(n) = self.0.recv(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]);
-            out.push(text.lines().next().unwrap_or_default().to_owned());
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
         out
     }
+}
+
+/// The distinct Call-ID values of `messages`, in order of first appearance.
+fn call_ids(messages: &[String]) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for m in messages {
+        let id = m
+            .lines()
+            .find_map(|l| l.strip_prefix("Call-ID: "))
+            .unwrap_or_default()
+            .to_owned();
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 /// T1 = 25 ms: Timer B (64·T1) fires after 1.6 s, so a silent target is given up quickly.
@@ -217,6 +239,67 @@ async fn registration_fails_over_to_the_next_srv_target() {
         "nothing more to the dead target"
     );
     assert_eq!(within(sipp.finish()).await, 0);
+}
+
+#[tokio::test]
+async fn registration_resolves_again_once_every_target_failed() {
+    let (a, b) = (Silent::bind(), Silent::bind());
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._udp.dead.test,a.dead.test,{},10,0",
+            a.port()
+        ),
+        format!(
+            "--srv-host=_sip._udp.dead.test,b.dead.test,{},20,0",
+            b.port()
+        ),
+        "--host-record=a.dead.test,127.0.0.1".into(),
+        "--host-record=b.dead.test,127.0.0.1".into(),
+    ]);
+    let policy = RegistrationPolicy {
+        retry_min: Duration::from_millis(200),
+        ..RegistrationPolicy::default()
+    };
+    let reg = TrunkRegistration::new("sip:dead.test", "sip:rappel@dead.test").policy(policy);
+    // T1 = 25 ms: each target is given up after Timer F, 1.6 s.
+    let engine = builder()
+        .timers(fast_timers())
+        .nameservers(vec![dns.addr])
+        .register(reg)
+        .start()
+        .await
+        .unwrap();
+    let mut status = engine.registration().unwrap();
+    // a, b (every target failed: back-off 200 ms, a new resolution), a, b (second round: 400 ms).
+    let s = within(status.wait_for(|s| s.failures >= 4))
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        s.last_event,
+        Some(RegistrationEvent::Failed {
+            status: None,
+            retry_in: Duration::from_millis(400)
+        }),
+        "the back-off grows with the rounds"
+    );
+    assert!(matches!(s.state, RegistrationState::Retrying { .. }));
+    let (ma, mb) = (a.received_messages(), b.received_messages());
+    assert!(ma
+        .iter()
+        .chain(&mb)
+        .all(|m| m.starts_with("REGISTER sip:dead.test SIP/2.0")));
+    assert_eq!(
+        call_ids(&ma).len(),
+        2,
+        "a was tried in both rounds, each a new registration"
+    );
+    assert_eq!(call_ids(&mb).len(), 2);
+    within(engine.shutdown(ShutdownMode::HangUp)).await;
+    assert_eq!(
+        status.borrow().last_event,
+        Some(RegistrationEvent::Unregistered { removed: false })
+    );
 }
 
 #[tokio::test]

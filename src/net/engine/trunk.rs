@@ -212,7 +212,8 @@ pub(super) struct Registrar {
     /// Resolution failed: the next one at this time.
     retry_at: Option<Instant>,
     resolving: bool,
-    dns_failures: u32,
+    /// Rounds in a row that ended without a binding (the name did not resolve, or every target failed).
+    rounds: u32,
     /// Shutdown was asked: do not start, and remove the binding.
     stopping: bool,
 }
@@ -229,7 +230,7 @@ impl Registrar {
                 status,
                 retry_at: None,
                 resolving: false,
-                dns_failures: 0,
+                rounds: 0,
                 stopping: false,
             },
             rx,
@@ -287,8 +288,8 @@ impl Registrar {
                 if let Err(e) = &r {
                     tracing::warn!(error = %e, "registrar not resolved");
                 }
-                self.dns_failures = self.dns_failures.saturating_add(1);
-                let retry_in = self.config.policy.retry_delay(self.dns_failures);
+                self.rounds = self.rounds.saturating_add(1);
+                let retry_in = self.config.policy.retry_delay(self.rounds);
                 self.retry_at = Some(now + retry_in);
                 self.publish(Some(RegistrationEvent::Failed {
                     status: None,
@@ -326,23 +327,49 @@ impl Registrar {
         if !a.handle_event(now, ep, ev) {
             return false;
         }
-        let evs = self.drain();
-        // RFC 3263 §4.3: no answer or 503: the next target, at once (the agent's back-off applies once the
-        // list is exhausted).
-        let fail_over = evs.iter().any(|e| {
-            matches!(e, RegistrationEvent::Failed { status, .. }
-                if status.is_none_or(|s| s.as_u16() == 503))
+        let mut evs = self.take_events();
+        if evs
+            .iter()
+            .any(|e| matches!(e, RegistrationEvent::Registered { .. }))
+        {
+            self.rounds = 0;
+        }
+        // RFC 3263 §4.3: no answer or 503: the next target, at once; once every target failed, a new
+        // resolution after the back-off (which grows with each such round).
+        let failed = evs.iter_mut().find_map(|e| match e {
+            RegistrationEvent::Failed { status, retry_in }
+                if status.is_none_or(|s| s.as_u16() == 503) =>
+            {
+                Some(retry_in)
+            }
+            _ => None,
         });
-        if fail_over && !self.stopping {
-            if let Some(t) = self.failover.as_mut().and_then(|f| f.next_target()) {
-                if let Some(h) = self.agent.take().and_then(|a| a.handle()) {
-                    ep.drop_registration(h);
+        if let (Some(retry_in), false) = (failed, self.stopping) {
+            match self.failover.as_mut().map(|f| f.next_target()) {
+                Some(Some(t)) => {
+                    self.drop_agent(ep);
+                    tracing::info!(next = %t.addr, "registrar failing over to the next target");
+                    self.start_agent(now, ep, t.addr);
                 }
-                tracing::info!(next = %t.addr, "registrar failing over to the next target");
-                self.start_agent(now, ep, t.addr);
+                Some(None) => {
+                    self.rounds = self.rounds.saturating_add(1);
+                    *retry_in = (*retry_in).max(self.config.policy.retry_delay(self.rounds));
+                    self.drop_agent(ep);
+                    self.failover = None;
+                    self.retry_at = Some(now + *retry_in);
+                }
+                // A registrar given by address: the agent retries it.
+                None => {}
             }
         }
+        self.publish_events(evs);
         true
+    }
+
+    fn drop_agent(&mut self, ep: &mut Endpoint) {
+        if let Some(h) = self.agent.take().and_then(|a| a.handle()) {
+            ep.drop_registration(h);
+        }
     }
 
     /// When [`Self::handle_timeout`] is next due.
@@ -358,7 +385,7 @@ impl Registrar {
         match &mut self.agent {
             Some(a) => {
                 a.handle_timeout(now, ep);
-                let _ = self.drain();
+                self.drain();
                 false
             }
             None => self.retry_at.is_some_and(|t| t <= now),
@@ -375,7 +402,7 @@ impl Registrar {
         match &mut self.agent {
             Some(a) => {
                 a.shutdown(now, ep);
-                let _ = self.drain();
+                self.drain();
             }
             None if self.resolving => {}
             None => self.publish(Some(RegistrationEvent::Unregistered { removed: false })),
@@ -390,19 +417,28 @@ impl Registrar {
         }
     }
 
-    /// Publishes the agent's new events (and state); returns the events.
-    fn drain(&mut self) -> Vec<RegistrationEvent> {
+    /// Publishes the agent's new events and state.
+    fn drain(&mut self) {
+        let evs = self.take_events();
+        self.publish_events(evs);
+    }
+
+    fn take_events(&mut self) -> Vec<RegistrationEvent> {
         let mut evs = Vec::new();
         if let Some(a) = &mut self.agent {
             while let Some(e) = a.poll_event() {
                 evs.push(e);
             }
         }
+        evs
+    }
+
+    fn publish_events(&mut self, evs: Vec<RegistrationEvent>) {
         if evs.is_empty() {
             self.publish(None);
         }
-        for e in &evs {
-            match e {
+        for e in evs {
+            match &e {
                 RegistrationEvent::Registered { expires } => {
                     tracing::info!(expires, "registered with the trunk")
                 }
@@ -413,9 +449,8 @@ impl Registrar {
                     tracing::info!(removed, "unregistered")
                 }
             }
-            self.publish(Some(e.clone()));
+            self.publish(Some(e));
         }
-        evs
     }
 
     /// Publishes the state, and `event` when there is one (counting it).
