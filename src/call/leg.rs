@@ -330,6 +330,14 @@ impl LegCore {
         self.end(now, EndCause::Error, HangupBy::Local);
     }
 
+    /// Hung up before any INVITE went out (its next hop was still being resolved): the leg ends now as
+    /// [`TerminationReason::Cancelled`] would end it.
+    pub fn abandon(&mut self, now: Instant) {
+        if self.phase == Phase::Calling && self.call.is_none() {
+            self.terminated(now, TerminationReason::Cancelled, None);
+        }
+    }
+
     /// Hangs up: CANCEL before an answer, BYE after. The leg ends when the endpoint reports the call
     /// terminated.
     pub fn hangup(&mut self, cause: EndCause) {

@@ -9,6 +9,14 @@
 //! After every input (a datagram, a command, a timer) the task drains the endpoint's transmits and events, the
 //! legs' and bridges' commands, the players' frames, and re-arms its single timer at the earliest deadline
 //! (endpoint, players, and a sorted set of leg deadlines).
+//!
+//! The trunk side (outbound proxy, RFC 3263 name resolution with failover between targets, registration) is in
+//! `engine/trunk.rs`: lookups run on spawned tasks and come back as messages, so DNS never blocks signalling.
+
+mod trunk;
+
+use trunk::{Hop, Proxy, Registrar, Resolved, Route};
+pub use trunk::{RegistrationStatus, TrunkRegistration};
 
 use crate::call::bridge::{plan, BridgeCommand, BridgeCore, Listen, Plan};
 use crate::call::leg::{LegCommand, LegCore, LegSetup, Op, Phase};
@@ -21,11 +29,12 @@ use crate::media::g711::Law;
 use crate::media::player::{PlayItem, PlayerEvent, PlayerId, PlayerOptions, PlayerSet, Playlist};
 use crate::media::relay::{LegConfig, LegStats, RelayConfig, Source};
 use crate::media::tone::{Country, ToneSpec};
+use crate::net::dns::{should_fail_over, SipResolver};
 use crate::net::rtp_io::{DriverConfig, DriverEvent, LegInfo, RelayDriver};
 use crate::net::transport::{SipSockets, SipTransportConfig};
 use crate::sip::endpoint::{CallHandle, Endpoint, EndpointConfig, Event, InviteRequest};
 use crate::sip::message::{HeaderName, Uri};
-use crate::sip::transaction::TimerConfig;
+use crate::sip::transaction::{TimerConfig, Transport};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
@@ -33,7 +42,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 /// Builds and starts an [`Engine`].
@@ -46,10 +55,12 @@ pub struct EngineBuilder {
     rtp_ports: (u16, u16),
     timers: TimerConfig,
     user_agent: Option<String>,
-    outbound_proxy: Option<SocketAddr>,
+    outbound_proxy: Option<Proxy>,
     from: String,
     relay_core: Option<usize>,
     rng_seed: Option<u64>,
+    nameservers: Option<Vec<SocketAddr>>,
+    registration: Option<TrunkRegistration>,
 }
 
 impl Default for EngineBuilder {
@@ -73,6 +84,8 @@ impl EngineBuilder {
             from: "sip:rappel@localhost".to_owned(),
             relay_core: None,
             rng_seed: None,
+            nameservers: None,
+            registration: None,
         }
     }
     /// SIP bind addresses (port 0 picks one). The first one is advertised unless [`Self::public_addr`] is set.
@@ -110,9 +123,27 @@ impl EngineBuilder {
         self.user_agent = ua;
         self
     }
-    /// Send every call through this outbound proxy / trunk (the next hop of every INVITE).
+    /// Send every call (and the REGISTER) through this outbound proxy / trunk (the next hop of every INVITE).
     pub fn outbound_proxy(mut self, proxy: Option<SocketAddr>) -> Self {
-        self.outbound_proxy = proxy;
+        self.outbound_proxy = proxy.map(Proxy::Addr);
+        self
+    }
+    /// Like [`Self::outbound_proxy`], given as a SIP URI (`sip:proxy.example.net`, `sip:192.0.2.1:5070`): a host
+    /// name is resolved per RFC 3263 (NAPTR, SRV, A/AAAA) for each call, with failover between the targets.
+    pub fn outbound_proxy_uri(mut self, uri: Option<String>) -> Self {
+        self.outbound_proxy = uri.map(Proxy::Uri);
+        self
+    }
+    /// The DNS servers asked for host names in targets, the proxy and the registrar (default: the system's,
+    /// from `/etc/resolv.conf`).
+    pub fn nameservers(mut self, servers: Vec<SocketAddr>) -> Self {
+        self.nameservers = Some(servers);
+        self
+    }
+    /// Register with the trunk: the engine keeps the binding refreshed (retrying with back-off after failures),
+    /// publishes its state on [`Engine::registration`], and removes it (`Expires: 0`) on shutdown.
+    pub fn register(mut self, registration: TrunkRegistration) -> Self {
+        self.registration = Some(registration);
         self
     }
     /// The default From URI of our calls.
@@ -132,7 +163,16 @@ impl EngineBuilder {
     }
 
     /// Binds the SIP sockets, starts the relay thread and the engine task (on the current tokio runtime).
+    /// Errors: a socket that cannot be bound, an outbound proxy URI that does not parse (`InvalidInput`).
     pub async fn start(self) -> io::Result<Engine> {
+        if let Some(Proxy::Uri(u)) = &self.outbound_proxy {
+            if trunk::hop_for(self.outbound_proxy.as_ref(), "") == Hop::Invalid {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("outbound proxy {u:?} is not a SIP URI"),
+                ));
+            }
+        }
         let mut tcfg = SipTransportConfig::new(self.sip_bind[0]);
         tcfg.bind = self.sip_bind.clone();
         tcfg.tcp = self.tcp;
@@ -162,6 +202,30 @@ impl EngineBuilder {
             core: self.relay_core,
             ..DriverConfig::default()
         };
+        // Calls go out over UDP: only UDP targets are useful.
+        let resolver = match &self.nameservers {
+            Some(ns) => SipResolver::with_nameservers(ns).map_err(io::Error::other)?,
+            None => match SipResolver::system() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no system DNS configuration: host names will not resolve");
+                    SipResolver::with_nameservers(&[]).map_err(io::Error::other)?
+                }
+            },
+        };
+        let resolver = resolver.transports(vec![Transport::Udp]);
+        let resolver = Arc::new(match self.rng_seed {
+            Some(s) => resolver.seed(s),
+            None => resolver,
+        });
+        let (registrar, registration) = match self.registration {
+            Some(r) => {
+                let (r, rx) = Registrar::new(r);
+                (Some(r), Some(rx))
+            }
+            None => (None, None),
+        };
+        let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
         let (relay, relay_events) = RelayDriver::spawn(relay_cfg)?;
         let relay = Arc::new(relay);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -171,6 +235,7 @@ impl EngineBuilder {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             sip_addrs: local,
+            registration,
         });
         let now = tokio::time::Instant::now().into_std();
         let task = Task {
@@ -185,6 +250,9 @@ impl EngineBuilder {
             bridges: HashMap::new(),
             dtmf: HashMap::new(),
             outbound_proxy: self.outbound_proxy,
+            resolver,
+            resolved_tx,
+            registrar,
             from: self.from,
             dirty: VecDeque::new(),
             shutdown: None,
@@ -194,7 +262,7 @@ impl EngineBuilder {
             ep_dirty: true,
         };
         tokio::spawn(
-            task.run(sockets, rx, relay_events)
+            task.run(sockets, rx, relay_events, resolved_rx)
                 .instrument(tracing::info_span!("rappel_engine")),
         );
         Ok(Engine { shared })
@@ -208,6 +276,7 @@ struct Shared {
     next_id: AtomicU64,
     closed: AtomicBool,
     sip_addrs: Vec<SocketAddr>,
+    registration: Option<watch::Receiver<RegistrationStatus>>,
 }
 
 /// The engine handle. Cheap to clone; the engine runs until [`Engine::shutdown`] (or until every handle,
@@ -264,6 +333,12 @@ impl Engine {
         &self.shared.sip_addrs
     }
 
+    /// The registration with the trunk ([`EngineBuilder::register`]): its state, latest event and counters,
+    /// updated on every change. `None` when the engine does not register.
+    pub fn registration(&self) -> Option<watch::Receiver<RegistrationStatus>> {
+        self.shared.registration.clone()
+    }
+
     fn send(&self, c: Cmd) -> Result<(), CallError> {
         self.shared.cmds.send(c).map_err(|_| CallError::Shutdown)
     }
@@ -274,8 +349,11 @@ impl Engine {
         rx.await.map_err(|_| CallError::Shutdown)?
     }
 
-    /// Places a call to `target` (a SIP URI; its host must be an IP literal unless an outbound proxy is set).
-    /// Returns once the INVITE is sent; progress comes as [`LegEvent`]s on the returned [`Leg`].
+    /// Places a call to `target` (a SIP URI). The INVITE goes to the outbound proxy when one is set, else to the
+    /// target's host; a host name is resolved per RFC 3263 (off the engine task), and when a target does not
+    /// answer (Timer B), cannot be reached or answers 503, the INVITE is sent again to the next one (§4.3).
+    /// Returns once the INVITE is sent or its next hop is being resolved; progress comes as [`LegEvent`]s on the
+    /// returned [`Leg`].
     pub async fn call(&self, target: &str, opts: CallOptions) -> Result<Leg, CallError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(CallError::Shutdown);
@@ -525,6 +603,8 @@ struct LegRec {
     /// DTMF decoder, created with the first telephone-event packet.
     dtmf: Option<DtmfReceiver>,
     span: tracing::Span,
+    /// Next hop, resolved targets and failover state.
+    route: Route,
 }
 
 struct BridgeRec {
@@ -566,7 +646,11 @@ struct Task {
     bridges: HashMap<u64, BridgeRec>,
     /// In-band DTMF being sent, by leg.
     dtmf: HashMap<u64, DtmfJob>,
-    outbound_proxy: Option<SocketAddr>,
+    outbound_proxy: Option<Proxy>,
+    resolver: Arc<SipResolver>,
+    /// Where spawned lookups send their answers.
+    resolved_tx: mpsc::UnboundedSender<Resolved>,
+    registrar: Option<Registrar>,
     from: String,
     /// Legs whose state machines have output to drain.
     dirty: VecDeque<u64>,
@@ -577,6 +661,9 @@ struct Task {
     ep_recheck_at: Instant,
     ep_dirty: bool,
 }
+
+/// How long shutdown waits for the registrar to confirm the binding's removal once the calls are over.
+const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
 
 /// How often at most the endpoint's deadline is recomputed (see [`Task::run`]).
 const EP_RECHECK: Duration = Duration::from_millis(20);
@@ -591,13 +678,17 @@ impl Task {
         mut sockets: SipSockets,
         mut cmds: mpsc::UnboundedReceiver<Cmd>,
         mut relay_events: mpsc::UnboundedReceiver<DriverEvent>,
+        mut resolved: mpsc::UnboundedReceiver<Resolved>,
     ) {
+        self.begin_registration(now());
+        self.drain(now(), &mut sockets).await;
         let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
         let mut cmds_open = true;
         let mut relay_open = true;
         let mut linger_until: Option<Instant> = None;
+        let mut calls_over: Option<Instant> = None;
         loop {
             tokio::select! {
                 r = sockets.recv() => {
@@ -628,20 +719,33 @@ impl Task {
                     Some(_) => {}
                     None => relay_open = false,
                 },
+                Some(r) = resolved.recv() => {
+                    self.resolved(now(), r);
+                    self.ep_dirty = true;
+                }
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
                     self.timeout(now());
                 }
             }
             self.drain(now(), &mut sockets).await;
+            let mut unregister_wait = None;
             if let Some(s) = &mut self.shutdown {
                 if self.legs.is_empty() {
-                    for d in s.done.drain(..) {
-                        let _ = d.send(());
-                    }
-                    let until = *linger_until.get_or_insert_with(|| now() + Duration::from_secs(2));
-                    if now() >= until {
-                        return;
+                    // The removing REGISTER gets UNREGISTER_WAIT at most once the calls are over.
+                    let give_up = *calls_over.get_or_insert_with(|| now() + UNREGISTER_WAIT);
+                    let unregistered = self.registrar.as_ref().is_none_or(|r| r.finished());
+                    if unregistered || now() >= give_up {
+                        for d in s.done.drain(..) {
+                            let _ = d.send(());
+                        }
+                        let until =
+                            *linger_until.get_or_insert_with(|| now() + Duration::from_secs(2));
+                        if now() >= until {
+                            return;
+                        }
+                    } else {
+                        unregister_wait = Some(give_up);
                     }
                 }
             }
@@ -666,6 +770,8 @@ impl Task {
                     .min(),
                 self.deadlines.first().map(|d| d.0),
                 self.shutdown.as_ref().and_then(|s| s.deadline),
+                self.registrar.as_ref().and_then(|r| r.poll_timeout()),
+                unregister_wait,
                 linger_until,
             ]
             .into_iter()
@@ -712,6 +818,11 @@ impl Task {
         }
         self.players.handle_timeout(now);
         self.pump_dtmf(now);
+        if let Some(r) = &mut self.registrar {
+            if r.handle_timeout(now, &mut self.ep) {
+                self.begin_registration(now);
+            }
+        }
         while let Some(&(t, id)) = self.deadlines.first() {
             if t > now {
                 break;
@@ -754,6 +865,9 @@ impl Task {
             hung_up: false,
         });
         s.done.extend(done);
+        if let Some(r) = &mut self.registrar {
+            r.shutdown(now, &mut self.ep);
+        }
         match mode {
             ShutdownMode::HangUp => {
                 if !s.hung_up {
@@ -813,6 +927,7 @@ impl Task {
                         aligning: None,
                         dtmf: None,
                         span,
+                        route: Route::default(),
                     },
                 );
                 self.pump_leg(now, id);
@@ -1301,6 +1416,8 @@ impl Task {
         }
     }
 
+    /// Starts (or resolves the next hop of) the leg's INVITE: to the hop already chosen (a 422 retry), else to
+    /// the outbound proxy or the target, resolving a host name first.
     fn start_invite(
         &mut self,
         now: Instant,
@@ -1312,11 +1429,86 @@ impl Task {
         let Some(l) = self.legs.get_mut(&id) else {
             return;
         };
-        let next_hop = self.outbound_proxy.or_else(|| {
-            let uri = Uri::parse(&l.target).ok()?;
-            let ip = uri.host()?.ip()?;
-            Some(SocketAddr::new(ip, uri.port().unwrap_or(5060)))
-        });
+        l.route.invite = Some((body, headers));
+        l.route.retry_of = retry_of;
+        if let Some(hop) = l.route.hop {
+            self.send_invite(now, id, hop);
+            return;
+        }
+        match trunk::hop_for(self.outbound_proxy.as_ref(), &l.target) {
+            Hop::Direct(hop) => self.send_invite(now, id, hop),
+            Hop::Resolve(uri) => {
+                if !l.route.resolving {
+                    l.route.resolving = true;
+                    tracing::debug!(uri = %uri, "resolving the next hop");
+                    trunk::spawn_resolve(
+                        self.resolver.clone(),
+                        uri,
+                        self.resolved_tx.clone(),
+                        move |r| Resolved::Leg(id, r),
+                    );
+                }
+            }
+            Hop::Invalid => l.core.invite_failed(now),
+        }
+    }
+
+    /// A lookup finished: the leg's INVITE goes to the first target, or the leg fails; the registration starts.
+    fn resolved(&mut self, now: Instant, r: Resolved) {
+        match r {
+            Resolved::Registrar(r) => {
+                if let Some(reg) = &mut self.registrar {
+                    reg.resolved(now, &mut self.ep, r);
+                }
+            }
+            Resolved::Leg(id, r) => {
+                let Some(l) = self.legs.get_mut(&id) else {
+                    return;
+                };
+                l.route.resolving = false;
+                let _g = l.span.clone().entered();
+                match r {
+                    Ok(targets) => {
+                        tracing::debug!(?targets, "next hop resolved");
+                        let mut f = crate::net::dns::Failover::new(targets);
+                        let first = f.next_target();
+                        l.route.failover = Some(f);
+                        match first {
+                            Some(t) => self.send_invite(now, id, t.addr),
+                            None => l.core.invite_failed(now),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "next hop not resolved");
+                        l.core.invite_failed(now);
+                    }
+                }
+                self.dirty.push_back(id);
+            }
+        }
+    }
+
+    fn begin_registration(&mut self, now: Instant) {
+        if let Some(r) = &mut self.registrar {
+            r.begin(
+                now,
+                &mut self.ep,
+                self.outbound_proxy.as_ref(),
+                self.resolver.clone(),
+                &self.resolved_tx,
+            );
+        }
+    }
+
+    /// Sends the leg's INVITE (its stored body and headers) to `next_hop`.
+    fn send_invite(&mut self, now: Instant, id: u64, next_hop: SocketAddr) {
+        let Some(l) = self.legs.get_mut(&id) else {
+            return;
+        };
+        let Some((body, headers)) = l.route.invite.clone() else {
+            return;
+        };
+        l.route.hop = Some(next_hop);
         let mut extra = l.opts.headers.clone();
         extra.extend(headers);
         if let Some(p) = &l.opts.asserted_identity {
@@ -1330,34 +1522,39 @@ impl Task {
         if let Some(p) = &l.opts.privacy {
             extra.push((HeaderName::Privacy, Bytes::from(p.clone())));
         }
-        let r = next_hop.map(|next_hop| {
-            let req = InviteRequest {
-                target: l.target.clone(),
-                from: from_header(
-                    l.opts.from.as_deref().unwrap_or(&self.from),
-                    l.opts.display_name.as_deref(),
-                ),
-                to: None,
-                next_hop,
-                sdp: body,
-                credentials: l.opts.credentials.clone(),
-                extra_headers: extra,
-            };
-            match retry_of {
-                Some(prev) => self.ep.retry_invite(now, prev, req),
-                None => self.ep.start_invite(now, req),
-            }
-        });
+        if let Some(route) = trunk::preloaded_route(self.outbound_proxy.as_ref()) {
+            extra.push((HeaderName::Route, route));
+        }
+        let req = InviteRequest {
+            target: l.target.clone(),
+            from: from_header(
+                l.opts.from.as_deref().unwrap_or(&self.from),
+                l.opts.display_name.as_deref(),
+            ),
+            to: None,
+            next_hop,
+            sdp: body,
+            credentials: l.opts.credentials.clone(),
+            extra_headers: extra,
+        };
+        // A 422 retry stays in the same call (same Call-ID, next CSeq); a failover is a new INVITE.
+        let r = match l.route.retry_of.take() {
+            Some(prev) => self.ep.retry_invite(now, prev, req),
+            None => self.ep.start_invite(now, req),
+        };
         match r {
-            Some(Ok(call)) => {
+            Ok(call) => {
                 if let Some(old) = l.core.call() {
                     self.by_call.remove(&old);
                 }
                 l.core.attach(call, None);
                 self.by_call.insert(call, id);
-                let _ = l.events.send(LegEvent::Trying);
+                l.route.attempts += 1;
+                if l.route.attempts == 1 {
+                    let _ = l.events.send(LegEvent::Trying);
+                }
             }
-            _ => l.core.invite_failed(now),
+            Err(_) => l.core.invite_failed(now),
         }
     }
 
@@ -1380,6 +1577,13 @@ impl Task {
                     retry_of,
                 } => self.start_invite(now, id, body, headers, retry_of),
                 LegCommand::Cancel => {
+                    if let Some(l) = self.legs.get_mut(&id) {
+                        l.route.cancelled = true;
+                        if l.route.resolving {
+                            // Nothing sent yet: the leg ends now; the lookup's answer will find no leg.
+                            l.core.abandon(now);
+                        }
+                    }
                     if let Some(c) = call {
                         let _ = self.ep.send_cancel(now, c);
                     }
@@ -1644,6 +1848,9 @@ impl Task {
                 progressed = true;
                 if let Err(e) = sockets.send(&t).await {
                     tracing::debug!(destination = %t.destination, error = %e, "SIP send failed");
+                    // RFC 3261 §17.1.4: the transactions sending there fail now (an INVITE then fails over).
+                    self.ep
+                        .handle_transport_error(now, t.destination, t.transport);
                 }
             }
             if !progressed {
@@ -1653,6 +1860,11 @@ impl Task {
     }
 
     fn sip_event(&mut self, now: Instant, e: Event) {
+        if let Some(r) = &mut self.registrar {
+            if r.handle_event(now, &mut self.ep, &e) {
+                return;
+            }
+        }
         let call = match &e {
             Event::Provisional { call, .. }
             | Event::Answered { call, .. }
@@ -1674,6 +1886,18 @@ impl Task {
         let Some(l) = self.legs.get_mut(&id) else {
             return;
         };
+        if let Event::Terminated { reason, .. } = &e {
+            // RFC 3263 §4.3: no answer, unreachable or 503 before an answer: the next target gets the INVITE.
+            if l.core.phase() == Phase::Calling && should_fail_over(reason) {
+                if let Some(next) = l.route.fail_over(reason) {
+                    let _g = l.span.clone().entered();
+                    tracing::info!(?reason, next = %next.addr, "failing over to the next target");
+                    self.send_invite(now, id, next.addr);
+                    self.dirty.push_back(id);
+                    return;
+                }
+            }
+        }
         let headers = self.ep.last_headers(call);
         l.core.handle_sip(now, &e, headers);
         if matches!(e, Event::Answered { .. }) {
