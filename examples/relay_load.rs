@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release --example relay_load -- --bridges 1000 --seconds 10 [--peer rtpengine] \
 //!     [--relay-core 0 --gen-core 1] [--pace-us 0] [--gen-sockets 4] [--gen-tick-us 250] [--nice -20] [--rt] \
-//!     [--backend uring|epoll] [--uring-buffers 1024]
+//!     [--backend uring|epoll] [--uring-buffers 1024] [--connect 1|0]
 //! ```
 //!
 //! The generator is one thread with a handful of sockets (each stands in for many endpoints): once per tick
@@ -44,6 +44,7 @@ struct Args {
     rt: bool,
     backend: Backend,
     uring_buffers: u16,
+    connect: bool,
 }
 
 fn args() -> Args {
@@ -60,6 +61,7 @@ fn args() -> Args {
         rt: false,
         backend: Backend::default(),
         uring_buffers: DriverConfig::default().uring_buffers,
+        connect: DriverConfig::default().connect_latched,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -76,6 +78,7 @@ fn args() -> Args {
             "--gen-tick-us" => a.gen_tick_us = val.parse().expect("--gen-tick-us U"),
             "--nice" => a.nice = val.parse().expect("--nice N"),
             "--uring-buffers" => a.uring_buffers = val.parse().expect("--uring-buffers N"),
+            "--connect" => a.connect = val == "1" || val == "true",
             "--backend" => {
                 a.backend = match val.as_str() {
                     "uring" | "io_uring" => Backend::IoUring,
@@ -518,6 +521,7 @@ impl Gen {
             if now >= end {
                 break;
             }
+            self.rounds += 1;
             let mut late = Duration::ZERO;
             while due(cycle, cursor) <= now {
                 late = late.max(now - due(cycle, cursor));
@@ -645,22 +649,27 @@ fn main() {
             pace: Duration::from_micros(a.pace_us),
             backend: a.backend,
             uring_buffers: a.uring_buffers,
+            connect_latched: a.connect,
             ..Default::default()
         };
         let (d, _events) = RelayDriver::spawn(cfg).expect("spawn driver");
         d.with_relay(move |r, _| r.reserve(n_legs)).wait().unwrap();
         mem_before = rss_bytes("self");
         for b in 0..a.bridges {
-            let la = d
-                .add_leg(LegConfig::g711(Some(gen.addr(2 * b))))
-                .wait()
-                .unwrap()
-                .expect("leg a");
-            let lb = d
-                .add_leg(LegConfig::g711(Some(gen.addr(2 * b + 1))))
-                .wait()
-                .unwrap()
-                .expect("leg b");
+            // The machine is shared: another process may hold a run of ports in our range, so retry (each
+            // attempt moves on to further port pairs).
+            let add = |addr: SocketAddr| {
+                let mut last = None;
+                for _ in 0..8 {
+                    match d.add_leg(LegConfig::g711(Some(addr))).wait().unwrap() {
+                        Ok(l) => return l,
+                        Err(e) => last = Some(e),
+                    }
+                }
+                panic!("add leg: {last:?}");
+            };
+            let la = add(gen.addr(2 * b));
+            let lb = add(gen.addr(2 * b + 1));
             d.connect(la.id, lb.id).wait().unwrap().unwrap();
             gen.add_leg(2 * b, la.rtp);
             gen.add_leg(2 * b + 1, lb.rtp);

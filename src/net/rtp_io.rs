@@ -24,7 +24,7 @@
 //!
 //! # Backends
 //! [`Backend::Epoll`] is the loop above. [`Backend::IoUring`] (module `uring`) arms one multishot `recvmsg` per
-//! socket over a shared provided-buffer ring and queues every forward as a `SendMsg` SQE, so a round is one
+//! socket over a shared provided-buffer ring and queues every forward as a `Send` SQE, so a round is one
 //! `io_uring_enter` that submits the previous round's sends and waits; RTP sockets sit in the ring's
 //! registered-file table. If the kernel or a sandbox refuses io_uring, the driver falls back to epoll
 //! ([`DriverStats::backend`] says which runs). Measured with `relay_load` (see BENCHMARKS.md): the two cost the
@@ -88,6 +88,10 @@ pub struct DriverConfig {
     /// 2 KiB and 1.5 KiB each. Every buffer is cycled through, so fewer stay warmer in cache; too few for a
     /// round's packets only costs a re-arm. Default 1024.
     pub uring_buffers: u16,
+    /// `connect()` a leg's RTP socket to its peer once the leg latches (default true); see the module docs.
+    /// Off, every send names its destination and the relay itself counts packets from other sources
+    /// ([`DropReason::WrongSource`](crate::media::relay::DropReason::WrongSource)).
+    pub connect_latched: bool,
 }
 
 impl Default for DriverConfig {
@@ -100,6 +104,7 @@ impl Default for DriverConfig {
             batch: 256,
             backend: Backend::default(),
             uring_buffers: 1024,
+            connect_latched: true,
         }
     }
 }
@@ -355,6 +360,21 @@ struct LegSockets {
     tag: u32,
     /// How io_uring SQEs name the RTP socket (registered-file slot = leg index when the table has room).
     rtp_target: Target,
+    /// The address the RTP socket is `connect()`ed to (the latched peer), if any.
+    peer: Option<SocketAddr>,
+}
+
+impl LegSockets {
+    /// Destination to give a send through this leg's RTP socket: none when `to` is the connected peer (the
+    /// kernel then uses the socket's cached route).
+    #[inline]
+    fn dest(&self, to: SocketAddr) -> Option<SocketAddr> {
+        if self.peer == Some(to) {
+            None
+        } else {
+            Some(to)
+        }
+    }
 }
 
 const WAKE: u64 = u64::MAX;
@@ -384,7 +404,7 @@ struct State {
     batch: Batch,
     ready: Vec<u64>,
     send_fds: Vec<RawFd>,
-    send_items: Vec<(usize, usize, SocketAddr)>,
+    send_items: Vec<(usize, usize, Option<SocketAddr>)>,
     stats: DriverStats,
 }
 
@@ -477,8 +497,11 @@ impl State {
             if let Io::Epoll(epoll) = &mut self.io {
                 epoll.wait(wait, &mut self.ready)?;
             }
-            if self.ready.contains(&WAKE) && !self.commands() {
-                return Ok(());
+            if self.ready.contains(&WAKE) {
+                if !self.commands() {
+                    return Ok(());
+                }
+                self.relay_events();
             }
             let now = Instant::now();
             self.stats.rounds += 1;
@@ -519,8 +542,11 @@ impl State {
             let (got, wake) = self.uring_round(now);
             self.stats.packets_in += got as u64;
             self.housekeeping(now);
-            if wake && !self.commands() {
-                return Ok(());
+            if wake {
+                if !self.commands() {
+                    return Ok(());
+                }
+                self.relay_events();
             }
             busy = got > 0;
         }
@@ -600,7 +626,7 @@ impl State {
                         });
                     }
                     match self.legs.get(via.index()) {
-                        Some(Some(out)) => u.send(slot, out.rtp_target, len, to),
+                        Some(Some(out)) => u.send(slot, out.rtp_target, len, out.dest(to)),
                         _ => u.release(slot),
                     }
                 }
@@ -723,6 +749,7 @@ impl State {
                 rtcp,
                 tag,
                 rtp_target,
+                peer: None,
             });
         }
         Ok(info)
@@ -747,11 +774,11 @@ impl State {
             self.stats.generated_refused += 1;
             return;
         };
-        let Some(fd) = self
+        let Some((fd, to)) = self
             .legs
             .get(leg.index())
             .and_then(|l| l.as_ref())
-            .map(|l| l.rtp.as_raw_fd())
+            .map(|l| (l.rtp.as_raw_fd(), l.dest(t.to)))
         else {
             return;
         };
@@ -763,7 +790,7 @@ impl State {
                 });
             }
         }
-        let (sent, calls) = self.batch.send(fd, &[(0, t.len, t.to)]);
+        let (sent, calls) = self.batch.send(fd, &[(0, t.len, to)]);
         self.stats.send_calls += calls as u64;
         self.stats.packets_out += sent as u64;
         self.stats.send_failures += 1 - sent.min(1) as u64;
@@ -794,6 +821,7 @@ impl State {
                 continue;
             }
             let fd = leg.rtp.as_raw_fd();
+            let mut refused = false;
             loop {
                 if used == self.batch.slots() {
                     self.flush();
@@ -801,7 +829,16 @@ impl State {
                 }
                 let want = (self.batch.slots() - used).min(16);
                 self.stats.recv_calls += 1;
-                let n = self.batch.recv(fd, used, want).unwrap_or(0);
+                let n = match self.batch.recv(fd, used, want) {
+                    Ok(n) => n,
+                    // A connected socket reports an ICMP error from its peer once, ahead of the queued
+                    // datagrams; the socket must still be drained (edge-triggered).
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && !refused => {
+                        refused = true;
+                        continue;
+                    }
+                    Err(_) => 0,
+                };
                 for slot in used..used + n {
                     self.relay_one(now, id, slot);
                 }
@@ -835,7 +872,7 @@ impl State {
                 return;
             };
             self.send_fds.push(out.rtp.as_raw_fd());
-            self.send_items.push((slot, len, to));
+            self.send_items.push((slot, len, out.dest(to)));
         }
     }
 
@@ -885,17 +922,53 @@ impl State {
                 break;
             };
             if let Some(Some(l)) = self.legs.get(t.via.index()) {
-                let fd = if t.rtcp_mux {
-                    l.rtp.as_raw_fd()
+                let (fd, to) = if t.rtcp_mux {
+                    (l.rtp.as_raw_fd(), l.dest(t.to))
                 } else {
-                    l.rtcp.as_raw_fd()
+                    (l.rtcp.as_raw_fd(), Some(t.to))
                 };
-                let (_, calls) = self.batch.send(fd, &[(0, t.len, t.to)]);
+                let (_, calls) = self.batch.send(fd, &[(0, t.len, to)]);
                 self.stats.send_calls += calls as u64;
             }
         }
+        self.relay_events();
+    }
+
+    /// Pass the relay's events on; (dis)connect RTP sockets as legs latch and unlatch.
+    fn relay_events(&mut self) {
         while let Some(e) = self.relay.poll_event() {
+            match e {
+                Event::Latched { leg, addr } => self.set_peer(leg, Some(addr)),
+                Event::Unlatched { leg } => self.set_peer(leg, None),
+                _ => {}
+            }
             let _ = self.events.send(DriverEvent::Relay(e));
+        }
+    }
+
+    /// `connect()` leg `id`'s RTP socket to `peer`, or dissolve its association (`None`). A socket that cannot be
+    /// (dis)connected is left as it is: sends keep naming their destination.
+    fn set_peer(&mut self, id: LegId, peer: Option<SocketAddr>) {
+        let Some(Some(l)) = self.legs.get_mut(id.index()) else {
+            return;
+        };
+        if l.id != id || l.peer == peer {
+            return;
+        }
+        match peer {
+            Some(addr) if self.cfg.connect_latched => {
+                if l.rtp.connect(addr).is_ok() {
+                    l.peer = Some(addr);
+                }
+            }
+            Some(_) => {}
+            None => {
+                // Until this succeeds the socket would only take the old peer's datagrams; if it fails, keep the
+                // (stale) association rather than pretend it is gone.
+                if sys::disconnect(l.rtp.as_raw_fd()).is_ok() {
+                    l.peer = None;
+                }
+            }
         }
     }
 }
