@@ -13,7 +13,9 @@
 //! (250 µs) it sends every packet that is due with `sendmmsg` (batches of 8, so the send timestamp is at most a
 //! batch early) and reads what arrived with `recvmmsg`, taking the kernel's SO_TIMESTAMPNS receive time so its
 //! own polling delay does not count as relay latency. Each tick's packets leave as a burst (N/40 packets per
-//! tick at N bridges), which the relay sees as a queue: that burst queueing is part of the measured latency. It reports its own CPU and whether it fell behind schedule (`gen_saturated`).
+//! tick at N bridges), which the relay sees as a queue: that burst queueing is part of the measured latency. It reports its own CPU and whether it fell behind schedule (`gen_saturated`: over 90 % CPU, or over 1 % of its
+//! ticks starting more than 2 ticks + 2 ms late), and `limited_by`: `generator`, `relay` (loss, relay CPU over 90 %
+//! or p99 over 1 ms while the generator kept up) or `none`.
 #![allow(unsafe_code)]
 
 use std::io::Write as _;
@@ -731,6 +733,16 @@ fn main() {
     // Saturated: busy over 90% of the time, or more than 1% of its rounds started over 2 ticks + 2 ms behind
     // schedule (a late send only shifts the source's timing: latency is measured from the actual send time).
     let gen_saturated = gen_cpu_pct > 90.0 || gen.late_rounds * 100 > gen.rounds;
+    let relay_cpu_pct = 100.0 * relay_cpu_s / wall.as_secs_f64();
+    // Which side limited the run: the generator when it flagged itself, the relay when it lost packets, ran
+    // its core over 90 % or the p99 exceeded 1 ms without the generator being behind, else neither.
+    let limited_by = if gen_saturated {
+        "generator"
+    } else if loss > 0.0 || relay_cpu_pct > 90.0 || gen.percentile(0.99) > 1000 {
+        "relay"
+    } else {
+        "none"
+    };
 
     if let Some(mut r) = rtpengine {
         r.stop();
@@ -758,7 +770,8 @@ fn main() {
             "{{\"peer\":\"{}\",\"bridges\":{},\"seconds\":{:.1},\"pps\":{:.0},\"sent\":{},\"received\":{},",
             "\"loss_pct\":{:.4},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"relay_cpu_pct\":{:.1},",
             "\"cpu_us_per_pkt\":{:.2},\"gen_cpu_pct\":{:.1},\"gen_saturated\":{},\"gen_max_behind_us\":{},",
-            "\"bytes_per_bridge\":{},\"pace_us\":{},\"backend\":\"{}\"}}"
+            "\"bytes_per_bridge\":{},\"pace_us\":{},\"backend\":\"{}\",\"connect\":{},\"limited_by\":\"{}\",",
+            "\"gen_late_rounds\":{},\"gen_rounds\":{}}}"
         ),
         a.peer,
         a.bridges,
@@ -770,7 +783,7 @@ fn main() {
         gen.percentile(0.50),
         gen.percentile(0.99),
         gen.max_us(),
-        100.0 * relay_cpu_s / wall.as_secs_f64(),
+        relay_cpu_pct,
         if relayed == 0 { 0.0 } else { relay_cpu_s * 1e6 / relayed as f64 },
         gen_cpu_pct,
         gen_saturated,
@@ -782,6 +795,10 @@ fn main() {
             (_, Some(Backend::IoUring)) => "uring",
             _ => "epoll",
         },
+        a.peer != "rtpengine" && a.connect,
+        limited_by,
+        gen.late_rounds,
+        gen.rounds,
     );
     let _ = std::io::stderr().flush();
     println!("{json}");

@@ -34,6 +34,23 @@
 //!
 //! Generated media and RTCP reports (a few per second per leg) are sent with a direct `sendmmsg` in both
 //! backends. Leg sockets set Don't Fragment (IPv4), which spares the kernel an IP ID hash per datagram.
+//!
+//! # Connected leg sockets ([`DriverConfig::connect_latched`], on by default)
+//! When a leg latches ([`Event::Latched`]) the driver `connect()`s its RTP socket to the latched address, and
+//! sends to that address name no destination: the kernel reuses the socket's cached route instead of a route
+//! lookup per datagram, and finds the socket by its full 4-tuple on receive. Measured with `relay_load` at
+//! 2,000 bridges: 2.5–6.5 % less relay CPU per packet (BENCHMARKS.md). [`Event::Unlatched`] (the peer's
+//! address changed, e.g. re-INVITE) dissolves the association before the next round's receives, so the leg can
+//! latch to its new peer. The driver passes both events on only after acting on them.
+//!
+//! The cost is visibility: a connected socket only takes its peer's datagrams, so once latched the kernel drops
+//! RTP from other sources (RTP bleed) itself, answering with ICMP port unreachable and counting it only in the
+//! host-wide `Udp NoPorts` counter; the leg's [`DropReason::WrongSource`](crate::media::relay::DropReason)
+//! counter then only counts what arrived before the socket was connected. Strictness is unchanged (the kernel
+//! is stricter, if anything: it filters before any of our code runs). Set `connect_latched: false` to have every
+//! datagram reach the relay and be counted per leg. RTCP sockets stay unconnected (few packets, and the relay
+//! latches RTCP separately). On a connected socket an ICMP error from the peer is reported once to the next
+//! receive; both backends go on draining the socket after it.
 
 use std::future::Future;
 use std::io;
