@@ -41,7 +41,8 @@
 //! lookup per datagram, and finds the socket by its full 4-tuple on receive. Measured with `relay_load` at
 //! 2,000 bridges: 2.5–6.5 % less relay CPU per packet (BENCHMARKS.md). [`Event::Unlatched`] (the peer's
 //! address changed, e.g. re-INVITE) dissolves the association before the next round's receives, so the leg can
-//! latch to its new peer. The driver passes both events on only after acting on them.
+//! latch to its new peer. The driver passes both events on only after acting on them, and a control call
+//! ([`RelayDriver::with_relay`], e.g. `set_remote`) answers only after the socket was disconnected.
 //!
 //! The cost is visibility: a connected socket only takes its peer's datagrams, so once latched the kernel drops
 //! RTP from other sources (RTP bleed) itself, answering with ICMP port unreachable and counting it only in the
@@ -197,7 +198,9 @@ pub struct DriverStats {
     pub enters: u64,
 }
 
-type RelayFn = Box<dyn FnOnce(&mut Relay, Instant) + Send>;
+/// A control call run on the relay; it returns the sending of its answer, which the driver runs only after acting
+/// on the relay's events (so that, e.g., a leg's socket is disconnected by the time `set_remote` answers).
+type RelayFn = Box<dyn FnOnce(&mut Relay, Instant) -> Box<dyn FnOnce() + Send> + Send>;
 
 enum Command {
     AddLeg(LegConfig, oneshot::Sender<Result<LegInfo, DriverError>>),
@@ -307,7 +310,10 @@ impl RelayDriver {
     ) -> Reply<T> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Call(Box::new(move |r, now| {
-            let _ = tx.send(f(r, now));
+            let v = f(r, now);
+            Box::new(move || {
+                let _ = tx.send(v);
+            })
         })));
         Reply(rx)
     }
@@ -698,7 +704,11 @@ impl State {
                     }
                     let _ = reply.send(self.stats);
                 }
-                Command::Call(f) => f(&mut self.relay, now),
+                Command::Call(f) => {
+                    let answer = f(&mut self.relay, now);
+                    self.relay_events();
+                    answer();
+                }
                 Command::Shutdown => return false,
             }
         }
