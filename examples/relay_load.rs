@@ -6,14 +6,16 @@
 //! ```text
 //! cargo run --release --example relay_load -- --bridges 1000 --seconds 10 [--peer rtpengine] \
 //!     [--relay-core 0 --gen-core 1] [--pace-us 0] [--gen-sockets 4] [--gen-tick-us 250] [--nice -20] [--rt] \
-//!     [--backend uring|epoll] [--uring-buffers 1024]
+//!     [--backend uring|epoll] [--uring-buffers 1024] [--connect 1|0]
 //! ```
 //!
 //! The generator is one thread with a handful of sockets (each stands in for many endpoints): once per tick
 //! (250 µs) it sends every packet that is due with `sendmmsg` (batches of 8, so the send timestamp is at most a
 //! batch early) and reads what arrived with `recvmmsg`, taking the kernel's SO_TIMESTAMPNS receive time so its
 //! own polling delay does not count as relay latency. Each tick's packets leave as a burst (N/40 packets per
-//! tick at N bridges), which the relay sees as a queue: that burst queueing is part of the measured latency. It reports its own CPU and whether it fell behind schedule (`gen_saturated`).
+//! tick at N bridges), which the relay sees as a queue: that burst queueing is part of the measured latency. It reports its own CPU and whether it fell behind schedule (`gen_saturated`: over 90 % CPU, or over 1 % of its
+//! ticks starting more than 2 ticks + 2 ms late), and `limited_by`: `generator`, `relay` (loss, relay CPU over 90 %
+//! or p99 over 1 ms while the generator kept up) or `none`.
 #![allow(unsafe_code)]
 
 use std::io::Write as _;
@@ -44,6 +46,7 @@ struct Args {
     rt: bool,
     backend: Backend,
     uring_buffers: u16,
+    connect: bool,
 }
 
 fn args() -> Args {
@@ -60,6 +63,7 @@ fn args() -> Args {
         rt: false,
         backend: Backend::default(),
         uring_buffers: DriverConfig::default().uring_buffers,
+        connect: DriverConfig::default().connect_latched,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -76,6 +80,7 @@ fn args() -> Args {
             "--gen-tick-us" => a.gen_tick_us = val.parse().expect("--gen-tick-us U"),
             "--nice" => a.nice = val.parse().expect("--nice N"),
             "--uring-buffers" => a.uring_buffers = val.parse().expect("--uring-buffers N"),
+            "--connect" => a.connect = val == "1" || val == "true",
             "--backend" => {
                 a.backend = match val.as_str() {
                     "uring" | "io_uring" => Backend::IoUring,
@@ -518,6 +523,7 @@ impl Gen {
             if now >= end {
                 break;
             }
+            self.rounds += 1;
             let mut late = Duration::ZERO;
             while due(cycle, cursor) <= now {
                 late = late.max(now - due(cycle, cursor));
@@ -645,22 +651,27 @@ fn main() {
             pace: Duration::from_micros(a.pace_us),
             backend: a.backend,
             uring_buffers: a.uring_buffers,
+            connect_latched: a.connect,
             ..Default::default()
         };
         let (d, _events) = RelayDriver::spawn(cfg).expect("spawn driver");
         d.with_relay(move |r, _| r.reserve(n_legs)).wait().unwrap();
         mem_before = rss_bytes("self");
         for b in 0..a.bridges {
-            let la = d
-                .add_leg(LegConfig::g711(Some(gen.addr(2 * b))))
-                .wait()
-                .unwrap()
-                .expect("leg a");
-            let lb = d
-                .add_leg(LegConfig::g711(Some(gen.addr(2 * b + 1))))
-                .wait()
-                .unwrap()
-                .expect("leg b");
+            // The machine is shared: another process may hold a run of ports in our range, so retry (each
+            // attempt moves on to further port pairs).
+            let add = |addr: SocketAddr| {
+                let mut last = None;
+                for _ in 0..8 {
+                    match d.add_leg(LegConfig::g711(Some(addr))).wait().unwrap() {
+                        Ok(l) => return l,
+                        Err(e) => last = Some(e),
+                    }
+                }
+                panic!("add leg: {last:?}");
+            };
+            let la = add(gen.addr(2 * b));
+            let lb = add(gen.addr(2 * b + 1));
             d.connect(la.id, lb.id).wait().unwrap().unwrap();
             gen.add_leg(2 * b, la.rtp);
             gen.add_leg(2 * b + 1, lb.rtp);
@@ -722,6 +733,16 @@ fn main() {
     // Saturated: busy over 90% of the time, or more than 1% of its rounds started over 2 ticks + 2 ms behind
     // schedule (a late send only shifts the source's timing: latency is measured from the actual send time).
     let gen_saturated = gen_cpu_pct > 90.0 || gen.late_rounds * 100 > gen.rounds;
+    let relay_cpu_pct = 100.0 * relay_cpu_s / wall.as_secs_f64();
+    // Which side limited the run: the generator when it flagged itself, the relay when it lost packets, ran
+    // its core over 90 % or the p99 exceeded 1 ms without the generator being behind, else neither.
+    let limited_by = if gen_saturated {
+        "generator"
+    } else if loss > 0.0 || relay_cpu_pct > 90.0 || gen.percentile(0.99) > 1000 {
+        "relay"
+    } else {
+        "none"
+    };
 
     if let Some(mut r) = rtpengine {
         r.stop();
@@ -749,7 +770,8 @@ fn main() {
             "{{\"peer\":\"{}\",\"bridges\":{},\"seconds\":{:.1},\"pps\":{:.0},\"sent\":{},\"received\":{},",
             "\"loss_pct\":{:.4},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"relay_cpu_pct\":{:.1},",
             "\"cpu_us_per_pkt\":{:.2},\"gen_cpu_pct\":{:.1},\"gen_saturated\":{},\"gen_max_behind_us\":{},",
-            "\"bytes_per_bridge\":{},\"pace_us\":{},\"backend\":\"{}\"}}"
+            "\"bytes_per_bridge\":{},\"pace_us\":{},\"backend\":\"{}\",\"connect\":{},\"limited_by\":\"{}\",",
+            "\"gen_late_rounds\":{},\"gen_rounds\":{}}}"
         ),
         a.peer,
         a.bridges,
@@ -761,7 +783,7 @@ fn main() {
         gen.percentile(0.50),
         gen.percentile(0.99),
         gen.max_us(),
-        100.0 * relay_cpu_s / wall.as_secs_f64(),
+        relay_cpu_pct,
         if relayed == 0 { 0.0 } else { relay_cpu_s * 1e6 / relayed as f64 },
         gen_cpu_pct,
         gen_saturated,
@@ -773,6 +795,10 @@ fn main() {
             (_, Some(Backend::IoUring)) => "uring",
             _ => "epoll",
         },
+        a.peer != "rtpengine" && a.connect,
+        limited_by,
+        gen.late_rounds,
+        gen.rounds,
     );
     let _ = std::io::stderr().flush();
     println!("{json}");

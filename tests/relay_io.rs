@@ -67,6 +67,8 @@ fn bridges_two_endpoints(backend: Backend, port_min: u16) {
             ..Default::default()
         },
         backend,
+        // Unconnected sockets: every bleed packet reaches the relay, which counts it (see the connected test).
+        connect_latched: false,
         ..Default::default()
     };
     let (driver, mut events) = RelayDriver::spawn(cfg).unwrap();
@@ -230,4 +232,103 @@ fn rtcp_mux_over_loopback_epoll() {
 #[test]
 fn rtcp_mux_over_loopback_io_uring() {
     rtcp_mux_over_loopback(Backend::IoUring, 43200);
+}
+
+/// Wait for the relay event `want` on leg `leg`, skipping others.
+fn wait_event(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<rappel::net::rtp_io::DriverEvent>,
+    want: impl Fn(&rappel::media::relay::Event) -> bool,
+) {
+    use rappel::net::rtp_io::DriverEvent;
+    loop {
+        match events.blocking_recv().expect("driver alive") {
+            DriverEvent::Relay(e) if want(&e) => return,
+            _ => continue,
+        }
+    }
+}
+
+/// With `connect_latched` (the default) a latched leg's socket is connected to its peer: the kernel drops other
+/// sources (the relay no longer sees, or counts, them), and a new remote address (re-INVITE) disconnects it so
+/// the leg can latch to the new peer.
+fn connected_leg_relatches(backend: Backend, port_min: u16) {
+    use rappel::media::relay::Event;
+    let cfg = DriverConfig {
+        relay: RelayConfig {
+            port_min,
+            port_max: port_min + 99,
+            ..Default::default()
+        },
+        backend,
+        ..Default::default()
+    };
+    assert!(cfg.connect_latched, "connecting is the default");
+    let (driver, mut events) = RelayDriver::spawn(cfg).unwrap();
+    let (ea, eb, ex) = (endpoint(), endpoint(), endpoint());
+    let (a_addr, x_addr) = (ea.local_addr().unwrap(), ex.local_addr().unwrap());
+    let la = driver
+        .add_leg(LegConfig::g711(Some(a_addr)))
+        .wait()
+        .unwrap()
+        .unwrap();
+    let lb = driver
+        .add_leg(LegConfig::g711(Some(eb.local_addr().unwrap())))
+        .wait()
+        .unwrap()
+        .unwrap();
+    driver.connect(la.id, lb.id).wait().unwrap().unwrap();
+    let tag = |v: Vec<(bool, u16, u32, u32, SocketAddr)>| v[0].3;
+
+    ea.send_to(&packet(1, 0xa), la.rtp).unwrap();
+    assert_eq!(tag(recv_n(&eb, 1)), 1);
+    // The event is passed on after the socket was connected.
+    wait_event(
+        &mut events,
+        |e| matches!(e, Event::Latched { leg, addr } if *leg == la.id && *addr == a_addr),
+    );
+    // Another source: dropped by the kernel, so B's next packet is A's.
+    for i in 0..5 {
+        ex.send_to(&packet(100 + i, 0xbad), la.rtp).unwrap();
+    }
+    ea.send_to(&packet(2, 0xa), la.rtp).unwrap();
+    assert_eq!(tag(recv_n(&eb, 1)), 2);
+    let sa = driver.leg_stats(la.id).wait().unwrap().unwrap();
+    assert_eq!(
+        (sa.packets_in, sa.dropped(DropReason::WrongSource)),
+        (2, 0),
+        "other sources never reach the relay once connected"
+    );
+
+    // Re-INVITE: the peer moves to X. The socket must be disconnected or X could never latch.
+    driver
+        .with_relay(move |r, _| r.set_remote(la.id, Some(x_addr), None))
+        .wait()
+        .unwrap()
+        .unwrap();
+    ex.send_to(&packet(3, 0xc), la.rtp).unwrap();
+    assert_eq!(tag(recv_n(&eb, 1)), 3, "the new peer's packet is relayed");
+    wait_event(
+        &mut events,
+        |e| matches!(e, Event::Latched { leg, addr } if *leg == la.id && *addr == x_addr),
+    );
+    // Now connected to X: A's packets are dropped in the kernel.
+    ea.send_to(&packet(4, 0xa), la.rtp).unwrap();
+    ex.send_to(&packet(5, 0xc), la.rtp).unwrap();
+    assert_eq!(tag(recv_n(&eb, 1)), 5);
+    // And B's packets go to X now, through the connected socket.
+    eb.send_to(&packet(6, 0xb), lb.rtp).unwrap();
+    let got = recv_n(&ex, 1);
+    assert_eq!((got[0].3, got[0].4), (6, la.rtp));
+    assert_eq!(driver.stats().wait().unwrap().send_failures, 0);
+    driver.shutdown().unwrap();
+}
+
+#[test]
+fn connected_leg_relatches_epoll() {
+    connected_leg_relatches(Backend::Epoll, 43400);
+}
+
+#[test]
+fn connected_leg_relatches_io_uring() {
+    connected_leg_relatches(Backend::IoUring, 43600);
 }

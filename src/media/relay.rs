@@ -243,6 +243,12 @@ pub enum Event {
         /// Source address latched.
         addr: SocketAddr,
     },
+    /// The leg's RTP latch was cleared ([`Relay::set_remote`]): it will latch again to the next acceptable
+    /// source. (A driver that `connect()`ed the leg's socket to the latched address must disconnect it.)
+    Unlatched {
+        /// The leg.
+        leg: LegId,
+    },
     /// No RTP from the leg for the inactivity timeout.
     Inactive {
         /// The leg.
@@ -511,8 +517,11 @@ impl Relay {
         let l = self.leg_mut(leg).ok_or(RelayError::UnknownLeg)?;
         l.cfg.remote_rtp = rtp;
         l.cfg.remote_rtcp = rtcp;
-        l.latched_rtp = None;
+        let was_latched = l.latched_rtp.take().is_some();
         l.latched_rtcp = None;
+        if was_latched {
+            self.events.push_back(Event::Unlatched { leg });
+        }
         Ok(())
     }
 

@@ -187,7 +187,7 @@ impl Batch {
     pub(crate) fn send(
         &mut self,
         fd: RawFd,
-        items: &[(usize, usize, SocketAddr)],
+        items: &[(usize, usize, Option<SocketAddr>)],
     ) -> (usize, usize) {
         let Self {
             bufs,
@@ -209,10 +209,15 @@ impl Batch {
                     iov_base: buf.as_mut_ptr().cast(),
                     iov_len: len.min(BUF_LEN),
                 };
-                let namelen = to_sockaddr(to, &mut names[k]);
                 let h = &mut hdrs[k].msg_hdr;
-                h.msg_name = (&mut names[k] as *mut libc::sockaddr_in6).cast();
-                h.msg_namelen = namelen;
+                if let Some(to) = to {
+                    h.msg_namelen = to_sockaddr(to, &mut names[k]);
+                    h.msg_name = (&mut names[k] as *mut libc::sockaddr_in6).cast();
+                } else {
+                    // Connected socket: no destination, the kernel uses the connected peer and its cached route.
+                    h.msg_namelen = 0;
+                    h.msg_name = std::ptr::null_mut();
+                }
                 h.msg_iov = &mut iovs[k];
                 h.msg_iovlen = 1;
                 built += 1;
@@ -346,6 +351,20 @@ pub(crate) fn set_dont_fragment(fd: RawFd) -> io::Result<()> {
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Dissolve a UDP socket's association (`connect` with `AF_UNSPEC`): it accepts datagrams from any source again
+/// and needs a destination per send.
+pub(crate) fn disconnect(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain data, all-zero valid.
+    let mut a: libc::sockaddr = unsafe { zeroed() };
+    a.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+    // SAFETY: `a` lives across the call and its size is passed.
+    let r = unsafe { libc::connect(fd, &a, size_of::<libc::sockaddr>() as libc::socklen_t) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }

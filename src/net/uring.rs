@@ -5,13 +5,13 @@
 //! Every leg socket has one multishot `RecvMsg` armed on it, taking buffers from one shared provided-buffer ring;
 //! each datagram arrives as a completion carrying `io_uring_recvmsg_out` + source address + payload. The driver
 //! copies the payload into a send slot (a 172-byte copy costs less than tracking the buffer's lifetime through
-//! the send), returns the receive buffer to the ring at once, relays in place and queues a `SendMsg` SQE from the
+//! the send), returns the receive buffer to the ring at once, relays in place and queues a `Send` SQE from the
 //! slot; all SQEs of a round go to the kernel with the next wait, so a busy round costs one `io_uring_enter` for
 //! all its receives and sends instead of a `recvmmsg` per ready socket, a `sendmmsg` per run and an `epoll_wait`.
 //!
 //! # Memory the kernel holds on to
-//! The provided-buffer ring, the receive buffers, the shared receive `msghdr` and the send slots (`msghdr`,
-//! `iovec`, address, buffer) are heap allocations made once in [`Uring::new`] and never moved or resized; the
+//! The provided-buffer ring, the receive buffers, the shared receive `msghdr` and the send slots (buffer,
+//! destination address) are heap allocations made once in [`Uring::new`] and never moved or resized; the
 //! kernel reads or writes them only while requests are live. [`Drop`] cancels every request and waits for the
 //! cancellations before the ring is closed and the memory freed.
 #![allow(unsafe_code)]
@@ -149,11 +149,9 @@ impl Drop for BufRing {
     }
 }
 
-/// Send slots: each a buffer plus the `msghdr`/`iovec`/address a `SendMsg` SQE points to.
+/// Send slots: each a buffer plus the destination address a `Send` SQE points to.
 struct Slots {
     bufs: Box<[[u8; BUF_LEN]]>,
-    hdrs: Box<[libc::msghdr]>,
-    iovs: Box<[libc::iovec]>,
     names: Box<[libc::sockaddr_in6]>,
     free: Vec<u32>,
 }
@@ -201,26 +199,12 @@ impl Uring {
         recv_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
         let n = slots as usize;
         // SAFETY: plain data; all-zero is valid.
-        let (hdr, iov, name) = unsafe {
-            (
-                zeroed::<libc::msghdr>(),
-                zeroed::<libc::iovec>(),
-                zeroed::<libc::sockaddr_in6>(),
-            )
-        };
-        let mut s = Slots {
+        let name = unsafe { zeroed::<libc::sockaddr_in6>() };
+        let s = Slots {
             bufs: vec![[0u8; BUF_LEN]; n].into_boxed_slice(),
-            hdrs: vec![hdr; n].into_boxed_slice(),
-            iovs: vec![iov; n].into_boxed_slice(),
             names: vec![name; n].into_boxed_slice(),
             free: (0..slots).rev().collect(),
         };
-        for i in 0..n {
-            s.iovs[i].iov_base = s.bufs[i].as_mut_ptr().cast();
-            s.hdrs[i].msg_name = (&mut s.names[i] as *mut libc::sockaddr_in6).cast();
-            s.hdrs[i].msg_iov = &mut s.iovs[i];
-            s.hdrs[i].msg_iovlen = 1;
-        }
         // The registered-file table may not exceed RLIMIT_NOFILE; without one, SQEs name plain descriptors.
         let fixed_cap = nofile_soft_limit().min(65_536);
         let fixed_cap = if ring.submitter().register_files_sparse(fixed_cap).is_ok() {
@@ -406,25 +390,37 @@ impl Uring {
         self.slots.free.push(slot);
     }
 
-    /// Queue a send of the first `len` bytes of `slot` to `to` from `fd`; the slot is freed on completion.
-    pub(crate) fn send(&mut self, slot: u32, target: Target, len: usize, to: SocketAddr) {
+    /// Queue a send of the first `len` bytes of `slot` to `to` from `fd` (`None`: the socket's connected peer);
+    /// the slot is freed on completion.
+    pub(crate) fn send(&mut self, slot: u32, target: Target, len: usize, to: Option<SocketAddr>) {
         let i = slot as usize;
-        let (Some(iov), Some(name), Some(hdr)) = (
-            self.slots.iovs.get_mut(i),
-            self.slots.names.get_mut(i),
-            self.slots.hdrs.get_mut(i),
-        ) else {
+        let (Some(buf), Some(name)) = (self.slots.bufs.get(i), self.slots.names.get_mut(i)) else {
             return;
         };
-        iov.iov_len = len.min(BUF_LEN);
-        hdr.msg_namelen = to_sockaddr(to, name);
-        let flags = libc::MSG_DONTWAIT as u32;
+        // `Send` (not `SendMsg`): the kernel has no msghdr/iovec to copy in, only the buffer and, for an
+        // unconnected destination, the address (sendto semantics).
+        let (ptr, len) = (buf.as_ptr(), len.min(BUF_LEN) as u32);
+        let (addr, addr_len) = match to {
+            Some(to) => {
+                let l = to_sockaddr(to, name);
+                (
+                    (name as *const libc::sockaddr_in6).cast::<libc::sockaddr>(),
+                    l,
+                )
+            }
+            None => (std::ptr::null(), 0),
+        };
+        let flags = libc::MSG_DONTWAIT;
         let e = match target {
-            Target::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), &*hdr)
+            Target::Fd(fd) => opcode::Send::new(types::Fd(fd), ptr, len)
                 .flags(flags)
+                .dest_addr(addr)
+                .dest_addr_len(addr_len)
                 .build(),
-            Target::Fixed(i) => opcode::SendMsg::new(types::Fixed(i), &*hdr)
+            Target::Fixed(i) => opcode::Send::new(types::Fixed(i), ptr, len)
                 .flags(flags)
+                .dest_addr(addr)
+                .dest_addr_len(addr_len)
                 .build(),
         }
         .user_data(SEND_BIT | u64::from(slot));

@@ -808,3 +808,42 @@ fn dtmf_events_share_a_timestamp_and_suppress_audio_until_the_last_packet() {
     assert_eq!(now, ms(300));
     assert_eq!(ts.wrapping_sub(ts0), 1760);
 }
+
+#[test]
+fn set_remote_unlatches_once_and_the_leg_latches_to_the_new_address() {
+    let Fixture {
+        mut relay, t0, a, ..
+    } = bridged();
+    // Not latched yet: changing the address reports nothing.
+    relay.set_remote(a, Some(addr(A)), None).unwrap();
+    assert_eq!(relay.poll_event(), None);
+    let mut p = pkt(0, 1, 0, 1, false);
+    assert!(matches!(
+        relay.handle_rtp(t0, a, addr(A), &mut p),
+        Action::Forward { .. }
+    ));
+    assert!(matches!(relay.poll_event(), Some(Event::Latched { .. })));
+    // Re-INVITE to a new address: the latch is cleared and reported.
+    let moved = addr("192.0.2.7:4100");
+    relay.set_remote(a, Some(moved), None).unwrap();
+    assert_eq!(relay.poll_event(), Some(Event::Unlatched { leg: a }));
+    assert_eq!(relay.latched(a), None);
+    // The old source is no longer acceptable (SDP latching), the new one latches.
+    let mut p = pkt(0, 2, 160, 1, false);
+    assert_eq!(
+        relay.handle_rtp(t0, a, addr(A), &mut p),
+        Action::Drop(DropReason::NotLatched)
+    );
+    let mut p = pkt(0, 3, 320, 1, false);
+    assert!(matches!(
+        relay.handle_rtp(t0, a, moved, &mut p),
+        Action::Forward { .. }
+    ));
+    assert_eq!(
+        relay.poll_event(),
+        Some(Event::Latched {
+            leg: a,
+            addr: moved
+        })
+    );
+}
