@@ -18,7 +18,7 @@
 //! writes up to that moment, finalises the WAV header and reports a [`RecordingReport`].
 
 use std::fs::File;
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -155,6 +155,63 @@ impl Recording {
     }
 }
 
+/// The writer's end of a recording's ring (see [`taps`]).
+#[derive(Debug)]
+pub struct FrameReceiver {
+    rx: Receiver<Frame>,
+}
+
+/// What [`FrameReceiver::drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Packets taken from the ring.
+    pub packets: u64,
+    /// Every tap is gone: nothing more will come.
+    pub closed: bool,
+}
+
+impl FrameReceiver {
+    /// Feeds every packet queued in the ring to `rec` (each on its own side, at its arrival time), without
+    /// waiting for more.
+    pub fn drain<W: Write + Seek>(&self, rec: &mut Recorder<W>) -> Result<Drained, WavError> {
+        let mut packets = 0;
+        loop {
+            match self.rx.try_recv() {
+                Ok(f) => {
+                    packets += 1;
+                    let pkt = f.data.get(..usize::from(f.len)).unwrap_or(&[]);
+                    rec.push_rtp(f.at, f.side, pkt)?;
+                }
+                Err(TryRecvError::Empty) => {
+                    return Ok(Drained {
+                        packets,
+                        closed: false,
+                    })
+                }
+                Err(TryRecvError::Disconnected) => {
+                    return Ok(Drained {
+                        packets,
+                        closed: true,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// A recording's ring of `capacity` frames (preallocated now): the visitor's tap, the agent's tap and the
+/// writer's end. [`start`] uses [`RING_FRAMES`]; this is for custom writers and benchmarks.
+pub fn taps(capacity: usize) -> (RecordTap, RecordTap, FrameReceiver) {
+    let (tx, rx) = sync_channel(capacity);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let tap = |side| RecordTap {
+        side,
+        tx: tx.clone(),
+        dropped: dropped.clone(),
+    };
+    (tap(Side::Visitor), tap(Side::Agent), FrameReceiver { rx })
+}
+
 /// Starts a recording to `path` (created or truncated) at `now`: the visitor on the left channel, the agent
 /// on the right. Returns the two taps to install on the relay's legs ([`crate::net::rtp_io::RelayDriver::set_tap`])
 /// and the handle that reports the end. The file is created before this returns.
@@ -171,11 +228,10 @@ pub fn start(path: &Path, now: Instant) -> Result<(RecordTap, RecordTap, Recordi
                 source,
             }
         })?;
-    let (tx, rx) = sync_channel(RING_FRAMES);
-    let dropped = Arc::new(AtomicU64::new(0));
+    let (visitor, agent, rx) = taps(RING_FRAMES);
     let (done_tx, done_rx) = oneshot::channel();
     let owned = path.to_owned();
-    let counter = dropped.clone();
+    let counter = visitor.dropped.clone();
     std::thread::Builder::new()
         .name("rappel-rec".into())
         .spawn(move || {
@@ -183,21 +239,12 @@ pub fn start(path: &Path, now: Instant) -> Result<(RecordTap, RecordTap, Recordi
             let _ = done_tx.send(r);
         })
         .map_err(io_err)?;
-    let tap = |side| RecordTap {
-        side,
-        tx: tx.clone(),
-        dropped: dropped.clone(),
-    };
-    Ok((
-        tap(Side::Visitor),
-        tap(Side::Agent),
-        Recording { rx: done_rx },
-    ))
+    Ok((visitor, agent, Recording { rx: done_rx }))
 }
 
 fn write_loop(
     mut rec: Recorder<BufWriter<File>>,
-    rx: Receiver<Frame>,
+    rx: FrameReceiver,
     path: &Path,
     dropped: &AtomicU64,
 ) -> Result<RecordingReport, RecordError> {
@@ -208,25 +255,17 @@ fn write_loop(
     let mut packets = 0u64;
     loop {
         std::thread::sleep(TICK);
-        loop {
-            match rx.try_recv() {
-                Ok(f) => {
-                    packets += 1;
-                    let pkt = f.data.get(..usize::from(f.len)).unwrap_or(&[]);
-                    rec.push_rtp(f.at, f.side, pkt).map_err(wav_err)?;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    // `finish_at` flushes the buffered writer (WavWriter::finish).
-                    let (_, frames) = rec.finish_at(Instant::now()).map_err(wav_err)?;
-                    return Ok(RecordingReport {
-                        path: path.to_owned(),
-                        frames,
-                        packets,
-                        dropped: dropped.load(Ordering::Relaxed),
-                    });
-                }
-            }
+        let d = rx.drain(&mut rec).map_err(wav_err)?;
+        packets += d.packets;
+        if d.closed {
+            // `finish_at` flushes the buffered writer (WavWriter::finish).
+            let (_, frames) = rec.finish_at(Instant::now()).map_err(wav_err)?;
+            return Ok(RecordingReport {
+                path: path.to_owned(),
+                frames,
+                packets,
+                dropped: dropped.load(Ordering::Relaxed),
+            });
         }
         rec.advance(Instant::now()).map_err(wav_err)?;
     }
