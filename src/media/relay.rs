@@ -44,8 +44,8 @@
 //! No RTP from a leg for `inactivity_timeout` raises [`Event::Inactive`] once (again only after RTP resumed and
 //! stopped again); [`Relay::set_hold`] suspends that watchdog for a leg whose peer put the call on hold (it does
 //! not change what we send: that is the source's business). Recording is a per-leg flag copied into
-//! [`Action::Forward::record`]: the driver copies the payload to a recorder only when it is set, so the hot path
-//! pays one bool when recording is off.
+//! [`Action::Forward::record`]: the driver copies the packet into the leg's recording tap
+//! ([`crate::net::record_io`]) only when it is set, so the hot path pays one bool when recording is off.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -32,6 +32,12 @@
 //! is the kernel's UDP send and receive path, not syscall entries or epoll; io_uring had the lower p50/p99
 //! medians near saturation (1,500–1,800 bridges), so it is the default.
 //!
+//! # Recording
+//! A leg may carry a [`RecordTap`] ([`RelayDriver::set_tap`]): each packet the relay forwards from that leg is
+//! copied into the recording's bounded ring with a non-blocking `try_send` (a full ring drops and counts), and
+//! a writer thread does the file I/O (see [`crate::net::record_io`]). Packets generated towards a leg (music,
+//! announcements) are not recorded: a recording holds what the parties said.
+//!
 //! Generated media and RTCP reports (a few per second per leg) are sent with a direct `sendmmsg` in both
 //! backends. Leg sockets set Don't Fragment (IPv4), which spares the kernel an IP ID hash per datagram.
 
