@@ -97,6 +97,7 @@ fn defaults_fill_a_minimal_file() {
     assert_eq!(c.callback.max_attempts, 3);
     assert_eq!(c.trunk.caller_id, "anonymous");
     assert!(c.security.deny_premium_types);
+    assert_eq!(c.service_config().record_dir, None, "recording is opt-in");
     let w = rappel::web::WebConfig::from_config(&c);
     assert_eq!(w.max_body_bytes, 4096);
     assert_eq!(w.ip_rate, (5, Duration::from_secs(60)));
@@ -274,4 +275,14 @@ fn mangled_files_never_panic() {
         }
     }
     assert!(errors > 0);
+}
+
+#[test]
+fn record_dir_reaches_the_service() {
+    let c =
+        Config::parse(&format!("{MINIMAL}[media]\nrecord_dir = \"/var/rec\"\n")).expect("valid");
+    assert_eq!(
+        c.service_config().record_dir.as_deref(),
+        Some(std::path::Path::new("/var/rec"))
+    );
 }
