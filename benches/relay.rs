@@ -197,7 +197,8 @@ fn bench_record(c: &mut Criterion) {
             rec.push_rtp(at, side, black_box(&pkt)).unwrap();
             if k % 100_000 == 0 {
                 // Bound the in-memory file.
-                rec = Recorder::new(std::io::Cursor::new(Vec::new()), at, Law::Ulaw, Law::Ulaw)
+                base = at;
+                rec = Recorder::new(std::io::Cursor::new(Vec::new()), base, Law::Ulaw, Law::Ulaw)
                     .unwrap();
                 k = 0;
             }
