@@ -701,6 +701,7 @@ async fn bridge_cdr_counts_only_the_bridge_lifetime() {
     );
     assert!(b.b_media.packets_out <= a.media.packets_out);
     assert!(b.a_media.packets_out <= v.media.packets_out);
+    assert_eq!(b.recording, None, "no recording unless asked");
     assert_eq!(player.finish_within(WAIT).await, 0);
     assert_eq!(echo.finish_within(WAIT).await, 0);
 }
@@ -882,4 +883,105 @@ async fn bridge_recording_visitor_left_agent_right() {
     within(visitor.ended()).await.unwrap();
     assert_eq!(v_peer.finish_within(WAIT).await, 0);
     assert_eq!(a_peer.finish_within(WAIT).await, 0);
+}
+
+/// A recorded bridge across a transfer: the right channel carries the first agent's file, then only the second
+/// agent's (the replaced leg is untapped, the new one tapped on the same side); the left stays the visitor's.
+#[tokio::test]
+async fn bridge_recording_follows_a_transfer_on_the_agent_side() {
+    use rappel::call::OnHangup;
+    use rappel::media::wav::Wav;
+    let (v_audio, a1_audio, a2_audio) = (
+        tone_pcmu_at(440.0),
+        tone_pcmu_at(1000.0),
+        tone_pcmu_at(1500.0),
+    );
+    let v_peer = player_of(&v_audio, 4000);
+    let a1_peer = player_of(&a1_audio, 20_000);
+    let a2_peer = player_of(&a2_audio, 20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("transfer.wav");
+    let e = engine().await;
+    let mut visitor = e
+        .call(&v_peer.uri("v"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent1 = e
+        .call(&a1_peer.uri("a1"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent1.answered()).await.unwrap();
+    let opts = BridgeOptions {
+        on_hangup: OnHangup::KeepOther,
+        record: Some(path.clone()),
+        ..BridgeOptions::default()
+    };
+    let mut bridge = e.bridge(&visitor, &agent1, opts).await.unwrap();
+    let mut agent2 = e
+        .call(&a2_peer.uri("a2"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent2.answered()).await.unwrap();
+    // Not a synchronisation: lets about 50 packets of the first agent reach the recording.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bridge.transfer(&agent1, &agent2).await.unwrap();
+    within(agent1.ended()).await.unwrap();
+    // The visitor's BYE ends the bridge.
+    let b = within(bridge.ended()).await.unwrap();
+    let rec = b.recording.clone().expect("recording");
+    assert_eq!((rec.error.as_deref(), rec.dropped), (None, 0), "{rec:?}");
+    let pcm = Wav::read_from(std::fs::File::open(&path).unwrap())
+        .unwrap()
+        .to_pcm();
+    let left: Vec<i16> = pcm.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = pcm.iter().skip(1).step_by(2).copied().collect();
+    let decode = |a: &[u8]| {
+        let mut out = Vec::new();
+        Law::Ulaw.decode_into(&a.repeat(2), &mut out);
+        out
+    };
+    let (v, a1, a2) = (decode(&v_audio), decode(&a1_audio), decode(&a2_audio));
+    // Which source each fully voiced 20 ms run of a channel is from (0 none, 1 first, 2 second).
+    let sources = |ch: &[i16], x: &[i16], y: &[i16]| -> Vec<u8> {
+        ch.chunks_exact(160)
+            .filter(|c| c.windows(3).all(|w| w.iter().any(|&s| s != 0)))
+            .map(|c| {
+                if x.windows(160).any(|w| w == c) {
+                    1
+                } else if y.windows(160).any(|w| w == c) {
+                    2
+                } else {
+                    0
+                }
+            })
+            .collect()
+    };
+    let r = sources(&right, &a1, &a2);
+    let first_a2 = r
+        .iter()
+        .position(|&s| s == 2)
+        .expect("the second agent is recorded");
+    assert!(
+        r[..first_a2].iter().filter(|&&s| s == 1).count() >= 20,
+        "first agent before: {r:?}"
+    );
+    assert!(
+        !r[first_a2..].contains(&1),
+        "no first agent after the transfer: {r:?}"
+    );
+    assert!(
+        r[first_a2..].iter().filter(|&&s| s == 2).count() >= 40,
+        "{r:?}"
+    );
+    let l = sources(&left, &v, &a1);
+    assert!(
+        l.iter().filter(|&&s| s == 1).count() >= 100,
+        "visitor on the left"
+    );
+    assert!(!l.contains(&2), "no agent on the left");
+    agent2.hangup().await.unwrap();
+    within(agent2.ended()).await.unwrap();
+    within(visitor.ended()).await.unwrap();
+    assert_eq!(v_peer.finish_within(WAIT).await, 0);
 }
