@@ -1,6 +1,7 @@
 //! Call recording: a two-channel 8 kHz WAV, visitor on the left, agent on the right.
 //!
-//! The relay feeds [`Recorder::push`] with each side's G.711 payloads and RTP timestamps as they arrive.
+//! The engine's recording writer ([`crate::net::record_io`]) feeds [`Recorder::push_rtp`] with each side's
+//! packets as the relay forwarded them, with their arrival times ([`Recorder::push`] takes bare payloads).
 //! Each side is placed on a common timeline (samples since the recorder started): its first packet is
 //! anchored at its arrival time, later packets by their RTP timestamp relative to that anchor (so jitter
 //! does not smear the audio and reordered packets land in place). A timestamp that strays more than

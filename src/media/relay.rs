@@ -226,7 +226,8 @@ pub struct Transmit {
     pub via: LegId,
     /// Bytes written at the start of the buffer.
     pub len: usize,
-    /// The destination leg is flagged for recording.
+    /// The destination leg is flagged for recording (informational: the driver records what parties send,
+    /// not generated media).
     pub record: bool,
     /// An RTCP report for a leg using rtcp-mux: send it from `via`'s RTP socket, not its RTCP socket.
     pub rtcp_mux: bool,
