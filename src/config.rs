@@ -272,6 +272,9 @@ pub struct MediaConfig {
     pub announcement: Option<PathBuf>,
     /// Music on hold (WAV).
     pub hold_music: Option<PathBuf>,
+    /// Record each visitor–agent bridge to `<record_dir>/<request id>.wav` (stereo: visitor left, agent
+    /// right). Unset (the default): no recordings.
+    pub record_dir: Option<PathBuf>,
 }
 
 impl Default for MediaConfig {
@@ -280,6 +283,7 @@ impl Default for MediaConfig {
             rtp_ports: "20000-20999".to_owned(),
             announcement: None,
             hold_music: None,
+            record_dir: None,
         }
     }
 }
@@ -673,6 +677,7 @@ impl Config {
             callback: self.callback_config(),
             agents: self.agent_configs(),
             visitor_uri: self.visitor_uri(),
+            record_dir: self.media.record_dir.clone(),
             ..ServiceConfig::default()
         }
     }

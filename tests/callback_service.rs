@@ -36,6 +36,8 @@ enum Entry {
     Play(CallId, &'static str),
     /// ... to bridge.
     Bridge(CallId, CallId),
+    /// ... to bridge and record to a file.
+    BridgeRecorded(CallId, CallId, std::path::PathBuf),
     /// ... to hang up or cancel.
     HangUp(CallId),
 }
@@ -131,6 +133,9 @@ impl CallControl for DoubleCalls {
     }
     fn bridge(&mut self, a: CallId, b: CallId) {
         self.record(Entry::Bridge(a, b));
+    }
+    fn bridge_recorded(&mut self, a: CallId, b: CallId, path: std::path::PathBuf) {
+        self.record(Entry::BridgeRecorded(a, b, path));
     }
     fn hang_up(&mut self, call: CallId) {
         self.record(Entry::HangUp(call));
@@ -772,4 +777,32 @@ async fn agent_admin_gates_who_is_called() {
     assert_eq!(target, "sip:alice@agents.test");
     h.until_state(id, State::CallingAgent).await;
     h.svc.shutdown().await;
+}
+
+/// With `record_dir` set, the bridge is recorded to `<record_dir>/<request id>.wav`, visitor first (left).
+#[tokio::test(start_paused = true)]
+async fn record_dir_records_each_bridge_under_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::default();
+    let mut cfg = config(&["alice"]);
+    cfg.record_dir = Some(dir.path().join("rec"));
+    let mut h = Harness::start(cfg, sqlite(&dir, &log), log.clone()).await;
+    let id = h.svc.submit(visitor("+33 6 11 11 11 11")).await.unwrap().id;
+    let (vcall, _) = dialled(&h.next_command().await);
+    h.phone(vcall, CallEvent::Answered);
+    assert_eq!(h.next_command().await, Entry::Play(vcall, "greeting"));
+    let (acall, _) = dialled(&h.next_command().await);
+    h.phone(vcall, CallEvent::PlayFinished);
+    assert_eq!(h.next_command().await, Entry::Play(vcall, "hold_music"));
+    h.phone(acall, CallEvent::Answered);
+    assert_eq!(h.next_command().await, Entry::Play(acall, "whisper"));
+    h.phone(acall, CallEvent::PlayFinished);
+    assert_eq!(
+        h.next_command().await,
+        Entry::BridgeRecorded(
+            vcall,
+            acall,
+            dir.path().join("rec").join(format!("{id}.wav"))
+        )
+    );
 }

@@ -97,6 +97,7 @@ fn defaults_fill_a_minimal_file() {
     assert_eq!(c.callback.max_attempts, 3);
     assert_eq!(c.trunk.caller_id, "anonymous");
     assert!(c.security.deny_premium_types);
+    assert_eq!(c.service_config().record_dir, None, "recording is opt-in");
     let w = rappel::web::WebConfig::from_config(&c);
     assert_eq!(w.max_body_bytes, 4096);
     assert_eq!(w.ip_rate, (5, Duration::from_secs(60)));
@@ -360,4 +361,14 @@ fn bad_trunk_registration_values() {
     assert_eq!(e, "sip.nameservers: must not be empty");
     let e = err(&TRUNK_BY_NAME.replace("127.0.0.1:5353", "ns.example.net"));
     assert!(e.starts_with("sip.nameservers"), "{e}");
+}
+
+#[test]
+fn record_dir_reaches_the_service() {
+    let c =
+        Config::parse(&format!("{MINIMAL}[media]\nrecord_dir = \"/var/rec\"\n")).expect("valid");
+    assert_eq!(
+        c.service_config().record_dir.as_deref(),
+        Some(std::path::Path::new("/var/rec"))
+    );
 }

@@ -206,3 +206,96 @@ fn transcoded_packets_are_decoded_with_their_own_law() {
         assert!((i32::from(left[i]) - orig).abs() <= step, "sample {i}");
     }
 }
+
+fn rtp_packet(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 12];
+    rappel::media::rtp::write_header(p.first_chunk_mut().unwrap(), false, pt, seq, ts, 9);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// The relay thread's taps: a full ring and an oversized packet drop and count, they never block; what was
+/// queued reaches the recorder on the right side and at its arrival time.
+#[test]
+fn taps_drop_and_count_when_the_ring_is_full() {
+    use rappel::net::record_io::{taps, MAX_PACKET};
+    let t0 = Instant::now();
+    let (visitor, agent, rx) = taps(4);
+    let v = rtp_packet(0, 1, 0, &[0x10; 160]);
+    let a = rtp_packet(8, 1, 0, &[0x55; 160]);
+    visitor.push(t0, &v);
+    agent.push(t0, &a);
+    visitor.push(t0 + MS(20), &rtp_packet(0, 2, 160, &[0x10; 160]));
+    agent.push(t0 + MS(20), &rtp_packet(8, 2, 160, &[0x55; 160]));
+    assert_eq!(visitor.dropped(), 0);
+    // Ring full: dropped, counted on the shared counter.
+    visitor.push(t0 + MS(40), &v);
+    agent.push(t0 + MS(40), &a);
+    agent.push(t0, &[0u8; MAX_PACKET + 1]);
+    assert_eq!((visitor.dropped(), agent.dropped()), (3, 3));
+    let mut rec =
+        Recorder::new(std::io::Cursor::new(Vec::new()), t0, Law::Ulaw, Law::Ulaw).unwrap();
+    let d = rx.drain(&mut rec).unwrap();
+    assert_eq!((d.packets, d.closed), (4, false));
+    drop((visitor, agent));
+    let d = rx.drain(&mut rec).unwrap();
+    assert_eq!((d.packets, d.closed), (0, true));
+    let (out, frames) = rec.finish_at(t0 + MS(40)).unwrap();
+    assert_eq!(frames, 320);
+    let pcm = Wav::parse(out.get_ref()).unwrap().to_pcm();
+    let (l, r) = (
+        rappel::media::g711::ulaw_decode(0x10),
+        rappel::media::g711::alaw_decode(0x55),
+    );
+    assert!(
+        pcm.chunks(2).all(|f| f == [l, r]),
+        "left μ-law 0x10, right A-law 0x55"
+    );
+}
+
+/// The writer thread: a recording started on a file and fed through its taps is finalised when they go.
+#[test]
+fn writer_thread_finalises_the_file_when_the_taps_go() {
+    use rappel::net::record_io::start;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.wav");
+    let t0 = Instant::now();
+    let (visitor, agent, done) = start(&path, t0).unwrap();
+    for k in 0..10u16 {
+        let ts = u32::from(k) * 160;
+        visitor.push(
+            t0 + MS(20 * u32::from(k)),
+            &rtp_packet(0, k, ts, &[0x20; 160]),
+        );
+        agent.push(
+            t0 + MS(20 * u32::from(k)),
+            &rtp_packet(0, k, ts, &[0xa0; 160]),
+        );
+    }
+    drop((visitor, agent));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let report = rt.block_on(done.finished()).unwrap();
+    assert_eq!((report.packets, report.dropped), (20, 0));
+    assert!(report.frames >= 1600, "{report:?}");
+    let wav = Wav::read_from(std::fs::File::open(&path).unwrap()).unwrap();
+    assert_eq!((wav.channels, wav.sample_rate), (2, 8000));
+    let pcm = wav.to_pcm();
+    assert_eq!(pcm.len() as u64, 2 * report.frames);
+    let (l, r) = (
+        rappel::media::g711::ulaw_decode(0x20),
+        rappel::media::g711::ulaw_decode(0xa0),
+    );
+    assert!(pcm[..3200].chunks(2).all(|f| f == [l, r]));
+}
+
+/// A recording to a file that cannot be created fails at once, typed.
+#[test]
+fn recording_to_a_missing_directory_fails() {
+    use rappel::net::record_io::{start, RecordError};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing").join("r.wav");
+    let err = start(&path, Instant::now()).unwrap_err();
+    assert!(matches!(err, RecordError::Io { path: p, .. } if p == path));
+}

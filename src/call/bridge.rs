@@ -165,6 +165,7 @@ impl BridgeCore {
             ended_by_leg: by_leg,
             a_media: MediaCounters::default(),
             b_media: MediaCounters::default(),
+            recording: None,
         };
         self.commands.push(BridgeCommand::Ended(Box::new(cdr)));
     }

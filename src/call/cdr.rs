@@ -119,6 +119,23 @@ pub struct BridgeCdr {
     /// Counters of side B's (last) leg from when the bridge connected it (after a transfer: the new leg's
     /// connection) to the bridge's end.
     pub b_media: MediaCounters,
+    /// The bridge's recording, if [`crate::call::BridgeOptions::record`] asked for one.
+    pub recording: Option<RecordingCdr>,
+}
+
+/// What became of a bridge's recording (a two-channel 8 kHz WAV: side A left, side B right).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordingCdr {
+    /// The WAV file.
+    pub path: std::path::PathBuf,
+    /// Samples per channel written (8000 per second of recording).
+    pub frames: u64,
+    /// RTP packets the relay handed to the writer.
+    pub packets: u64,
+    /// Packets dropped on the way (the writer fell behind, or an oversized packet).
+    pub dropped: u64,
+    /// Why the recording failed or stopped early, if it did (the file may be incomplete).
+    pub error: Option<String>,
 }
 
 /// The instants a leg passes, turned into a [`Cdr`] at the end.

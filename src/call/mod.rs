@@ -21,7 +21,7 @@ use bytes::Bytes;
 use std::time::Duration;
 
 pub use bridge::OnHangup;
-pub use cdr::{BridgeCdr, Cdr, EndCause, HangupBy, MediaCounters};
+pub use cdr::{BridgeCdr, Cdr, EndCause, HangupBy, MediaCounters, RecordingCdr};
 pub use leg::{RefreshMethod, SessionTimerOptions};
 
 /// A leg's id, unique within an engine.
@@ -193,6 +193,12 @@ pub struct BridgeOptions {
     pub on_transfer: OnHangup,
     /// What the other party hears while one party holds; silence when `None`.
     pub hold_music: Option<Playlist>,
+    /// Record the bridge to this WAV file (created or truncated; two channels, 8 kHz, 16-bit PCM): the
+    /// audio received from the first leg passed to [`crate::Engine::bridge`] (side A, the visitor) on the
+    /// left channel, from the second (side B, the agent; after a transfer, whichever leg took its place)
+    /// on the right. Gaps and holds are silence; the file spans the bridge's life and is finalised when the
+    /// bridge ends ([`BridgeCdr::recording`]). `None` (the default): no recording.
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// How [`crate::Engine::shutdown`] treats calls in progress. New calls are refused either way.

@@ -79,6 +79,12 @@ pub trait CallControl: Send + 'static {
     fn play(&mut self, call: CallId, media: Playlist);
     /// Connects the audio of two answered calls (stops playback on both).
     fn bridge(&mut self, a: CallId, b: CallId);
+    /// Like [`bridge`](CallControl::bridge), and records the bridge to the WAV file `path` (`a` on the left
+    /// channel, `b` on the right). Layers that cannot record just bridge.
+    fn bridge_recorded(&mut self, a: CallId, b: CallId, path: std::path::PathBuf) {
+        let _ = path;
+        self.bridge(a, b)
+    }
     /// Ends a call: BYE if answered, CANCEL if ringing. No event follows for it.
     fn hang_up(&mut self, call: CallId);
     /// Cancels a call still ringing (the same as [`hang_up`](CallControl::hang_up) unless the layer distinguishes).

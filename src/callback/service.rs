@@ -132,6 +132,9 @@ pub struct ServiceConfig {
     pub subscriber_capacity: usize,
     /// Queue of API calls waiting for the service task.
     pub api_queue: usize,
+    /// Record every bridge (visitor left, agent right) to `<record_dir>/<request id>.wav`, if set. Off by
+    /// default; the directory must exist.
+    pub record_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -145,6 +148,7 @@ impl Default for ServiceConfig {
             webhook: None,
             subscriber_capacity: 1024,
             api_queue: 1024,
+            record_dir: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Call recording: a two-channel 8 kHz WAV, visitor on the left, agent on the right.
 //!
-//! The relay feeds [`Recorder::push`] with each side's G.711 payloads and RTP timestamps as they arrive.
+//! The engine's recording writer ([`crate::net::record_io`]) feeds [`Recorder::push_rtp`] with each side's
+//! packets as the relay forwarded them, with their arrival times ([`Recorder::push`] takes bare payloads).
 //! Each side is placed on a common timeline (samples since the recorder started): its first packet is
 //! anchored at its arrival time, later packets by their RTP timestamp relative to that anchor (so jitter
 //! does not smear the audio and reordered packets land in place). A timestamp that strays more than
@@ -114,7 +115,7 @@ impl<W: Write + Seek> Recorder<W> {
     }
 
     /// Adds one whole RTP packet from `side`, as the relay reports it for recording
-    /// ([`crate::net::rtp_io::DriverEvent::Media`]). The payload is decoded with the law its static payload
+    /// ([`crate::net::record_io::RecordTap::push`]). The payload is decoded with the law its static payload
     /// type names (0 PCMU, 8 PCMA), not the side's configured law: when the relay transcodes between a PCMU
     /// and a PCMA leg, the reported packet is already in the other leg's law and carries its payload type.
     /// Packets of other payload types (telephone-event, comfort noise) and malformed ones are ignored.
@@ -201,10 +202,105 @@ impl<W: Write + Seek> Recorder<W> {
         Ok(())
     }
 
+    /// Writes everything up to `now` (silence where nothing arrived, plus whatever is buffered beyond it)
+    /// and finalises the WAV header: a recording stopped at `now` lasts from its start to `now`. Returns the
+    /// output and the samples per channel written in all.
+    pub fn finish_at(mut self, now: Instant) -> Result<(W, u64), WavError> {
+        let end = self.position(now);
+        self.write_until(end)?;
+        let end = self.written + self.tracks.iter().map(|t| t.buf.len()).max().unwrap_or(0) as i64;
+        self.write_until(end)?;
+        let frames = self.samples_written();
+        Ok((self.writer.finish()?, frames))
+    }
+
     /// Writes what is buffered and finalises the WAV header; returns the output.
     pub fn finish(mut self) -> Result<W, WavError> {
         let end = self.written + self.tracks.iter().map(|t| t.buf.len()).max().unwrap_or(0) as i64;
         self.write_until(end)?;
         self.writer.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::wav::Wav;
+    use std::io::Cursor;
+
+    /// A packet of `k`-dependent constant samples so each frame is recognisable after the round trip.
+    fn frame(law: Law, k: u32, sign: i16) -> Vec<u8> {
+        let level = sign * (1000 + 200 * k as i16);
+        let mut out = Vec::new();
+        law.encode_into(&[level; 160], &mut out);
+        out
+    }
+
+    fn rtp(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, pt];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn lost_packet_on_one_side_is_silence_and_does_not_shift_the_channels() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut rec = Recorder::new(Cursor::new(Vec::new()), t0, Law::Ulaw, Law::Alaw).unwrap();
+        // Both sides start at 100 ms; 10 frames each; the visitor's frame 4 is lost. The agent's packets
+        // arrive 7 ms later than the visitor's (different path), its timestamps from another base; the
+        // agent speaks PCMA (PT 8) and the visitor PCMU (PT 0).
+        for k in 0..10u32 {
+            if k != 4 {
+                let p = rtp(0, k as u16, 1000 + 160 * k, &frame(Law::Ulaw, k, 1));
+                rec.push_rtp(ms(100 + 20 * u64::from(k)), Side::Visitor, &p)
+                    .unwrap();
+            }
+            let p = rtp(8, k as u16, 900_000 + 160 * k, &frame(Law::Alaw, k, -1));
+            rec.push_rtp(ms(107 + 20 * u64::from(k)), Side::Agent, &p)
+                .unwrap();
+        }
+        let (out, frames) = rec.finish_at(ms(600)).unwrap();
+        assert_eq!(frames, 4800);
+        let out = out.into_inner();
+        let wav = Wav::read_from(Cursor::new(out)).unwrap();
+        assert_eq!((wav.channels, wav.sample_rate), (2, RECORD_RATE));
+        // 600 ms from the recorder's start, per channel.
+        let pcm = wav.to_pcm();
+        assert_eq!(pcm.len(), 2 * 4800);
+        let left = |i: usize| pcm[2 * i];
+        let right = |i: usize| pcm[2 * i + 1];
+        let close = |got: i16, want: i16| {
+            (i32::from(got) - i32::from(want)).abs() <= want.abs() as i32 / 16
+        };
+        for k in 0..10usize {
+            // Visitor frame k sits at 100 ms + 20k ms = sample 800 + 160k; agent frame k 56 samples later.
+            let (v, a) = (800 + 160 * k, 856 + 160 * k);
+            let want = 1000 + 200 * k as i16;
+            for i in 0..160 {
+                if k == 4 {
+                    assert_eq!(left(v + i), 0, "lost visitor frame must be silence");
+                } else {
+                    assert!(
+                        close(left(v + i), want),
+                        "visitor frame {k} sample {i}: {}",
+                        left(v + i)
+                    );
+                }
+                assert!(
+                    close(right(a + i), -want),
+                    "agent frame {k} sample {i}: {}",
+                    right(a + i)
+                );
+            }
+        }
+        // Before each side's first packet and after its last: silence.
+        assert!((0..800).all(|i| left(i) == 0 && right(i) == 0));
+        assert!((800..856).all(|i| right(i) == 0));
+        assert!((2400..4800).all(|i| left(i) == 0));
+        assert!((2456..4800).all(|i| right(i) == 0));
     }
 }

@@ -44,8 +44,8 @@
 //! No RTP from a leg for `inactivity_timeout` raises [`Event::Inactive`] once (again only after RTP resumed and
 //! stopped again); [`Relay::set_hold`] suspends that watchdog for a leg whose peer put the call on hold (it does
 //! not change what we send: that is the source's business). Recording is a per-leg flag copied into
-//! [`Action::Forward::record`]: the driver copies the payload to a recorder only when it is set, so the hot path
-//! pays one bool when recording is off.
+//! [`Action::Forward::record`]: the driver copies the packet into the leg's recording tap
+//! ([`crate::net::record_io`]) only when it is set, so the hot path pays one bool when recording is off.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -226,7 +226,8 @@ pub struct Transmit {
     pub via: LegId,
     /// Bytes written at the start of the buffer.
     pub len: usize,
-    /// The destination leg is flagged for recording.
+    /// The destination leg is flagged for recording (informational: the driver records what parties send,
+    /// not generated media).
     pub record: bool,
     /// An RTCP report for a leg using rtcp-mux: send it from `via`'s RTP socket, not its RTCP socket.
     pub rtcp_mux: bool,

@@ -22,7 +22,7 @@ use crate::call::bridge::{plan, BridgeCommand, BridgeCore, Listen, Plan};
 use crate::call::leg::{LegCommand, LegCore, LegSetup, Op, Phase};
 use crate::call::{
     BridgeCdr, BridgeEvent, BridgeId, BridgeOptions, CallError, CallOptions, Cdr, EarlyMedia,
-    EndCause, LegEvent, LegId, MediaCounters, ShutdownMode,
+    EndCause, LegEvent, LegId, MediaCounters, RecordingCdr, ShutdownMode,
 };
 use crate::media::dtmf::{Digit, DtmfReceiver, DtmfSendOptions, DtmfSender};
 use crate::media::g711::Law;
@@ -30,6 +30,7 @@ use crate::media::player::{PlayItem, PlayerEvent, PlayerId, PlayerOptions, Playe
 use crate::media::relay::{LegConfig, LegStats, RelayConfig, Source};
 use crate::media::tone::{Country, ToneSpec};
 use crate::net::dns::{should_fail_over, SipResolver};
+use crate::net::record_io::{self, RecordTap, Recording};
 use crate::net::rtp_io::{DriverConfig, DriverEvent, LegInfo, RelayDriver};
 use crate::net::transport::{SipSockets, SipTransportConfig};
 use crate::sip::endpoint::{CallHandle, Endpoint, EndpointConfig, Event, InviteRequest};
@@ -618,6 +619,16 @@ struct BridgeRec {
     /// Each leg's relay counters when the bridge first connected it (queued before the connect, so the
     /// relay reads them at that point): the bridge's record counts from there.
     snapshots: Vec<(u64, crate::net::rtp_io::Reply<Option<LegStats>>)>,
+    /// The recording, once the bridge connected (if asked for): taps for side A and B, and its end; or
+    /// why it could not start.
+    recording: Option<Result<BridgeRecording, RecordingCdr>>,
+}
+
+/// A bridge's running recording (see [`crate::net::record_io`]).
+struct BridgeRecording {
+    taps: [RecordTap; 2],
+    done: Recording,
+    path: std::path::PathBuf,
 }
 
 /// RFC 4733 digits being sent on one leg, and calls queued behind them.
@@ -1190,6 +1201,7 @@ impl Task {
                 reply: Some(reply),
                 start_unix_ms: unix_ms(),
                 snapshots: Vec::new(),
+                recording: None,
             },
         );
         self.try_connect(now, id, false);
@@ -1226,6 +1238,27 @@ impl Task {
                     br.opts.on_transfer,
                     br.opts.hold_music.is_some(),
                 ));
+                if let Some(path) = br.opts.record.clone() {
+                    // Creates the file here (a local create, not worth a blocking task); the writer thread
+                    // does the rest of the file I/O.
+                    br.recording = Some(match record_io::start(&path, now) {
+                        Ok((va, vb, done)) => Ok(BridgeRecording {
+                            taps: [va, vb],
+                            done,
+                            path: path.clone(),
+                        }),
+                        Err(e) => {
+                            tracing::warn!(bridge = bid, error = %e, "recording not started");
+                            Err(RecordingCdr {
+                                path,
+                                frames: 0,
+                                packets: 0,
+                                dropped: 0,
+                                error: Some(e.to_string()),
+                            })
+                        }
+                    });
+                }
                 if let Some(r) = br.reply.take() {
                     let _ = r.send(Ok(()));
                 }
@@ -1304,6 +1337,16 @@ impl Task {
         if !core.transfer(old, new) {
             return Err(CallError::UnknownLeg);
         }
+        if self
+            .bridges
+            .get(&bid)
+            .is_some_and(|b| matches!(b.recording, Some(Ok(_))))
+        {
+            // The new leg is tapped when the bridge connects it (in place of the old one).
+            if let Some(l) = self.legs.get(&old) {
+                fire(self.relay.set_tap(l.info.id, None));
+            }
+        }
         if let Some(l) = self.legs.get_mut(&old) {
             l.bridge = None;
         }
@@ -1339,6 +1382,14 @@ impl Task {
                             for (leg, rid) in [(x, lx.info.id), (y, ly.info.id)] {
                                 if !br.snapshots.iter().any(|s| s.0 == leg) {
                                     br.snapshots.push((leg, self.relay.leg_stats(rid)));
+                                }
+                            }
+                            // Side A (left channel) is the bridge's first leg, side B its second.
+                            if let (Some(Ok(rec)), Some(core)) = (&br.recording, &br.core) {
+                                let (a, _) = core.legs();
+                                for (leg, rid) in [(x, lx.info.id), (y, ly.info.id)] {
+                                    let tap = &rec.taps[usize::from(leg != a)];
+                                    fire(self.relay.set_tap(rid, Some(tap.clone())));
                                 }
                             }
                         }
@@ -1383,6 +1434,22 @@ impl Task {
                     // Ask for the counters now: the relay handles commands in order, before any removal.
                     let sa = self.legs.get(&a).map(|l| self.relay.leg_stats(l.info.id));
                     let sb = self.legs.get(&b).map(|l| self.relay.leg_stats(l.info.id));
+                    // Untap both legs: once the relay dropped its taps (and ours go with `br`), the writer
+                    // finalises the file and reports.
+                    let recording = match br.recording {
+                        Some(Ok(rec)) => {
+                            for x in [a, b] {
+                                if let Some(l) = self.legs.get(&x) {
+                                    fire(self.relay.set_tap(l.info.id, None));
+                                }
+                            }
+                            let BridgeRecording { taps, done, path } = rec;
+                            drop(taps);
+                            Some(Ok((done, path)))
+                        }
+                        Some(Err(r)) => Some(Err(r)),
+                        None => None,
+                    };
                     let tx = br.events;
                     let mut snapshots = br.snapshots;
                     let mut start_of = move |leg: u64| {
@@ -1409,6 +1476,26 @@ impl Task {
                         if let Some(m) = read(sb, b0).await {
                             cdr.b_media = m;
                         }
+                        cdr.recording = match recording {
+                            Some(Ok((done, path))) => Some(match done.finished().await {
+                                Ok(r) => RecordingCdr {
+                                    path: r.path,
+                                    frames: r.frames,
+                                    packets: r.packets,
+                                    dropped: r.dropped,
+                                    error: None,
+                                },
+                                Err(e) => RecordingCdr {
+                                    path,
+                                    frames: 0,
+                                    packets: 0,
+                                    dropped: 0,
+                                    error: Some(e.to_string()),
+                                },
+                            }),
+                            Some(Err(r)) => Some(r),
+                            None => None,
+                        };
                         let _ = tx.send(BridgeEvent::Ended(cdr));
                     });
                 }

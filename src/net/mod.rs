@@ -2,6 +2,7 @@
 
 pub mod dns;
 pub mod engine;
+pub mod record_io;
 pub mod rtp_io;
 pub mod sip;
 pub(crate) mod sys;

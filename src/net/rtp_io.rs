@@ -32,6 +32,12 @@
 //! is the kernel's UDP send and receive path, not syscall entries or epoll; io_uring had the lower p50/p99
 //! medians near saturation (1,500–1,800 bridges), so it is the default.
 //!
+//! # Recording
+//! A leg may carry a [`RecordTap`] ([`RelayDriver::set_tap`]): each packet the relay forwards from that leg is
+//! copied into the recording's bounded ring with a non-blocking `try_send` (a full ring drops and counts), and
+//! a writer thread does the file I/O (see [`crate::net::record_io`]). Packets generated towards a leg (music,
+//! announcements) are not recorded: a recording holds what the parties said.
+//!
 //! Generated media and RTCP reports (a few per second per leg) are sent with a direct `sendmmsg` in both
 //! backends. Leg sockets set Don't Fragment (IPv4), which spares the kernel an IP ID hash per datagram.
 //!
@@ -72,6 +78,7 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 use crate::media::relay::{
     Action, Event, LegConfig, LegId, LegStats, Relay, RelayConfig, RelayError, Source,
 };
+use crate::net::record_io::RecordTap;
 use crate::net::sys::{self, Batch, Epoll};
 use crate::net::uring::{Cqe, Target, Uring};
 
@@ -160,13 +167,6 @@ pub struct LegInfo {
 pub enum DriverEvent {
     /// A relay event (latched, inactive, BYE).
     Relay(Event),
-    /// A packet on a leg flagged for recording (received on `leg`, or generated towards it), as sent.
-    Media {
-        /// The leg.
-        leg: LegId,
-        /// Whole RTP packet after rewriting.
-        packet: Bytes,
-    },
 }
 
 /// Driver-wide counters.
@@ -221,6 +221,11 @@ enum Command {
         last: bool,
     },
     Stats(oneshot::Sender<DriverStats>),
+    Tap(
+        LegId,
+        Option<RecordTap>,
+        oneshot::Sender<Result<(), DriverError>>,
+    ),
     Call(RelayFn),
     Shutdown,
 }
@@ -368,6 +373,13 @@ impl RelayDriver {
         });
     }
 
+    /// Installs (or with `None` removes) a recording tap on `leg`: every RTP packet the relay forwards
+    /// from that leg is copied to the tap ([`RecordTap::push`]: bounded, never blocks). Sets the relay's
+    /// per-leg record flag accordingly ([`Relay::set_record`]). Removing the leg removes its tap.
+    pub fn set_tap(&self, leg: LegId, tap: Option<RecordTap>) -> Reply<Result<(), DriverError>> {
+        self.ask(|tx| Command::Tap(leg, tap, tx))
+    }
+
     /// Driver counters and thread CPU time.
     pub fn stats(&self) -> Reply<DriverStats> {
         self.ask(Command::Stats)
@@ -402,6 +414,8 @@ struct LegSockets {
     tag: u32,
     /// How io_uring SQEs name the RTP socket (registered-file slot = leg index when the table has room).
     rtp_target: Target,
+    /// Where packets received on this leg go for recording, if it is recorded.
+    tap: Option<RecordTap>,
     /// The address the RTP socket is `connect()`ed to (the latched peer), if any.
     peer: Option<SocketAddr>,
 }
@@ -662,10 +676,9 @@ impl State {
             match self.relay.handle_rtp(now, id, from, pkt) {
                 Action::Forward { to, via, record } => {
                     if record {
-                        let _ = self.events.send(DriverEvent::Media {
-                            leg: id,
-                            packet: Bytes::copy_from_slice(pkt),
-                        });
+                        if let Some(Some(LegSockets { tap: Some(t), .. })) = self.legs.get(index) {
+                            t.push(now, pkt);
+                        }
                     }
                     match self.legs.get(via.index()) {
                         Some(Some(out)) => u.send(slot, out.rtp_target, len, out.dest(to)),
@@ -741,6 +754,17 @@ impl State {
                     }
                     let _ = reply.send(self.stats);
                 }
+                Command::Tap(id, tap, reply) => {
+                    let r = match self.legs.get_mut(id.index()) {
+                        Some(Some(l)) if l.id == id => {
+                            let on = tap.is_some();
+                            l.tap = tap;
+                            self.relay.set_record(id, on).map_err(DriverError::from)
+                        }
+                        _ => Err(DriverError::Relay(RelayError::UnknownLeg)),
+                    };
+                    let _ = reply.send(r);
+                }
                 Command::Call(f) => {
                     let answer = f(&mut self.relay, now);
                     self.relay_events();
@@ -814,6 +838,7 @@ impl State {
                 tag,
                 rtp_target,
                 peer: None,
+                tap: None,
             });
         }
         Ok(info)
@@ -843,9 +868,6 @@ impl State {
 
     /// Sends the packet the relay built at the start of batch buffer 0 from `leg`'s RTP socket.
     fn send_built(&mut self, leg: LegId, t: crate::media::relay::Transmit) {
-        let Some(buf) = self.batch.buf_mut(0) else {
-            return;
-        };
         let Some((fd, to)) = self
             .legs
             .get(leg.index())
@@ -854,14 +876,6 @@ impl State {
         else {
             return;
         };
-        if t.record {
-            if let Some(p) = buf.get(..t.len) {
-                let _ = self.events.send(DriverEvent::Media {
-                    leg,
-                    packet: Bytes::copy_from_slice(p),
-                });
-            }
-        }
         let (sent, calls) = self.batch.send(fd, &[(0, t.len, to)]);
         self.stats.send_calls += calls as u64;
         self.stats.packets_out += sent as u64;
@@ -935,10 +949,9 @@ impl State {
         let len = pkt.len();
         if let Action::Forward { to, via, record } = self.relay.handle_rtp(now, id, from, pkt) {
             if record {
-                let _ = self.events.send(DriverEvent::Media {
-                    leg: id,
-                    packet: Bytes::copy_from_slice(pkt),
-                });
+                if let Some(Some(LegSockets { tap: Some(t), .. })) = self.legs.get(id.index()) {
+                    t.push(now, pkt);
+                }
             }
             let Some(Some(out)) = self.legs.get(via.index()) else {
                 return;

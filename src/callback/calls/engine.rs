@@ -22,7 +22,7 @@ use crate::net::engine::{Engine, Leg};
 enum Cmd {
     Dial(CallId, Dial),
     Play(CallId, Playlist),
-    Bridge(CallId, CallId),
+    Bridge(CallId, CallId, Option<std::path::PathBuf>),
     HangUp(CallId),
 }
 
@@ -52,7 +52,7 @@ impl std::fmt::Debug for Cmd {
         match self {
             Cmd::Dial(c, d) => write!(f, "Dial({c}, {})", d.target),
             Cmd::Play(c, _) => write!(f, "Play({c})"),
-            Cmd::Bridge(a, b) => write!(f, "Bridge({a}, {b})"),
+            Cmd::Bridge(a, b, _) => write!(f, "Bridge({a}, {b})"),
             Cmd::HangUp(c) => write!(f, "HangUp({c})"),
         }
     }
@@ -113,7 +113,11 @@ impl CallControl for EngineCalls {
     }
 
     fn bridge(&mut self, a: CallId, b: CallId) {
-        let _ = self.cmds.send(Cmd::Bridge(a, b));
+        let _ = self.cmds.send(Cmd::Bridge(a, b, None));
+    }
+
+    fn bridge_recorded(&mut self, a: CallId, b: CallId, path: std::path::PathBuf) {
+        let _ = self.cmds.send(Cmd::Bridge(a, b, Some(path)));
     }
 
     fn hang_up(&mut self, call: CallId) {
@@ -189,10 +193,11 @@ async fn run(
                             }
                         }
                     }
-                    Cmd::Bridge(a, b) => {
+                    Cmd::Bridge(a, b, record) => {
                         if let (Some(la), Some(lb)) = (legs.get(&a), legs.get(&b)) {
                             let opts = BridgeOptions {
                                 on_hangup: OnHangup::KeepOther,
+                                record,
                                 ..BridgeOptions::default()
                             };
                             // The bridge handle may go: the legs govern the calls, the flow ends them.

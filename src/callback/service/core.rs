@@ -74,6 +74,7 @@ pub(crate) struct Core<C: CallControl> {
     clock: Arc<dyn Clock>,
     prompts: Prompts,
     visitor_uri: String,
+    record_dir: Option<std::path::PathBuf>,
     caller_id: String,
     visitor_ring: Duration,
     agent_ring: Duration,
@@ -119,6 +120,7 @@ impl<C: CallControl> Core<C> {
             clock,
             prompts: config.prompts.clone(),
             visitor_uri: config.visitor_uri.clone(),
+            record_dir: config.record_dir.clone(),
             caller_id: flow.caller_id.clone(),
             visitor_ring: flow.visitor_ring_timeout,
             agent_ring: flow.agent_ring_timeout,
@@ -412,7 +414,13 @@ impl<C: CallControl> Core<C> {
             }
             Command::Bridge => {
                 if let (Some(v), Some(a)) = (self.leg(id, Leg::Visitor), self.leg(id, Leg::Agent)) {
-                    self.calls.bridge(v, a);
+                    match &self.record_dir {
+                        Some(dir) => {
+                            self.calls
+                                .bridge_recorded(v, a, dir.join(format!("{id}.wav")))
+                        }
+                        None => self.calls.bridge(v, a),
+                    }
                 }
             }
             Command::HangUp { leg } => {
