@@ -22,6 +22,13 @@
 //! [`LegCore::hold`] re-offers our SDP `sendonly`, [`LegCore::unhold`] `sendrecv` (RFC 3264 §8.4); the outcome
 //! comes back as [`LegCommand::Done`]. A re-INVITE from the peer is answered at once; when it makes our side
 //! `recvonly`/`inactive` (or uses `c=0.0.0.0`), the peer is holding us: [`LegEvent::RemoteHold`].
+//!
+//! # Legs that are not SIP calls
+//! A browser (WebRTC) leg has no SIP dialog but is otherwise a leg like any other (relay, players, bridges).
+//! [`LegCore::answered_elsewhere`] creates it answered; [`LegCore::hangup`] then asks for [`LegCommand::Bye`]
+//! (the driver closes the peer connection instead), and the driver reports the end with
+//! [`LegCore::ended_elsewhere`]. Hold and re-offers need SIP: they are refused with
+//! [`CallError::Unsupported`].
 
 use super::cdr::{CdrTimes, EndCause, HangupBy};
 use super::{CallError, LegEvent};
@@ -207,6 +214,8 @@ pub struct LegCore {
     times: CdrTimes,
     commands: VecDeque<LegCommand>,
     events: VecDeque<LegEvent>,
+    /// Not a SIP call (see the module docs).
+    elsewhere: bool,
 }
 
 impl LegCore {
@@ -237,7 +246,39 @@ impl LegCore {
             times: CdrTimes::new(now),
             commands: VecDeque::new(),
             events: VecDeque::new(),
+            elsewhere: false,
         }
+    }
+
+    /// A leg whose call was set up outside SIP (a browser leg), answered at `now` with `negotiated` as its
+    /// media. [`LegEvent::Answered`] is its first event; no [`LegCommand::Remote`] is given (the driver points the
+    /// relay leg itself).
+    pub fn answered_elsewhere(now: Instant, setup: LegSetup, negotiated: Negotiated) -> Self {
+        let mut l = Self::new(now, setup);
+        l.elsewhere = true;
+        l.phase = Phase::Answered;
+        l.times.answer = Some(now);
+        l.negotiated = Some(negotiated);
+        l.events.push_back(LegEvent::Answered);
+        l
+    }
+
+    /// Whether this leg was set up outside SIP ([`Self::answered_elsewhere`]).
+    pub fn is_elsewhere(&self) -> bool {
+        self.elsewhere
+    }
+
+    /// A leg set up outside SIP ended (`by` us after [`Self::hangup`], or by the peer): [`LegEvent::Ended`]
+    /// follows, with the cause we chose when we hung up.
+    pub fn ended_elsewhere(&mut self, now: Instant, cause: EndCause, by: HangupBy) {
+        if !self.elsewhere || self.phase == Phase::Ended {
+            return;
+        }
+        let cause = match by {
+            HangupBy::Local => self.local_cause.unwrap_or(cause),
+            HangupBy::Remote => cause,
+        };
+        self.end(now, cause, by);
     }
 
     /// The leg id.
@@ -378,18 +419,27 @@ impl LegCore {
 
     /// Puts the peer on hold (re-INVITE `sendonly`). The outcome comes as [`LegCommand::Done`].
     pub fn hold(&mut self) -> Result<(), CallError> {
+        if self.elsewhere {
+            return Err(CallError::Unsupported);
+        }
         let codecs = self.offer_codecs();
         self.reinvite(&codecs, Direction::SendOnly, Pending::Op(Op::Hold))
     }
 
     /// Takes the peer off hold (re-INVITE `sendrecv`).
     pub fn unhold(&mut self) -> Result<(), CallError> {
+        if self.elsewhere {
+            return Err(CallError::Unsupported);
+        }
         let codecs = self.offer_codecs();
         self.reinvite(&codecs, Direction::SendRecv, Pending::Op(Op::Unhold))
     }
 
     /// Re-offers with only `codecs` (a bridge aligning this leg's codec with the other leg's).
     pub fn reoffer(&mut self, codecs: &[Codec]) -> Result<(), CallError> {
+        if self.elsewhere {
+            return Err(CallError::Unsupported);
+        }
         let dir = self.our_direction();
         self.reinvite(codecs, dir, Pending::Op(Op::Reoffer))
     }

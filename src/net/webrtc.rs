@@ -90,6 +90,9 @@ pub enum WebRtcError {
     /// A socket could not be bound.
     #[error("socket: {0}")]
     Io(#[from] io::Error),
+    /// The engine refused the leg (shutting down, no RTP ports).
+    #[error(transparent)]
+    Call(#[from] crate::call::CallError),
 }
 
 /// How a browser leg ended.
