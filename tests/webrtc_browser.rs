@@ -100,8 +100,10 @@ async fn call(cdp: &mut Cdp, topic: &str) {
 }
 
 async fn hang_up(cdp: &mut Cdp) {
-    cdp.eval("(() => { document.querySelector('[data-rappel=\"hangup\"]').click(); return true; })()")
-        .await;
+    cdp.eval(
+        "(() => { document.querySelector('[data-rappel=\"hangup\"]').click(); return true; })()",
+    )
+    .await;
     cdp.wait_for(&format!(
         "{STATUS}.includes('(cancelled)') || {STATUS}.includes('(completed)')"
     ))
@@ -130,6 +132,7 @@ fn alive_tasks() -> usize {
 }
 
 fn config(alice: &DemoPhone, bob: &DemoPhone, db: &std::path::Path) -> Config {
+    let rtp_base = 24000 + (std::process::id() % 20) * 200;
     let text = format!(
         r#"
 [sip]
@@ -150,11 +153,17 @@ listen = "127.0.0.1:0"
 ip_burst = 50
 ip_refill_s = 1
 topics = ["stay", "short"]
+[media]
+rtp_ports = "{lo_port}-{hi_port}"
 [store]
 path = {db:?}
 [callback]
 max_attempts = 1
+wrap_up_s = 0
 "#,
+        // Away from the default range other test processes on the machine may be using.
+        lo_port = rtp_base,
+        hi_port = rtp_base + 199,
         alice = alice.uri(),
         bob = bob.uri(),
         db = db.display().to_string(),
@@ -168,6 +177,10 @@ async fn browser_calls_reach_the_agent_and_end_from_either_side() {
         eprintln!("chromium not installed: browser test not run (apt-get install -y chromium)");
         return;
     };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let lo = SocketAddr::from(([127, 0, 0, 1], 0));
     let agent = |talk| Behaviour::Answer {
         ring: Duration::from_millis(200),
@@ -215,7 +228,10 @@ async fn browser_calls_reach_the_agent_and_end_from_either_side() {
     assert!(s["sent"].as_u64().unwrap_or(0) > 0, "{s}");
     cdp.screenshot("webrtc_browser_connected.png").await;
     hang_up(&mut cdp).await;
-    until("the agent's leg ended", || alice.stats().ended.load(Relaxed) == 1).await;
+    until("the agent's leg ended", || {
+        alice.stats().ended.load(Relaxed) == 1
+    })
+    .await;
     until("no call left", || app.service().live_calls() == 0).await;
 
     // 2. Hang-up from the agent: bob sends BYE after 4 s.

@@ -1416,8 +1416,7 @@ impl Task {
                 LegCommand::Bye => {
                     if let Some(c) = call {
                         let _ = self.ep.send_bye(now, c);
-                    } else if let Some(close) =
-                        self.legs.get_mut(&id).and_then(|l| l.closer.take())
+                    } else if let Some(close) = self.legs.get_mut(&id).and_then(|l| l.closer.take())
                     {
                         close();
                     }

@@ -54,7 +54,10 @@ struct CallBody {
 
 pub(super) async fn call(AxState(state): AxState<WebState>, req: Request) -> Response {
     let Some(gw) = state.inner.browser.get().cloned() else {
-        return error(StatusCode::NOT_FOUND, "calls from the browser are not enabled");
+        return error(
+            StatusCode::NOT_FOUND,
+            "calls from the browser are not enabled",
+        );
     };
     let conn = req
         .extensions()
