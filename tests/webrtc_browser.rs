@@ -115,6 +115,26 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
+/// UDP sockets open in this process (the relay's, the glue's and the peer connections' sockets; the demo
+/// phones'): socket fds whose inode is in `/proc/self/net/udp{,6}`.
+fn udp_sockets() -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/self/net/udp", "/proc/self/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                inodes.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|l| inodes.contains(&l.to_string_lossy().into_owned()))
+            .count()
+    })
+}
+
 fn rss_kib() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -245,10 +265,12 @@ async fn browser_calls_reach_the_agent_and_end_from_either_side() {
     assert!(bob.stats().rtp_received.load(Relaxed) >= 100);
 
     // 3. Ten calls in a row: nothing may grow with the number of calls.
-    let (fds0, tasks0, rss0) = (open_fds(), alive_tasks(), rss_kib());
+    let (fds0, udp0, tasks0, rss0) = (open_fds(), udp_sockets(), alive_tasks(), rss_kib());
+    let mut during = 0;
     for i in 0..10 {
         call(&mut cdp, "stay").await;
         received_above(&mut cdp, 10).await;
+        during = during.max(udp_sockets());
         hang_up(&mut cdp).await;
         until("the agent's leg ended", || {
             alice.stats().ended.load(Relaxed) == 2 + i
@@ -256,17 +278,26 @@ async fn browser_calls_reach_the_agent_and_end_from_either_side() {
         .await;
         until("no call left", || app.service().live_calls() == 0).await;
     }
-    // The engine forgets a browser leg once its peer connection's task is over: wait for the fds to settle.
+    // A leg's sockets close when its peer connection's task is over, just after the leg ends: let them settle.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while open_fds() > fds0 && Instant::now() < deadline {
+    while udp_sockets() > udp0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (fds1, tasks1, rss1) = (open_fds(), alive_tasks(), rss_kib());
+    let (fds1, udp1, tasks1, rss1) = (open_fds(), udp_sockets(), alive_tasks(), rss_kib());
     eprintln!(
-        "ten browser calls: open fds {fds0} -> {fds1}, tokio alive tasks {tasks0} -> {tasks1}, RSS {rss0} KiB -> {rss1} KiB"
+        "ten browser calls: UDP sockets {udp0} -> {udp1} ({during} during a call), open fds {fds0} -> {fds1}, tokio alive tasks {tasks0} -> \
+         {tasks1}, RSS {rss0} KiB -> {rss1} KiB"
     );
-    assert!(fds1 <= fds0, "fds grew: {fds0} -> {fds1}");
-    assert!(tasks1 <= tasks0 + 1, "tasks grew: {tasks0} -> {tasks1}");
+    // Each call opens 4 UDP sockets here (peer connection, glue, relay RTP and RTCP) and ~5 tasks: a leak would
+    // grow by at least 10. Chromium's keep-alive HTTP connections and event streams (a TCP fd and a task each)
+    // come and go: a few of those are noise.
+    assert!(
+        during >= udp0 + 4,
+        "the count sees a call's sockets: {during}"
+    );
+    assert_eq!(udp1, udp0, "UDP sockets left behind");
+    assert!(fds1 <= fds0 + 4, "fds grew: {fds0} -> {fds1}");
+    assert!(tasks1 <= tasks0 + 4, "tasks grew: {tasks0} -> {tasks1}");
     assert!(
         rss1 < rss0 + 32 * 1024,
         "RSS grew by more than 32 MiB: {rss0} -> {rss1} KiB"

@@ -829,7 +829,87 @@ fn leading_u32(v: &[u8]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::leading_u32;
+    use super::*;
+
+    fn browser_leg(t0: Instant) -> LegCore {
+        let remote = SocketAddr::from(([127, 0, 0, 1], 40000));
+        let setup = LegSetup {
+            id: 7,
+            target: "webrtc".into(),
+            local_rtp: SocketAddr::from(([127, 0, 0, 1], 20000)),
+            codecs: vec![Codec::pcmu()],
+            ring_timeout: None,
+            session_timer: None,
+            sdp_session_id: 7,
+            start_unix_ms: 0,
+        };
+        let n = Negotiated {
+            media_index: 0,
+            remote_rtp: remote,
+            remote_rtcp: remote,
+            codec: Codec::pcmu(),
+            recv_pt: 0,
+            telephone_event_pt: None,
+            telephone_event_recv_pt: None,
+            direction: Direction::SendRecv,
+            ptime: 20,
+            rtcp_mux: true,
+        };
+        LegCore::answered_elsewhere(t0, setup, n)
+    }
+
+    #[test]
+    fn a_leg_answered_elsewhere_hangs_up_through_its_driver() {
+        let t0 = Instant::now();
+        let mut l = browser_leg(t0);
+        assert_eq!(l.phase(), Phase::Answered);
+        assert!(l.is_elsewhere());
+        assert_eq!(l.poll_event(), Some(LegEvent::Answered));
+        assert_eq!(l.poll_command(), None);
+        assert_eq!(l.poll_timeout(), None);
+        assert_eq!(l.hold(), Err(CallError::Unsupported));
+        assert_eq!(l.reoffer(&[Codec::pcma()]), Err(CallError::Unsupported));
+        l.hangup(EndCause::Shutdown);
+        assert_eq!(l.poll_command(), Some(LegCommand::Bye));
+        // The driver closed it: the cause we chose wins over the driver's generic one.
+        l.ended_elsewhere(
+            t0 + Duration::from_secs(3),
+            EndCause::Normal,
+            HangupBy::Local,
+        );
+        match l.poll_event() {
+            Some(LegEvent::Ended { by, cause, cdr }) => {
+                assert_eq!((by, cause), (HangupBy::Local, EndCause::Shutdown));
+                assert_eq!(cdr.answer_ms, Some(0));
+                assert_eq!(cdr.talk_ms, 3000);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Only once.
+        l.ended_elsewhere(
+            t0 + Duration::from_secs(4),
+            EndCause::Normal,
+            HangupBy::Remote,
+        );
+        assert_eq!(l.poll_event(), None);
+    }
+
+    #[test]
+    fn a_leg_answered_elsewhere_ends_by_its_peer() {
+        let t0 = Instant::now();
+        let mut l = browser_leg(t0);
+        let _ = l.poll_event();
+        l.ended_elsewhere(t0, EndCause::Timeout, HangupBy::Remote);
+        assert!(matches!(
+            l.poll_event(),
+            Some(LegEvent::Ended {
+                by: HangupBy::Remote,
+                cause: EndCause::Timeout,
+                ..
+            })
+        ));
+        assert_eq!(l.phase(), Phase::Ended);
+    }
 
     #[test]
     fn header_numbers() {
