@@ -1,6 +1,7 @@
 //! `POST /api/webrtc` against the web layer's service double and a real engine (no browser): off unless enabled,
 //! the same per-IP rate limit as phone requests, offers without G.711 refused, and an accepted offer answered by
-//! an ICE-lite DTLS-SRTP peer with PCMU, its request dialling the parked browser leg.
+//! an ICE-lite DTLS-SRTP peer with PCMU, its request dialling the parked browser leg; the page's hang-up ends the
+//! leg.
 
 mod web_support;
 
@@ -138,8 +139,27 @@ async fn browser_calls_share_the_per_ip_limit_and_need_g711() {
     assert!(headers.contains_key("retry-after"));
     let (_, _, _) = send(&app, get("/metrics")).await;
 
-    // The parked leg, dropped, is hung up: the engine ends with no leg.
-    drop(legs.take(&dialled[0]));
+    // The visitor hangs up in the page: the browser leg ends (hung up by us), once.
+    let id = body["id"].as_str().unwrap().to_owned();
+    let hangup = |id: &str| {
+        Request::post(format!("/api/webrtc/{id}/hangup"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let mut leg = legs.take(&dialled[0]).expect("parked");
+    let (st, _, _) = send(&app, hangup(&id)).await;
+    assert_eq!(st, StatusCode::OK);
+    let cdr = tokio::time::timeout(Duration::from_secs(10), leg.ended())
+        .await
+        .expect("the leg ends")
+        .expect("a record");
+    assert_eq!(cdr.hangup_by, rappel::call::HangupBy::Local);
+    assert_eq!(cdr.target, "webrtc");
+    let (st, _, _) = send(&app, hangup(&id)).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (st, _, _) = send(&app, hangup("1-0000000000000000")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    drop(leg);
     tokio::time::timeout(
         Duration::from_secs(10),
         engine.shutdown(rappel::ShutdownMode::HangUp),

@@ -386,6 +386,12 @@ impl Engine {
         Ok((leg, accepted.answer))
     }
 
+    /// Hangs up a leg by its id, for a leg whose [`Leg`] handle is held elsewhere (a browser leg the callback
+    /// service owns, hung up from the web page). [`LegEvent::Ended`] follows on the handle.
+    pub async fn hangup_leg(&self, leg: LegId) -> Result<(), CallError> {
+        self.ask(|r| Cmd::Hangup(leg.0, Some(r))).await
+    }
+
     /// Joins two answered legs through the relay. When their codecs differ (PCMU and PCMA), leg `b` is
     /// re-INVITEd with leg `a`'s codec first; returns once the legs hear each other.
     pub async fn bridge(&self, a: &Leg, b: &Leg, opts: BridgeOptions) -> Result<Bridge, CallError> {

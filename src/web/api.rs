@@ -103,7 +103,12 @@ pub(super) fn routes(state: WebState) -> Router {
         .route("/api/token", get(token))
         .route("/api/widget-config", get(widget_config));
     #[cfg(feature = "webrtc")]
-    let public = public.route("/api/webrtc", axum::routing::post(super::browser::call));
+    let public = public
+        .route("/api/webrtc", axum::routing::post(super::browser::call))
+        .route(
+            "/api/webrtc/{id}/hangup",
+            axum::routing::post(super::browser::hangup),
+        );
     let public = public.layer(middleware::from_fn_with_state(state.clone(), cors));
     Router::new()
         .merge(public)

@@ -4,14 +4,17 @@
 //! bucket, the form token when configured, the topic rule), answers the offer with an engine browser leg
 //! ([`Engine::browser_call`]), parks the leg ([`BrowserLegs`]) and submits an ordinary callback request whose
 //! visitor is that leg. The answer comes back with the request's public id: status, server-sent events and
-//! `DELETE /api/callbacks/{id}` (hang up) work as for a phone request. Waiting browser legs are capped by
-//! [`BrowserLegs`]; when the cap is reached the call is refused with 503.
+//! `DELETE /api/callbacks/{id}` work as for a phone request. Waiting browser legs are capped by [`BrowserLegs`];
+//! when the cap is reached the call is refused with 503.
+//!
+//! `POST /api/webrtc/{id}/hangup` is the visitor hanging up in the page: the browser leg is hung up as a phone
+//! visitor's BYE would end it, so a conversation ends `completed` (a cancel would record it as cancelled).
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::body::to_bytes;
-use axum::extract::{ConnectInfo, Request, State as AxState};
+use axum::extract::{ConnectInfo, Path, Request, State as AxState};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,7 +24,7 @@ use serde_json::json;
 use super::abuse::client_key;
 use super::api::{api_error, client_ip, error, non_empty, too_many, wall_clock, Reject};
 use super::{ApiError, WebState};
-use crate::callback::calls::BrowserLegs;
+use crate::callback::calls::{is_browser_target, BrowserLegs};
 use crate::callback::NewRequest;
 use crate::net::webrtc::{BrowserOptions, WebRtcError, MAX_OFFER};
 use crate::Engine;
@@ -177,5 +180,34 @@ pub(super) async fn call(AxState(state): AxState<WebState>, req: Request) -> Res
             }
             api_error(&e)
         }
+    }
+}
+
+/// `POST /api/webrtc/{id}/hangup`: hangs up the browser leg of request `id` (the holder of the public id).
+pub(super) async fn hangup(AxState(state): AxState<WebState>, Path(id): Path<String>) -> Response {
+    let Some(gw) = state.inner.browser.get().cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "calls from the browser are not enabled",
+        );
+    };
+    let Some(rid) = state.inner.keys.open(&id) else {
+        return error(StatusCode::NOT_FOUND, "no such request");
+    };
+    let key = match state.inner.api.status(rid).await {
+        Ok(Some(v)) if is_browser_target(&v.phone) => v.phone,
+        Ok(_) => return error(StatusCode::NOT_FOUND, "no such call from the browser"),
+        Err(e) => return api_error(&e),
+    };
+    let ended = || error(StatusCode::CONFLICT, "the call is already over");
+    let Some(leg) = gw.legs.leg_id(&key) else {
+        return ended();
+    };
+    match gw.engine.hangup_leg(leg).await {
+        Ok(()) => {
+            tracing::info!(request = %rid, "browser call hung up by the visitor");
+            Json(json!({ "id": id, "hung_up": true })).into_response()
+        }
+        Err(_) => ended(),
     }
 }

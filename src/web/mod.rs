@@ -15,6 +15,7 @@
 //! | `GET /api/token` | a form token, when tokens are on | anyone (CORS) |
 //! | `GET /api/widget-config` | topics, whether a token is needed, whether browser calls are on | anyone (CORS) |
 //! | `POST /api/webrtc` | a call from the browser: `{"offer", "topic", "page", "token"}` → 201 `{"id", "state", "answer"}` (feature `webrtc`, once [`WebState::enable_browser_calls`]) | anyone (CORS) |
+//! | `POST /api/webrtc/{id}/hangup` | the visitor hangs up a call from the browser | holder of the id (CORS) |
 //! | `GET /api/callbacks?state=missed` | list, missed first | `Authorization: Bearer <admin_token>` |
 //! | `GET /api/events` | every request's events (SSE) | admin (header or `?access_token=`, as `EventSource` cannot set headers) |
 //! | `GET /metrics`, `GET /healthz` | Prometheus text, liveness | anyone |

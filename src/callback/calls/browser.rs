@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::call::LegId;
 use crate::net::engine::Leg;
 
 /// The prefix of browser-leg keys.
@@ -41,11 +42,18 @@ struct Parked {
     at: Instant,
 }
 
+#[derive(Debug, Default)]
+struct Inner {
+    parked: HashMap<String, Parked>,
+    /// Every key's leg id, parked or taken (for [`BrowserLegs::leg_id`]), with when it was parked.
+    ids: HashMap<String, (LegId, Instant)>,
+}
+
 /// Parked browser legs, shared by the web layer (which parks) and [`EngineCalls`](super::EngineCalls) (which
 /// takes). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BrowserLegs {
-    inner: Arc<Mutex<HashMap<String, Parked>>>,
+    inner: Arc<Mutex<Inner>>,
     cap: usize,
     ttl: Duration,
 }
@@ -54,7 +62,7 @@ impl BrowserLegs {
     /// At most `cap` parked legs; a leg not taken within `ttl` is hung up at the next [`Self::park`].
     pub fn new(cap: usize, ttl: Duration) -> Self {
         BrowserLegs {
-            inner: Arc::new(Mutex::new(HashMap::new())),
+            inner: Arc::new(Mutex::new(Inner::default())),
             cap,
             ttl,
         }
@@ -63,18 +71,30 @@ impl BrowserLegs {
     /// Parks `leg` and returns its key. Legs older than the TTL are dropped first.
     pub fn park(&self, leg: Leg, now: Instant) -> Result<String, BrowserLegsFull> {
         let mut m = self.inner.lock().map_err(|_| BrowserLegsFull)?;
-        m.retain(|_, p| now.saturating_duration_since(p.at) < self.ttl);
-        if m.len() >= self.cap {
+        let ttl = self.ttl;
+        m.parked
+            .retain(|_, p| now.saturating_duration_since(p.at) < ttl);
+        // A call lasts less than the TTL, so an id older than twice the TTL names a leg long gone.
+        m.ids
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < ttl.saturating_mul(2));
+        if m.parked.len() >= self.cap || m.ids.len() >= self.cap.saturating_mul(4) {
             return Err(BrowserLegsFull);
         }
         let key = format!("{BROWSER_PREFIX}{:024x}", rand::random::<u128>() >> 32);
-        m.insert(key.clone(), Parked { leg, at: now });
+        m.ids.insert(key.clone(), (leg.id(), now));
+        m.parked.insert(key.clone(), Parked { leg, at: now });
         Ok(key)
     }
 
     /// Takes the leg parked under `key`.
     pub fn take(&self, key: &str) -> Option<Leg> {
-        self.inner.lock().ok()?.remove(key).map(|p| p.leg)
+        self.inner.lock().ok()?.parked.remove(key).map(|p| p.leg)
+    }
+
+    /// The id of the leg parked under `key`, parked or already taken by its request (to hang it up through
+    /// [`Engine::hangup_leg`](crate::net::engine::Engine::hangup_leg) when the visitor hangs up in the page).
+    pub fn leg_id(&self, key: &str) -> Option<LegId> {
+        self.inner.lock().ok()?.ids.get(key).map(|x| x.0)
     }
 
     /// The most legs parked at once.
@@ -84,7 +104,7 @@ impl BrowserLegs {
 
     /// Legs parked now.
     pub fn len(&self) -> usize {
-        self.inner.lock().map_or(0, |m| m.len())
+        self.inner.lock().map_or(0, |m| m.parked.len())
     }
 
     /// Whether no leg is parked.

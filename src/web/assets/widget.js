@@ -254,7 +254,12 @@
     function hangupNow() {
       var id = current;
       endBrowserCall();
-      if (id) { api("DELETE", "/api/callbacks/" + encodeURIComponent(id)).then(refresh, refresh); }
+      if (!id) { return; }
+      var path = encodeURIComponent(id);
+      /* Hang up the browser leg (the request ends as the visitor's hang-up); cancel if it is not up. */
+      api("POST", "/api/webrtc/" + path + "/hangup").then(function (r) {
+        if (r.status !== 200) { return api("DELETE", "/api/callbacks/" + path); }
+      }).then(refresh, refresh);
     }
 
     hangup.addEventListener("click", hangupNow);
