@@ -329,8 +329,25 @@ impl Engine {
     /// leg with [`Self::bridge`], [`Leg::play`] and [`Leg::hangup`] (which closes the peer connection); hold is
     /// refused. It ends by itself when the browser closes or fails, or sends no RTP for
     /// [`BrowserOptions::inactivity`](crate::net::webrtc::BrowserOptions::inactivity). See [`crate::net::webrtc`].
+    ///
+    /// Cancel-safe: the work runs in its own task, so dropping the future (an HTTP client that went away) leaves
+    /// no relay leg or peer connection behind (the leg, if made, is dropped and so hung up).
     #[cfg(feature = "webrtc")]
     pub async fn browser_call(
+        &self,
+        offer_sdp: &str,
+        opts: &crate::net::webrtc::BrowserOptions,
+    ) -> Result<(Leg, String), crate::net::webrtc::WebRtcError> {
+        let engine = self.clone();
+        let offer = offer_sdp.to_owned();
+        let opts = opts.clone();
+        tokio::spawn(async move { engine.browser_call_now(&offer, &opts).await })
+            .await
+            .map_err(|_| crate::net::webrtc::WebRtcError::Call(CallError::Shutdown))?
+    }
+
+    #[cfg(feature = "webrtc")]
+    async fn browser_call_now(
         &self,
         offer_sdp: &str,
         opts: &crate::net::webrtc::BrowserOptions,
