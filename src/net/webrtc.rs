@@ -3,8 +3,8 @@
 //! A visitor can call from the browser: the page sends an SDP offer, [`accept`] answers it with a webrtc-rs
 //! `PeerConnection` (ICE-lite, DTLS-SRTP, one audio track, PCMU or PCMA only: Opus is left out because the relay
 //! does not transcode, and every browser offers G.711). SRTP ends here. Towards the rest of rappel the peer
-//! is a plain RTP endpoint: one loopback UDP socket (the *glue socket*) exchanges clear RTP with a normal relay
-//! leg, whose remote address is the glue socket. So the relay, the players (greeting, hold music) and bridges
+//! is a plain RTP endpoint: one UDP socket on [`BrowserOptions::bind_ip`] (the *glue socket*) exchanges clear
+//! RTP with a normal relay leg, whose remote address is the glue socket. So the relay, the players (greeting, hold music) and bridges
 //! treat a browser leg like a SIP leg; only signalling differs (no SIP dialog: the engine closes the peer
 //! connection where it would send BYE).
 //!
@@ -20,8 +20,8 @@
 //!   [`accept`].
 //!
 //! webrtc-rs is used because DTLS-SRTP and ICE are large and security-sensitive; writing them was never the
-//! point. Its async layer spawns its own tasks; `tests/webrtc_browser.rs` counts fds, live legs and RSS over ten
-//! calls to show that none of them outlives a call in our use.
+//! point. Its async layer spawns its own tasks; `tests/webrtc_browser.rs` counts UDP sockets, fds, tokio tasks
+//! and RSS over ten calls to show that none of them outlives a call in our use.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
