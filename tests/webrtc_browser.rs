@@ -8,8 +8,8 @@
 //!    `connected`, more than any prompt sent to it); the browser's `getStats()` inbound-rtp `packetsReceived`
 //!    grows (the agent's tone); the codec is G.711; the widget's hang-up ends both legs and the request
 //!    completes;
-//! 2. hang-up from the agent (a phone that sends BYE after 4 s): the request completes and the widget closes its
-//!    peer connection;
+//! 2. hang-up from the agent (a phone that rings 2 s, while the browser hears the greeting and hold music, and
+//!    sends BYE after 4 s): the request completes and the widget closes its peer connection;
 //! 3. ten calls in a row: open fds (`/proc/self/fd`), tokio's alive tasks and RSS (`/proc/self/statm`) before and
 //!    after are printed and must not grow with the number of calls;
 //! 4. a dead tab (`Page.crash`: the renderer dies without a goodbye): the server ends the browser leg by itself
@@ -202,15 +202,22 @@ async fn browser_calls_reach_the_agent_and_end_from_either_side() {
         .with_test_writer()
         .try_init();
     let lo = SocketAddr::from(([127, 0, 0, 1], 0));
-    let agent = |talk| Behaviour::Answer {
-        ring: Duration::from_millis(200),
+    let agent = |ring, talk| Behaviour::Answer {
+        ring,
         talk,
         tone_hz: 523.0,
     };
-    let alice = DemoPhone::start("alice", lo, agent(None)).await.unwrap();
-    let bob = DemoPhone::start("bob", lo, agent(Some(Duration::from_secs(4))))
+    let alice = DemoPhone::start("alice", lo, agent(Duration::from_millis(200), None))
         .await
         .unwrap();
+    // Bob rings 2 s: the browser hears the greeting and hold music meanwhile.
+    let bob = DemoPhone::start(
+        "bob",
+        lo,
+        agent(Duration::from_secs(2), Some(Duration::from_secs(4))),
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let app = App::start(&config(&alice, &bob, &dir.path().join("c.db")))
         .await
@@ -254,9 +261,16 @@ async fn browser_calls_reach_the_agent_and_end_from_either_side() {
     .await;
     until("no call left", || app.service().live_calls() == 0).await;
 
-    // 2. Hang-up from the agent: bob sends BYE after 4 s.
+    // 2. Hang-up from the agent: bob rings 2 s (the browser hears the greeting and hold music: 100 frames),
+    // then sends BYE after 4 s of conversation.
     call(&mut cdp, "short").await;
-    received_above(&mut cdp, 20).await;
+    let before_agent = received(&mut cdp).await;
+    eprintln!("browser call 2: {before_agent} packets received when the page showed connected (bob rang 2 s)");
+    assert!(
+        before_agent >= 40,
+        "greeting and hold music: {before_agent} packets"
+    );
+    received_above(&mut cdp, before_agent + 20).await;
     until("bob hung up", || bob.stats().ended.load(Relaxed) == 1).await;
     cdp.wait_for(&format!("{STATUS}.includes('(completed)')"))
         .await;
