@@ -1,5 +1,6 @@
 //! Per-packet cost of the relay's sans-IO hot path: `Relay::handle_rtp` on a connected, latched leg
-//! (lookup, checks, counters, receiver stats, continuity rewrite, PT map, in-place header write).
+//! (lookup, checks, counters, receiver stats, continuity rewrite, PT map, in-place header write), and the same
+//! between a PCMU and a PCMA leg (plus the 160-byte in-place PCMU→PCMA table rewrite of the payload).
 //! Each iteration also restores the input header of a packet used 32 iterations later (a 12-byte write, a few
 //! ns), because handling rewrote it in place.
 
@@ -8,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rappel::media::g711::Law;
 use rappel::media::relay::{Action, LegConfig, Relay, RelayConfig};
 use rappel::media::rtp::write_header;
 
@@ -17,7 +19,7 @@ fn bench(c: &mut Criterion) {
     let b_addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
     let mut g = c.benchmark_group("relay");
     g.throughput(Throughput::Elements(1));
-    for legs in [2usize, 4000] {
+    for (legs, transcode) in [(2usize, false), (4000, false), (2, true)] {
         let mut relay = Relay::new(
             RelayConfig {
                 port_min: 10000,
@@ -28,8 +30,12 @@ fn bench(c: &mut Criterion) {
         );
         let mut pairs = Vec::new();
         for _ in 0..legs / 2 {
-            let a = relay.add_leg(t0, LegConfig::g711(Some(a_addr))).unwrap();
-            let b = relay.add_leg(t0, LegConfig::g711(Some(b_addr))).unwrap();
+            let (mut ca, mut cb) = (LegConfig::g711(Some(a_addr)), LegConfig::g711(Some(b_addr)));
+            if transcode {
+                (ca.codec, cb.codec) = (Some(Law::Ulaw), Some(Law::Alaw));
+            }
+            let a = relay.add_leg(t0, ca).unwrap();
+            let b = relay.add_leg(t0, cb).unwrap();
             relay.connect(a, b).unwrap();
             pairs.push(a);
         }
@@ -51,7 +57,12 @@ fn bench(c: &mut Criterion) {
         let mut i = 0usize;
         let mut r = 0usize;
         let now = t0 + Duration::from_millis(10);
-        g.bench_function(format!("handle_rtp/{legs}_legs"), |bch| {
+        let name = if transcode {
+            format!("handle_rtp_transcode/{legs}_legs")
+        } else {
+            format!("handle_rtp/{legs}_legs")
+        };
+        g.bench_function(name, |bch| {
             bch.iter(|| {
                 seq = seq.wrapping_add(1);
                 let ahead = seq.wrapping_add(RING as u16 / 2);

@@ -157,21 +157,22 @@ impl App {
                 problem: crate::config::Problem::PortRange,
             })?;
         let web = WebConfig::from_config(config);
-        let engine = Engine::builder()
+        let mut builder = Engine::builder()
             .sip_bind(vec![config.sip.listen])
             .rtp_ip(config.sip.listen.ip())
             .rtp_ports(min, max)
-            .start()
-            .await
-            .map_err(io("SIP/RTP"))?;
-        let mut options = CallOptions::default();
-        if let (Some(user), Some(pass)) = (&config.trunk.username, &config.trunk.password) {
-            options.credentials = Some(crate::sip::auth::Credentials {
-                username: user.clone(),
-                password: pass.clone(),
-                realm: None,
-            });
+            .outbound_proxy_uri(config.trunk.outbound_proxy.clone());
+        if let Some(ns) = &config.sip.nameservers {
+            builder = builder.nameservers(ns.clone());
         }
+        if let Some(reg) = config.trunk_registration() {
+            builder = builder.register(reg);
+        }
+        let engine = builder.start().await.map_err(io("SIP/RTP"))?;
+        let options = CallOptions {
+            credentials: config.trunk_credentials(),
+            ..CallOptions::default()
+        };
         let calls = EngineCalls::new(engine.clone(), options, None);
         let media = calls.media_totals();
         #[cfg(feature = "webrtc")]
@@ -261,6 +262,13 @@ impl App {
     /// The engine's SIP addresses.
     pub fn sip_addrs(&self) -> &[SocketAddr] {
         self.engine.sip_addrs()
+    }
+
+    /// The registration with the trunk (`[trunk.register]`), when configured.
+    pub fn registration(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<crate::net::engine::RegistrationStatus>> {
+        self.engine.registration()
     }
 
     /// The callback service.

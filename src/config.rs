@@ -8,9 +8,15 @@
 //! ```toml
 //! [sip]
 //! listen = "127.0.0.1:5060"      # UDP and TCP
+//! # nameservers = ["192.0.2.53:53"] # DNS servers for host names (default: /etc/resolv.conf)
 //! [trunk]
 //! uri = "sip:127.0.0.1:5070"     # visitor +33612345678 is called at sip:+33612345678@127.0.0.1:5070
-//! caller_id = "+33100000000"
+//! caller_id = "+33100000000"     # a host name is resolved per RFC 3263 (NAPTR, SRV, A/AAAA) with failover
+//! # outbound_proxy = "sip:proxy.example.net"  # every request goes there instead
+//! # [trunk.register]             # keep a registration (user name and password from [trunk])
+//! # registrar = "sip:trunk.example.net"       # default: the trunk URI's host
+//! # aor = "sip:rappel@trunk.example.net"      # default: sip:USERNAME@that host
+//! # expires = 3600
 //! [[agents]]
 //! name = "alice"
 //! uri = "sip:alice@127.0.0.1:5080"
@@ -177,12 +183,15 @@ pub struct Config {
 pub struct SipConfig {
     /// Address for UDP and TCP (default `127.0.0.1:5060`).
     pub listen: SocketAddr,
+    /// DNS servers asked for the host names of the trunk, proxy and agents (default: the system's).
+    pub nameservers: Option<Vec<SocketAddr>>,
 }
 
 impl Default for SipConfig {
     fn default() -> Self {
         SipConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            nameservers: None,
         }
     }
 }
@@ -202,6 +211,31 @@ pub struct TrunkConfig {
     /// Digest password.
     #[serde(default)]
     pub password: Option<String>,
+    /// A `sip:` URI every request is sent to (a host name is resolved per RFC 3263).
+    #[serde(default)]
+    pub outbound_proxy: Option<String>,
+    /// `[trunk.register]`: register with the trunk.
+    #[serde(default)]
+    pub register: Option<RegisterSection>,
+}
+
+/// `[trunk.register]`: keep a registration with the trunk (credentials from `[trunk]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterSection {
+    /// The registrar's URI (default: `sip:` and the trunk URI's host).
+    #[serde(default)]
+    pub registrar: Option<String>,
+    /// The address of record (default: `sip:USERNAME@` the trunk URI's host).
+    #[serde(default)]
+    pub aor: Option<String>,
+    /// The binding lifetime asked for, in seconds (default 3600).
+    #[serde(default = "hour")]
+    pub expires: u32,
+}
+
+fn hour() -> u32 {
+    3600
 }
 
 fn anonymous() -> String {
@@ -462,6 +496,32 @@ impl Config {
         if self.trunk.caller_id.trim().is_empty() {
             return Err(invalid("trunk.caller_id", Problem::Empty));
         }
+        if self
+            .trunk
+            .outbound_proxy
+            .as_deref()
+            .is_some_and(|p| !is_sip_uri(p))
+        {
+            return Err(invalid("trunk.outbound_proxy", Problem::SipUri));
+        }
+        if let Some(r) = &self.trunk.register {
+            if r.registrar.as_deref().is_some_and(|u| !is_sip_uri(u)) {
+                return Err(invalid("trunk.register.registrar", Problem::SipUri));
+            }
+            match (&r.aor, &self.trunk.username) {
+                (Some(a), _) if !is_sip_uri(a) => {
+                    return Err(invalid("trunk.register.aor", Problem::SipUri))
+                }
+                (None, None) => return Err(invalid("trunk.register.aor", Problem::Empty)),
+                _ => {}
+            }
+            if r.expires < 60 {
+                return Err(invalid("trunk.register.expires", Problem::AtLeast(60)));
+            }
+        }
+        if self.sip.nameservers.as_ref().is_some_and(|n| n.is_empty()) {
+            return Err(invalid("sip.nameservers", Problem::Empty));
+        }
         if self.agents.is_empty() {
             return Err(invalid("agents", Problem::NoAgents));
         }
@@ -569,16 +629,48 @@ impl Config {
         }
     }
 
-    /// The trunk's visitor URI template: `sip:{number}@host[:port]` (the trunk URI's user part, if any, is
-    /// replaced by the visitor's E.164 number).
-    pub fn visitor_uri(&self) -> String {
+    /// The trunk URI's `host[:port]`.
+    fn trunk_host(&self) -> &str {
         let rest = self
             .trunk
             .uri
             .strip_prefix("sip:")
             .unwrap_or(&self.trunk.uri);
-        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-        format!("sip:{{number}}@{host}")
+        rest.rsplit_once('@').map_or(rest, |(_, h)| h)
+    }
+
+    /// The trunk's digest credentials, when both user name and password are set.
+    pub fn trunk_credentials(&self) -> Option<crate::sip::auth::Credentials> {
+        match (&self.trunk.username, &self.trunk.password) {
+            (Some(user), Some(pass)) => Some(crate::sip::auth::Credentials {
+                username: user.clone(),
+                password: pass.clone(),
+                realm: None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The registration `[trunk.register]` asks for, with its defaults filled in (see [`RegisterSection`]).
+    pub fn trunk_registration(&self) -> Option<crate::net::engine::TrunkRegistration> {
+        let r = self.trunk.register.as_ref()?;
+        let host = self.trunk_host();
+        let registrar = r.registrar.clone().unwrap_or_else(|| format!("sip:{host}"));
+        let aor = r.aor.clone().unwrap_or_else(|| {
+            let user = self.trunk.username.as_deref().unwrap_or("rappel");
+            format!("sip:{user}@{host}")
+        });
+        let mut reg = crate::net::engine::TrunkRegistration::new(registrar, aor).expires(r.expires);
+        if let Some(c) = self.trunk_credentials() {
+            reg = reg.credentials(c);
+        }
+        Some(reg)
+    }
+
+    /// The trunk's visitor URI template: `sip:{number}@host[:port]` (the trunk URI's user part, if any, is
+    /// replaced by the visitor's E.164 number).
+    pub fn visitor_uri(&self) -> String {
+        format!("sip:{{number}}@{}", self.trunk_host())
     }
 
     /// The callback service's configuration (timings, agents, trunk); prompts, recovery and webhook keep their

@@ -48,4 +48,4 @@ pub mod web;
 pub use call::{
     BridgeEvent, BridgeOptions, CallError, CallOptions, EarlyMedia, LegEvent, LegId, ShutdownMode,
 };
-pub use net::engine::{Bridge, Engine, EngineBuilder, Leg};
+pub use net::engine::{Bridge, Engine, EngineBuilder, Leg, RegistrationStatus, TrunkRegistration};

@@ -12,7 +12,9 @@ use rappel::call::leg::{
 };
 use rappel::call::LegEvent;
 use rappel::sdp::Codec;
-use rappel::sip::endpoint::{CallHandle, Endpoint, EndpointConfig, Event, InviteRequest};
+use rappel::sip::endpoint::{
+    CallHandle, Endpoint, EndpointConfig, EndpointError, Event, InviteRequest,
+};
 use rappel::sip::message::{HeaderName, Message, Method, Request};
 use rappel::sip::transaction::{Transmit, Transport};
 use std::net::SocketAddr;
@@ -49,7 +51,7 @@ impl LegNode {
         timer: Option<SessionTimerOptions>,
     ) -> Self {
         let mut cfg = EndpointConfig::new(addr_a());
-        cfg.rng_seed(7);
+        cfg.rng_seed(7).tu_glare_retry(true);
         let leg = LegCore::new(
             now,
             LegSetup {
@@ -85,22 +87,25 @@ impl LegNode {
                 any = true;
                 let call = self.leg.call();
                 match c {
-                    LegCommand::Invite { body, headers } => {
-                        let h = self
-                            .ep
-                            .start_invite(
-                                now,
-                                InviteRequest {
-                                    target: "sip:agent@10.0.0.2:5060".into(),
-                                    from: "sip:rappel@10.0.0.1".into(),
-                                    to: None,
-                                    next_hop: addr_b(),
-                                    sdp: body,
-                                    credentials: None,
-                                    extra_headers: headers,
-                                },
-                            )
-                            .unwrap();
+                    LegCommand::Invite {
+                        body,
+                        headers,
+                        retry_of,
+                    } => {
+                        let req = InviteRequest {
+                            target: "sip:agent@10.0.0.2:5060".into(),
+                            from: "sip:rappel@10.0.0.1".into(),
+                            to: None,
+                            next_hop: addr_b(),
+                            sdp: body,
+                            credentials: None,
+                            extra_headers: headers,
+                        };
+                        let h = match retry_of {
+                            Some(prev) => self.ep.retry_invite(now, prev, req),
+                            None => self.ep.start_invite(now, req),
+                        }
+                        .unwrap();
                         self.leg.attach(h, None);
                     }
                     LegCommand::Cancel => {
@@ -370,6 +375,22 @@ fn answer_422_is_retried_with_the_peers_min_se() {
     };
     assert_eq!(se(0).as_deref(), Some(&b"300;refresher=uac"[..]));
     assert_eq!(se(1).as_deref(), Some(&b"1800;refresher=uac"[..]));
+    // RFC 4028 §7.4: the retry carries the 422's Min-SE, in the same call (Call-ID, From with its tag) with the
+    // next CSeq and a new transaction (branch).
+    let hdr = |i: usize, n: HeaderName| invites[i].1.headers.get(&n).cloned().unwrap();
+    assert_eq!(&hdr(0, HeaderName::MinSe)[..], b"90");
+    assert_eq!(&hdr(1, HeaderName::MinSe)[..], b"1800");
+    assert_eq!(hdr(0, HeaderName::CallId), hdr(1, HeaderName::CallId));
+    assert_eq!(hdr(0, HeaderName::From), hdr(1, HeaderName::From));
+    assert_eq!(&hdr(0, HeaderName::CSeq)[..], b"1 INVITE");
+    assert_eq!(&hdr(1, HeaderName::CSeq)[..], b"2 INVITE");
+    assert_ne!(hdr(0, HeaderName::Via), hdr(1, HeaderName::Via));
+    // The 422 was ACKed (by its transaction), and the dialog is the retry's: the answer's To tag, our tag.
+    assert_eq!(
+        requests(&sim, Method::Ack).len(),
+        2,
+        "ACK for the 422, ACK for the 200"
+    );
     assert_eq!(sim.a.leg.phase(), Phase::Answered);
     assert!(sim.a.events.iter().any(|(_, e)| *e == LegEvent::Answered));
     assert!(
@@ -379,6 +400,25 @@ fn answer_422_is_retried_with_the_peers_min_se() {
             .any(|(_, e)| matches!(e, LegEvent::Failed { .. })),
         "the 422 is not a failure"
     );
+    // Only a call whose INVITE failed can be retried: not the answered one, not an unknown handle.
+    let req = InviteRequest {
+        target: "sip:agent@10.0.0.2:5060".into(),
+        from: "sip:rappel@10.0.0.1".into(),
+        to: None,
+        next_hop: addr_b(),
+        sdp: Bytes::new(),
+        credentials: None,
+        extra_headers: Vec::new(),
+    };
+    let live = sim.a.leg.call().unwrap();
+    assert_eq!(
+        sim.a.ep.retry_invite(sim.now, live, req.clone()),
+        Err(EndpointError::InvalidState)
+    );
+    assert!(matches!(
+        sim.a.ep.retry_invite(sim.now, CallHandle(u64::MAX), req),
+        Err(EndpointError::UnknownCall(_))
+    ));
     // The next refresh is at half of 1800 s.
     let next = sim.a.leg.poll_timeout().unwrap() - sim.now;
     assert!(
@@ -407,7 +447,15 @@ fn a_second_422_gives_up_after_two_retries() {
     sim.now = t0;
     start(&mut sim);
     sim.run_to(Duration::from_secs(5));
-    assert_eq!(requests(&sim, Method::Invite).len(), 3);
+    let invites = requests(&sim, Method::Invite);
+    assert_eq!(invites.len(), 3);
+    let cseqs: Vec<_> = invites
+        .iter()
+        .map(|(_, r)| r.headers.get(&HeaderName::CSeq).cloned().unwrap())
+        .collect();
+    assert_eq!(cseqs, ["1 INVITE", "2 INVITE", "3 INVITE"]);
+    let call_id = |i: usize| invites[i].1.headers.get(&HeaderName::CallId).cloned();
+    assert!(call_id(0) == call_id(1) && call_id(1) == call_id(2));
     assert_eq!(sim.a.ended().map(|e| e.1), Some(EndCause::Rejected(422)));
 }
 
@@ -499,4 +547,97 @@ fn glare_during_hold_resolves() {
     );
     let body = String::from_utf8_lossy(ours[2].message().body()).into_owned();
     assert!(body.contains("a=sendonly"), "{body}");
+    // The retry is a new offer (RFC 3264 §8): its o= version is above every SDP we sent before it, including
+    // our answer to the peer's re-INVITE that got in first.
+    let version = |b: &[u8]| -> u64 {
+        let sdp = String::from_utf8_lossy(b).into_owned();
+        let o = sdp
+            .lines()
+            .find(|l| l.starts_with("o="))
+            .unwrap()
+            .to_owned();
+        o.split(' ').nth(2).unwrap().parse().unwrap()
+    };
+    let sdps: Vec<(Instant, u64)> = sim
+        .packets(|p| p.from == addr_a() && !p.message().body().is_empty())
+        .iter()
+        .map(|p| (p.sent, version(p.message().body())))
+        .collect();
+    let retry_at = ours[2].sent;
+    let retry_v = version(ours[2].message().body());
+    let before: Vec<u64> = sdps
+        .iter()
+        .filter(|s| s.0 < retry_at)
+        .map(|s| s.1)
+        .collect();
+    assert!(
+        before.len() >= 3,
+        "INVITE, hold, answer to the peer: {before:?}"
+    );
+    assert!(
+        before.iter().all(|&v| v < retry_v),
+        "{before:?} then {retry_v}"
+    );
+    assert_eq!(retry_v, before.iter().max().unwrap() + 1);
+    assert_eq!(
+        version(ours[1].message().body()) + 2,
+        retry_v,
+        "hold offer, answer, retried hold offer"
+    );
+}
+
+/// A 491 with nothing in between (the peer's re-INVITE never comes): the retried offer still bumps the version.
+#[test]
+fn reoffer_after_491_bumps_the_version() {
+    let t0 = Instant::now();
+    let mut n = 0;
+    let peer = ScriptNode::new(addr_b(), move |req: &Request| match req.method {
+        Method::Invite => {
+            n += 1;
+            let code = if n == 2 { 491 } else { 200 };
+            let mut r = reply(req, code, "p");
+            if code == 200 {
+                r.set_body("application/sdp", Bytes::from_static(PEER_SDP.as_bytes()));
+            }
+            vec![Message::Response(r)]
+        }
+        _ => Vec::new(),
+    });
+    let mut sim = Sim::new(LegNode::new(t0, None, None), peer);
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.a.leg.phase()
+        == Phase::Answered));
+    let now = sim.now;
+    sim.a.leg.hold().unwrap();
+    sim.a.pump(now);
+    assert!(sim.run_until(Duration::from_secs(10), |s| !s.a.done.is_empty()));
+    assert_eq!(sim.a.done[0].2, Ok(()));
+    let invites = requests(&sim, Method::Invite);
+    assert_eq!(invites.len(), 3, "INVITE, hold (491), hold again");
+    let version = |r: &Request| -> u64 {
+        let sdp = String::from_utf8_lossy(&r.body).into_owned();
+        let o = sdp
+            .lines()
+            .find(|l| l.starts_with("o="))
+            .unwrap()
+            .to_owned();
+        o.split(' ').nth(2).unwrap().parse().unwrap()
+    };
+    let (v0, v1, v2) = (
+        version(&invites[0].1),
+        version(&invites[1].1),
+        version(&invites[2].1),
+    );
+    assert_eq!((v1, v2), (v0 + 1, v0 + 2), "each offer a new version");
+    // The §14.1 back-off for the Call-ID owner: 2.1 to 4 s after the 491.
+    let wait = invites[2].0 - invites[1].0;
+    assert!(
+        wait >= Duration::from_millis(2100) && wait <= Duration::from_millis(4100),
+        "{wait:?}"
+    );
+    let body = String::from_utf8_lossy(&invites[2].1.body).into_owned();
+    assert!(body.contains("a=sendonly"), "{body}");
+    assert!(sim.a.leg.is_held());
 }

@@ -36,12 +36,7 @@ fn uas(name: &str, extra: &[&str]) -> Sipp {
 fn player(talk_ms: u32) -> Sipp {
     let dir = tempfile::tempdir().expect("tempdir");
     let audio = dir.path().join("tone.pcmu");
-    let pcm: Vec<i16> = (0..16_000)
-        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16)
-        .collect();
-    let mut enc = Vec::new();
-    Law::Ulaw.encode_into(&pcm, &mut enc);
-    std::fs::write(&audio, enc).expect("write audio");
+    std::fs::write(&audio, tone_pcmu()).expect("write audio");
     let tpl = std::fs::read_to_string(format!(
         "{}/tests/sipp/call_peer_bye.xml.in",
         env!("CARGO_MANIFEST_DIR")
@@ -54,6 +49,16 @@ fn player(talk_ms: u32) -> Sipp {
     std::fs::write(&sf, xml).expect("write scenario");
     let sf = sf.to_str().expect("utf-8 path").to_owned();
     start(&sf, &[]).keep(dir)
+}
+
+/// What the playing peer plays: 2 s of a 440 Hz tone in PCMU.
+fn tone_pcmu() -> Vec<u8> {
+    let pcm: Vec<i16> = (0..16_000)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 8000.0).sin() * 8000.0) as i16)
+        .collect();
+    let mut enc = Vec::new();
+    Law::Ulaw.encode_into(&pcm, &mut enc);
+    enc
 }
 
 /// Ports in a band per test process (SIPp needs a few consecutive free ones for RTP).
@@ -461,6 +466,59 @@ async fn bridge_aligns_a_pcma_leg_with_a_pcmu_leg_by_reinvite() {
     assert_eq!(visitor_peer.finish_within(WAIT).await, 0);
 }
 
+/// The agent answers PCMA only and refuses the alignment re-INVITE (488): the bridge is made anyway and the
+/// relay transcodes. The visitor plays PCMU; the agent echoes what it gets (PCMA) back through the bridge.
+#[tokio::test]
+async fn bridge_transcodes_when_a_pcma_leg_refuses_alignment() {
+    let player = player(3000);
+    let echo = uas("call_peer_pcma_refuse.xml", &["-rtp_echo"]);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&player.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e
+        .call(&echo.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let mut bridge = within(e.bridge(&visitor, &agent, BridgeOptions::default()))
+        .await
+        .expect("bridged with transcoding after the 488");
+    let bcdr = within(bridge.ended()).await.unwrap();
+    let p = within(visitor.ended()).await.unwrap();
+    let q = within(agent.ended()).await.unwrap();
+    assert_eq!(bcdr.ended_by_leg, Some(p.leg), "the player's BYE ended it");
+    assert_eq!(
+        (q.hangup_by, q.end_cause),
+        (HangupBy::Local, EndCause::Normal)
+    );
+    // About 3 s of PCMU from the player, less the time before the bridge, crossed to the PCMA peer, were
+    // echoed, and crossed back to the player.
+    assert!(p.media.packets_in >= 100, "player sent {:?}", p.media);
+    assert!(q.media.packets_out >= 60, "PCMA peer got {:?}", q.media);
+    assert!(q.media.packets_out <= p.media.packets_in);
+    assert!(q.media.packets_in >= 50, "PCMA peer echoed {:?}", q.media);
+    assert!(
+        p.media.packets_out >= 50,
+        "player got the echo {:?}",
+        p.media
+    );
+    assert!(p.media.packets_out <= q.media.packets_in);
+    // G.711 transcoding keeps the payload length: bytes per packet are equal on both sides.
+    assert_eq!(
+        q.media.bytes_out * p.media.packets_in,
+        p.media.bytes_in * q.media.packets_out
+    );
+    assert_eq!(player.finish_within(WAIT).await, 0, "player completed");
+    assert_eq!(
+        echo.finish_within(WAIT).await,
+        0,
+        "PCMA peer saw the PCMU re-INVITE, answered 488, then BYE"
+    );
+}
+
 #[tokio::test]
 async fn the_visitor_hears_our_ringback_while_the_agent_rings() {
     use rappel::EarlyMedia;
@@ -511,5 +569,211 @@ async fn send_dtmf_as_sip_info() {
         peer.finish_within(WAIT).await,
         0,
         "SIPp got INFO Signal=5, INFO Signal=#, BYE"
+    );
+}
+
+/// A peer that negotiated telephone-event (as PT 100) gets DTMF in-band: RFC 4733 packets on its SDP address,
+/// read here by the test's own UDP socket.
+#[tokio::test]
+async fn send_dtmf_as_rfc4733_events() {
+    use rappel::media::dtmf::TelephoneEvent;
+    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tpl = std::fs::read_to_string(Sipp::scenario("call_peer_rfc4733.xml.in")).unwrap();
+    let xml = tpl.replace("@RTP_PORT@", &rtp.local_addr().unwrap().port().to_string());
+    let sf = dir.path().join("peer.xml");
+    std::fs::write(&sf, xml).unwrap();
+    let peer = start(sf.to_str().unwrap(), &[]).keep(dir);
+    let e = engine().await;
+    let mut leg = e
+        .call(&peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    within(leg.send_dtmf("1#")).await.unwrap();
+    // Returned once every packet was handed to the relay: 2 digits x (2 start + 3 end) packets.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1500];
+    while got.len() < 10 {
+        let n = within(rtp.recv(&mut buf)).await.unwrap();
+        got.push(buf[..n].to_vec());
+    }
+    leg.hangup().await.unwrap();
+    within(leg.ended()).await.unwrap();
+    let field = |p: &[u8]| {
+        (
+            p[1] & 0x80 != 0,
+            p[1] & 0x7f,
+            u16::from_be_bytes([p[2], p[3]]),
+            u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+            TelephoneEvent::parse(&p[12..]).unwrap(),
+        )
+    };
+    let first_seq = field(&got[0]).2;
+    for (digit, event) in [(0usize, 1u8), (1, 11)] {
+        let ts = field(&got[digit * 5]).3;
+        for i in 0..5 {
+            let (marker, pt, seq, t, ev) = field(&got[digit * 5 + i]);
+            assert_eq!(got[digit * 5 + i].len(), 16);
+            assert_eq!(pt, 100, "the leg's telephone-event PT");
+            assert_eq!(marker, i == 0, "marker on the first packet only");
+            assert_eq!(seq, first_seq.wrapping_add((digit * 5 + i) as u16));
+            assert_eq!(t, ts, "one timestamp per event");
+            assert_eq!(
+                (ev.event, ev.end),
+                (event, i >= 2),
+                "digit {digit} packet {i}"
+            );
+            assert_eq!(ev.duration, [400, 800, 800, 800, 800][i]);
+        }
+    }
+    // The second key starts after the first one's packets and the gap (>= 300 ms = 2400 samples).
+    let gap = field(&got[5]).3.wrapping_sub(field(&got[0]).3);
+    assert!((2200..8000).contains(&gap), "timestamp step {gap}");
+    assert_eq!(peer.finish_within(WAIT).await, 0, "no INFO, then BYE");
+}
+
+/// The From display name goes on the wire quoted, with `"` and `\` escaped (the SIPp peer checks the header).
+#[tokio::test]
+async fn from_display_name_is_quoted_and_escaped() {
+    let peer = uas("uas_from_display.xml", &[]);
+    let e = engine().await;
+    let opts = CallOptions::default().from("sip:ann@example.com", Some(r#"Ann "The" \ Agent"#));
+    let mut leg = e.call(&peer.uri("v"), opts).await.unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    assert_eq!(cdr.end_cause, EndCause::Rejected(486));
+    assert_eq!(
+        peer.finish_within(WAIT).await,
+        0,
+        "SIPp's From regex matched"
+    );
+}
+
+/// The bridge's record counts from the bridge's start: the visitor's player talks for about a second before the
+/// agent is even called; that audio is in the visitor's own record but not in the bridge's.
+#[tokio::test]
+async fn bridge_cdr_counts_only_the_bridge_lifetime() {
+    let player = player(3000);
+    let echo = uas("call_peer_echo.xml", &["-rtp_echo"]);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&player.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    // Not a synchronisation: about 50 packets from the visitor reach the relay before any bridge exists.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut agent = e
+        .call(&echo.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let mut bridge = e
+        .bridge(&visitor, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    let b = within(bridge.ended()).await.unwrap();
+    let v = within(visitor.ended()).await.unwrap();
+    let a = within(agent.ended()).await.unwrap();
+    assert!(
+        v.media.packets_in >= b.a_media.packets_in + 30,
+        "leg {:?} vs bridge {:?}",
+        v.media,
+        b.a_media
+    );
+    assert!(b.a_media.packets_in >= 40, "bridged audio {:?}", b.a_media);
+    // During the bridge, what the visitor sent is what the agent was sent (both read at the same points).
+    assert!(
+        b.a_media.packets_in.abs_diff(b.b_media.packets_out) <= 2,
+        "{:?} {:?}",
+        b.a_media,
+        b.b_media
+    );
+    assert!(b.b_media.packets_out <= a.media.packets_out);
+    assert!(b.a_media.packets_out <= v.media.packets_out);
+    assert_eq!(player.finish_within(WAIT).await, 0);
+    assert_eq!(echo.finish_within(WAIT).await, 0);
+}
+
+/// The transcoded bytes on the wire: the PCMA peer's media address is the test's own socket. Every packet it
+/// gets carries PT 8 and a payload that is a run of the player's PCMU file mapped through the PCMU→PCMA table.
+#[tokio::test]
+async fn transcoded_audio_on_the_wire_is_the_pcma_table_image() {
+    use rappel::media::g711::ULAW_TO_ALAW;
+    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let xml = std::fs::read_to_string(Sipp::scenario("call_peer_pcma_refuse.xml"))
+        .unwrap()
+        .replace(
+            "m=audio [media_port]",
+            &format!("m=audio {}", rtp.local_addr().unwrap().port()),
+        );
+    let sf = dir.path().join("peer.xml");
+    std::fs::write(&sf, xml).unwrap();
+    let agent_peer = start(sf.to_str().unwrap(), &[]).keep(dir);
+    let player = player(4000);
+    let e = engine().await;
+    let mut visitor = e
+        .call(&player.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e
+        .call(&agent_peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let _bridge = within(e.bridge(&visitor, &agent, BridgeOptions::default()))
+        .await
+        .expect("bridged with transcoding");
+    // The file, twice (the player loops), through the table.
+    let image: Vec<u8> = tone_pcmu()
+        .repeat(2)
+        .iter()
+        .map(|&c| ULAW_TO_ALAW[c as usize])
+        .collect();
+    let raw = tone_pcmu().repeat(2);
+    let mut buf = [0u8; 1500];
+    for _ in 0..20 {
+        let n = within(rtp.recv(&mut buf)).await.unwrap();
+        let p = &buf[..n];
+        assert_eq!(p[1] & 0x7f, 8, "PCMA payload type");
+        let payload = &p[12..];
+        assert_eq!(payload.len(), 160);
+        assert!(
+            image.windows(160).any(|w| w == payload),
+            "payload is the PCMA image of the file"
+        );
+        assert!(
+            !raw.windows(160).any(|w| w == payload),
+            "not the PCMU bytes"
+        );
+    }
+    visitor.hangup().await.unwrap();
+    within(visitor.ended()).await.unwrap();
+    within(agent.ended()).await.unwrap();
+    assert_eq!(agent_peer.finish_within(WAIT).await, 0);
+}
+
+/// RFC 4028 §7.4 through the engine: a 422 is retried in the same call (SIPp follows its scenario only for the
+/// same Call-ID) with CSeq 2 and the 422's Min-SE.
+#[tokio::test]
+async fn a_422_is_retried_in_the_same_call() {
+    use rappel::call::leg::SessionTimerOptions;
+    let peer = uas("uas_422.xml", &[]);
+    let e = engine().await;
+    let opts = CallOptions::default().session_timer(SessionTimerOptions {
+        expires: 300,
+        ..SessionTimerOptions::default()
+    });
+    let mut leg = e.call(&peer.uri("agent"), opts).await.unwrap();
+    within(leg.answered()).await.unwrap();
+    leg.hangup().await.unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    assert_eq!(cdr.end_cause, EndCause::Normal);
+    assert_eq!(
+        peer.finish_within(WAIT).await,
+        0,
+        "SIPp saw 1 INVITE, then 2 INVITE with Min-SE 1800 in the same call, then BYE"
     );
 }

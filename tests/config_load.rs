@@ -275,3 +275,89 @@ fn mangled_files_never_panic() {
     }
     assert!(errors > 0);
 }
+
+const TRUNK_BY_NAME: &str = r#"
+[sip]
+nameservers = ["127.0.0.1:5353"]
+[trunk]
+uri = "sip:trunk.example.net"
+username = "rappel"
+password = "secret"
+outbound_proxy = "sip:proxy.example.net"
+[trunk.register]
+expires = 600
+[[agents]]
+name = "alice"
+uri = "sip:alice@pbx.example.net"
+"#;
+
+#[test]
+fn a_trunk_by_name_with_registration() {
+    let c = Config::parse(TRUNK_BY_NAME).expect("valid");
+    assert_eq!(
+        c.sip.nameservers,
+        Some(vec!["127.0.0.1:5353".parse().unwrap()])
+    );
+    assert_eq!(
+        c.trunk.outbound_proxy.as_deref(),
+        Some("sip:proxy.example.net")
+    );
+    assert_eq!(c.visitor_uri(), "sip:{number}@trunk.example.net");
+    let reg = c.trunk_registration().expect("registering");
+    assert_eq!(
+        reg.registrar, "sip:trunk.example.net",
+        "default: the trunk host"
+    );
+    assert_eq!(
+        reg.aor, "sip:rappel@trunk.example.net",
+        "default: user@host"
+    );
+    assert_eq!(reg.expires, 600);
+    let cred = reg.credentials.expect("from [trunk]");
+    assert_eq!(
+        (cred.username.as_str(), cred.password.as_str()),
+        ("rappel", "secret")
+    );
+    // Explicit values win over the defaults.
+    let c = Config::parse(&TRUNK_BY_NAME.replace(
+        "expires = 600",
+        "registrar = \"sip:reg.example.net:5070\"\naor = \"sip:+33100000000@example.net\"",
+    ))
+    .unwrap();
+    let reg = c.trunk_registration().unwrap();
+    assert_eq!(reg.registrar, "sip:reg.example.net:5070");
+    assert_eq!(reg.aor, "sip:+33100000000@example.net");
+    assert_eq!(reg.expires, 3600);
+    // No [trunk.register]: no registration.
+    assert!(Config::parse(MINIMAL)
+        .unwrap()
+        .trunk_registration()
+        .is_none());
+}
+
+#[test]
+fn bad_trunk_registration_values() {
+    let e = err(&TRUNK_BY_NAME.replace("sip:proxy.example.net", "proxy.example.net"));
+    assert!(
+        e.starts_with("trunk.outbound_proxy: expected a sip: URI"),
+        "{e}"
+    );
+    let e = err(&TRUNK_BY_NAME.replace("expires = 600", "expires = 30"));
+    assert_eq!(e, "trunk.register.expires: expected an integer ≥ 60");
+    let e = err(&TRUNK_BY_NAME.replace("expires = 600", "registrar = \"reg\""));
+    assert!(
+        e.starts_with("trunk.register.registrar: expected a sip: URI"),
+        "{e}"
+    );
+    let e = err(&TRUNK_BY_NAME.replace("username = \"rappel\"\n", ""));
+    assert_eq!(
+        e, "trunk.register.aor: must not be empty",
+        "no user name to build it from"
+    );
+    let e = err(&TRUNK_BY_NAME.replace("expires = 600", "expire = 600"));
+    assert!(e.contains("unknown field `expire`"), "{e}");
+    let e = err(&TRUNK_BY_NAME.replace("[\"127.0.0.1:5353\"]", "[]"));
+    assert_eq!(e, "sip.nameservers: must not be empty");
+    let e = err(&TRUNK_BY_NAME.replace("127.0.0.1:5353", "ns.example.net"));
+    assert!(e.starts_with("sip.nameservers"), "{e}");
+}

@@ -144,3 +144,65 @@ fn timestamp_jump_reanchors_and_late_packets_drop() {
 fn MS(n: u32) -> Duration {
     Duration::from_millis(n as u64)
 }
+
+/// A visitor on PCMU bridged to an agent on PCMA: the relay reports the visitor's packets for recording
+/// after transcoding (PCMA bytes, PT 8). `push_rtp` decodes them as A-law, though the visitor's track is μ-law.
+#[test]
+fn transcoded_packets_are_decoded_with_their_own_law() {
+    use rappel::media::g711::{alaw_decode, ulaw_decode};
+    use rappel::media::relay::{Action, LegConfig, Relay, RelayConfig};
+    use rappel::media::rtp::write_header;
+    let t0 = Instant::now();
+    let (va, aa) = (
+        "192.0.2.1:4000".parse().unwrap(),
+        "192.0.2.2:5000".parse().unwrap(),
+    );
+    let mut relay = Relay::new(RelayConfig::default(), t0);
+    let mut cv = LegConfig::g711(Some(va));
+    cv.codec = Some(Law::Ulaw);
+    cv.record = true;
+    cv.telephone_event_pt = Some(101);
+    let mut ca = LegConfig::g711(Some(aa));
+    ca.codec = Some(Law::Alaw);
+    let v = relay.add_leg(t0, cv).unwrap();
+    let a = relay.add_leg(t0, ca).unwrap();
+    relay.connect(v, a).unwrap();
+
+    let mut out = std::io::Cursor::new(Vec::new());
+    // 160 μ-law codes: a ramp through the positive half.
+    let codes: Vec<u8> = (0..160u32).map(|i| 0x80 + (i % 128) as u8).collect();
+    {
+        let mut rec = Recorder::new(&mut out, t0, Law::Ulaw, Law::Alaw).unwrap();
+        let mut pkt = vec![0u8; 12];
+        write_header(pkt.first_chunk_mut().unwrap(), false, 0, 1, 160, 7);
+        pkt.extend_from_slice(&codes);
+        let act = relay.handle_rtp(t0, v, va, &mut pkt);
+        assert!(matches!(act, Action::Forward { record: true, .. }));
+        assert_eq!(
+            pkt[1] & 0x7f,
+            8,
+            "the reported packet is the transcoded one"
+        );
+        rec.push_rtp(t0, Side::Visitor, &pkt).unwrap();
+        // Telephone-event from the visitor: not audio, not recorded.
+        let mut te = vec![0u8; 12];
+        write_header(te.first_chunk_mut().unwrap(), false, 101, 2, 320, 7);
+        te.extend_from_slice(&[1, 0x0a, 0, 160]);
+        relay.handle_rtp(t0 + MS(20), v, va, &mut te);
+        rec.push_rtp(t0 + MS(20), Side::Visitor, &te).unwrap();
+        rec.push_rtp(t0 + MS(20), Side::Visitor, &[0x80, 0])
+            .unwrap();
+        rec.finish().unwrap();
+    }
+    let wav = Wav::parse(out.get_ref()).unwrap();
+    let left: Vec<i16> = wav.to_pcm().iter().step_by(2).copied().collect();
+    assert_eq!(left.len(), 160);
+    for (i, &c) in codes.iter().enumerate() {
+        let transcoded = rappel::media::g711::ULAW_TO_ALAW[c as usize];
+        assert_eq!(left[i], alaw_decode(transcoded), "sample {i}");
+        // Within one A-law step of the original μ-law value.
+        let orig = i32::from(ulaw_decode(c));
+        let step = (orig.abs() / 16).max(16);
+        assert!((i32::from(left[i]) - orig).abs() <= step, "sample {i}");
+    }
+}

@@ -16,7 +16,6 @@ use rappel::sip::message::{StatusCode, Uri};
 use rappel::sip::register::{RegistrationAgent, RegistrationEvent, RegistrationPolicy};
 use rappel::sip::transaction::Transport;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -26,63 +25,17 @@ const EVENT_WAIT: Duration = Duration::from_secs(20);
 #[path = "support/sipp.rs"]
 mod sipp;
 
-use sipp::{free_port, local, localhost, wait_bound, Sipp};
+#[path = "support/dns.rs"]
+mod dns;
 
-/// A child process killed (by its PID) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use dns::Dns;
+use sipp::{free_port, local, localhost, Sipp};
 
 /// SIPp as UAS with `scenario` on 127.0.0.1:`port`, for one call, over TCP when `tcp`.
 fn uas(scenario: &str, port: u16, tcp: bool) -> Sipp {
     let media = free_port(localhost()).to_string();
     let extra = ["-m", "1", "-timeout", "60s", "-mp", &media];
     Sipp::uas(&Sipp::scenario(scenario), local(port), tcp, &extra)
-}
-
-/// dnsmasq serving only the given records for `*.test`, on 127.0.0.1:port.
-struct Dns {
-    _proc: Proc,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Dns {
-    fn start(records: &[String]) -> Dns {
-        let bin = ["/usr/sbin/dnsmasq", "/sbin/dnsmasq", "dnsmasq"]
-            .into_iter()
-            .find(|b| !b.starts_with('/') || std::path::Path::new(b).exists())
-            .unwrap();
-        let port = free_port(localhost());
-        let dir = tempfile::tempdir().unwrap();
-        let pid = dir.path().join("dnsmasq.pid");
-        let mut cmd = Command::new(bin);
-        cmd.args(["-k", "--no-resolv", "--no-hosts", "--conf-file=/dev/null"])
-            .arg(format!("--port={port}"))
-            .args(["--listen-address=127.0.0.1", "--bind-interfaces"])
-            .arg("--local=/test/")
-            .arg(format!("--pid-file={}", pid.display()))
-            .args(records)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if std::env::var("USER").is_ok_and(|u| u == "root") || std::env::var_os("USER").is_none() {
-            cmd.arg("--user=root");
-        }
-        let child = cmd
-            .spawn()
-            .expect("dnsmasq not found: install Debian's dnsmasq-base (scripts/test.sh does)");
-        wait_bound(port, false);
-        Dns {
-            _proc: Proc(child),
-            addr: SocketAddr::new(localhost(), port),
-            _dir: dir,
-        }
-    }
 }
 
 async fn start_driver(transport: Transport) -> SipDriver {

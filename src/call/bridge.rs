@@ -57,7 +57,7 @@ pub enum Plan {
     Connect,
     /// Re-INVITE leg B offering only this codec (leg A's), then connect.
     AlignB(Codec),
-    /// PCMU↔PCMA that could not be aligned: the relay would have to transcode.
+    /// PCMU↔PCMA that could not be aligned: connect, the relay transcodes (see [`crate::media::relay`]).
     Transcode,
     /// No common ground.
     Incompatible,

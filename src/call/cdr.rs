@@ -56,6 +56,19 @@ pub struct MediaCounters {
     pub bytes_out: u64,
 }
 
+impl MediaCounters {
+    /// What was counted since `start` (an earlier reading of the same leg's counters): the field-wise
+    /// difference, 0 where `start` is not behind.
+    pub fn since(&self, start: &MediaCounters) -> MediaCounters {
+        MediaCounters {
+            packets_in: self.packets_in.saturating_sub(start.packets_in),
+            bytes_in: self.bytes_in.saturating_sub(start.bytes_in),
+            packets_out: self.packets_out.saturating_sub(start.packets_out),
+            bytes_out: self.bytes_out.saturating_sub(start.bytes_out),
+        }
+    }
+}
+
 /// The record of one leg.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cdr {
@@ -100,9 +113,11 @@ pub struct BridgeCdr {
     pub transfers: u32,
     /// Which leg's end ended the bridge, if a leg's end did (else the application ended it).
     pub ended_by_leg: Option<u64>,
-    /// Counters of side A's leg at the bridge's end (whole leg life).
+    /// Counters of side A's leg over the bridge's life: from when the bridge first connected it to the
+    /// bridge's end (what the leg did before, e.g. while hearing a greeting, is in its own [`Cdr`]).
     pub a_media: MediaCounters,
-    /// Counters of side B's (last) leg at the bridge's end (whole leg life).
+    /// Counters of side B's (last) leg from when the bridge connected it (after a transfer: the new leg's
+    /// connection) to the bridge's end.
     pub b_media: MediaCounters,
 }
 
@@ -167,6 +182,27 @@ impl CdrTimes {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn counters_since_a_snapshot() {
+        let start = MediaCounters {
+            packets_in: 50,
+            bytes_in: 8600,
+            packets_out: 0,
+            bytes_out: 0,
+        };
+        let end = MediaCounters {
+            packets_in: 150,
+            bytes_in: 25800,
+            packets_out: 98,
+            bytes_out: 16856,
+        };
+        let d = end.since(&start);
+        assert_eq!((d.packets_in, d.bytes_in), (100, 17200));
+        assert_eq!((d.packets_out, d.bytes_out), (98, 16856));
+        // A reading that is not behind: zero, not a wrap.
+        assert_eq!(start.since(&end), MediaCounters::default());
+    }
 
     #[test]
     fn durations_from_instants() {

@@ -11,8 +11,9 @@
 //!
 //! # Session timers (RFC 4028), as UAC
 //! With [`SessionTimerOptions`] the INVITE carries `Supported: timer`, `Session-Expires: N;refresher=uac` and
-//! `Min-SE`. A 422 answer is retried (at most twice) with the larger of our interval and the 422's Min-SE (a new
-//! INVITE: the endpoint gives it a new Call-ID, where §7.2 would keep the old one). The 2xx's Session-Expires
+//! `Min-SE`. A 422 answer is retried (at most twice) with Min-SE raised to the 422's and Session-Expires to at
+//! least that, in the same Call-ID and From tag with the next CSeq and a new branch (RFC 4028 §7.4, RFC 3261
+//! §8.1.3.5: [`LegCommand::Invite::retry_of`]). The 2xx's Session-Expires
 //! decides: when we are the refresher we refresh (re-INVITE or UPDATE with an unchanged SDP, so the `o=` version
 //! stays, RFC 3264 §8) at half the interval; either way, with no refresh seen by `interval − min(32 s,
 //! interval/3)` we send BYE (§10). A re-INVITE or UPDATE from the peer counts as a refresh. Without
@@ -116,6 +117,9 @@ pub enum LegCommand {
         body: Bytes,
         /// Session-timer headers.
         headers: Vec<(HeaderName, Bytes)>,
+        /// A retry after a 422: the failed call, whose Call-ID and From tag the new INVITE keeps with the next
+        /// CSeq ([`crate::sip::endpoint::Endpoint::retry_invite`], RFC 4028 §7.4).
+        retry_of: Option<CallHandle>,
     },
     /// CANCEL the pending INVITE.
     Cancel,
@@ -147,6 +151,9 @@ pub enum LegCommand {
         rtcp: SocketAddr,
         /// The peer's telephone-event payload type.
         telephone_event_pt: Option<u8>,
+        /// The G.711 law of the negotiated audio codec (`None` for another codec): the relay transcodes
+        /// between bridged legs of different laws.
+        law: Option<crate::media::g711::Law>,
     },
     /// The peer stops sending (hold either way): suspend (true) or resume (false) the inactivity watchdog.
     MediaHold(bool),
@@ -203,10 +210,16 @@ pub struct LegCore {
     /// The peer holds us.
     remote_held: bool,
     pending: Option<Pending>,
+    /// Codecs and direction of the pending re-offer, to build it anew when retried after a 491.
+    pending_offer: Option<(Vec<Codec>, Direction)>,
+    /// When to retry the pending re-offer refused with 491 ([`Event::Glare`]).
+    glare_at: Option<Instant>,
     ring_deadline: Option<Instant>,
     ringing_seen: bool,
     early_seen: bool,
     session_expires: u32,
+    /// The Min-SE we send: ours, raised to the largest Min-SE of the 422s we got (RFC 4028 §7.4).
+    min_se: u32,
     retries_422: u32,
     timer: Option<Timer>,
     local_cause: Option<EndCause>,
@@ -223,6 +236,7 @@ impl LegCore {
     pub fn new(now: Instant, setup: LegSetup) -> Self {
         let session = LocalSession::new(setup.sdp_session_id, setup.local_rtp);
         let se = setup.session_timer.map_or(0, |t| t.expires.max(90));
+        let min_se = setup.session_timer.map_or(90, |t| t.min_se.max(90));
         Self {
             setup,
             phase: Phase::Idle,
@@ -235,10 +249,13 @@ impl LegCore {
             held: false,
             remote_held: false,
             pending: None,
+            pending_offer: None,
+            glare_at: None,
             ring_deadline: None,
             ringing_seen: false,
             early_seen: false,
             session_expires: se,
+            min_se,
             retries_422: 0,
             timer: None,
             local_cause: None,
@@ -318,23 +335,26 @@ impl LegCore {
         }
         self.phase = Phase::Calling;
         self.ring_deadline = self.setup.ring_timeout.map(|d| now + d);
-        self.send_invite();
+        self.send_invite(None);
     }
 
-    fn send_invite(&mut self) {
+    fn send_invite(&mut self, retry_of: Option<CallHandle>) {
         let offer = self.session.offer(&self.setup.codecs, Direction::SendRecv);
         let body = Bytes::from(offer.to_bytes());
         self.last_offer = Some(offer);
         let mut headers = Vec::new();
-        if let Some(t) = self.setup.session_timer {
+        if self.setup.session_timer.is_some() {
             headers.push((
                 HeaderName::SessionExpires,
                 Bytes::from(format!("{};refresher=uac", self.session_expires)),
             ));
-            headers.push((HeaderName::MinSe, Bytes::from(t.min_se.max(90).to_string())));
+            headers.push((HeaderName::MinSe, Bytes::from(self.min_se.to_string())));
         }
-        self.commands
-            .push_back(LegCommand::Invite { body, headers });
+        self.commands.push_back(LegCommand::Invite {
+            body,
+            headers,
+            retry_of,
+        });
     }
 
     /// The endpoint accepted the INVITE as `call` (with its Call-ID, for the CDR).
@@ -349,6 +369,14 @@ impl LegCore {
     pub fn invite_failed(&mut self, now: Instant) {
         self.local_cause = Some(EndCause::Error);
         self.end(now, EndCause::Error, HangupBy::Local);
+    }
+
+    /// Hung up before any INVITE went out (its next hop was still being resolved): the leg ends now as
+    /// [`TerminationReason::Cancelled`] would end it.
+    pub fn abandon(&mut self, now: Instant) {
+        if self.phase == Phase::Calling && self.call.is_none() {
+            self.terminated(now, TerminationReason::Cancelled, None);
+        }
     }
 
     /// Hangs up: CANCEL before an answer, BYE after. The leg ends when the endpoint reports the call
@@ -400,10 +428,17 @@ impl LegCore {
         if self.pending.is_some() {
             return Err(CallError::Busy);
         }
+        self.pending = Some(what);
+        self.pending_offer = Some((codecs.to_vec(), dir));
+        self.send_offer(codecs, dir, what);
+        Ok(())
+    }
+
+    /// Builds an offer and queues the re-INVITE (or UPDATE, for a refresh so configured) carrying it.
+    fn send_offer(&mut self, codecs: &[Codec], dir: Direction, what: Pending) {
         let offer = self.session.offer(codecs, dir);
         let body = Bytes::from(offer.to_bytes());
         self.last_offer = Some(offer);
-        self.pending = Some(what);
         let use_update = what == Pending::Refresh
             && self
                 .setup
@@ -414,7 +449,19 @@ impl LegCore {
         } else {
             LegCommand::Reinvite(body)
         });
-        Ok(())
+    }
+
+    /// The glare back-off is over: re-offer, as a new offer (new `o=` version, RFC 3264 §8), built now so that
+    /// it accounts for anything the peer's own re-INVITE changed meanwhile.
+    fn retry_after_glare(&mut self) {
+        let (Some(what), Some((codecs, dir))) = (self.pending, self.pending_offer.clone()) else {
+            return;
+        };
+        if self.phase != Phase::Answered {
+            return;
+        }
+        self.session.bump_version();
+        self.send_offer(&codecs, dir, what);
     }
 
     /// Puts the peer on hold (re-INVITE `sendonly`). The outcome comes as [`LegCommand::Done`].
@@ -553,6 +600,9 @@ impl LegCore {
                     self.fail_pending(p, CallError::Timeout);
                 }
             }
+            Event::Glare { retry_at, .. } if self.pending.is_some() => {
+                self.glare_at = Some(*retry_at);
+            }
             Event::Terminated { reason, .. } => self.terminated(now, *reason, final_headers),
             _ => {}
         }
@@ -616,15 +666,17 @@ impl LegCore {
             .and_then(|v| leading_u32(v));
         let Some(min_se) = min_se else { return false };
         self.retries_422 += 1;
-        self.session_expires = self.session_expires.max(min_se);
-        self.call = None;
-        self.send_invite();
+        self.min_se = self.min_se.max(min_se);
+        self.session_expires = self.session_expires.max(self.min_se);
+        let previous = self.call.take();
+        self.send_invite(previous);
         true
     }
 
     fn end(&mut self, now: Instant, cause: EndCause, by: HangupBy) {
         self.phase = Phase::Ended;
         self.ring_deadline = None;
+        self.glare_at = None;
         self.timer = None;
         let cdr = self.times.finish(
             self.setup.id,
@@ -651,13 +703,16 @@ impl LegCore {
 
     fn apply(&mut self, n: Negotiated) {
         let changed = self.negotiated.as_ref().is_none_or(|o| {
-            o.remote_rtp != n.remote_rtp || o.telephone_event_pt != n.telephone_event_pt
+            o.remote_rtp != n.remote_rtp
+                || o.telephone_event_pt != n.telephone_event_pt
+                || o.codec.law() != n.codec.law()
         });
         if changed {
             self.commands.push_back(LegCommand::Remote {
                 rtp: n.remote_rtp,
                 rtcp: n.remote_rtcp,
                 telephone_event_pt: n.telephone_event_pt,
+                law: n.codec.law(),
             });
         }
         self.negotiated = Some(n);
@@ -756,14 +811,18 @@ impl LegCore {
         let t = self
             .timer
             .map(|t| t.refresh_at.map_or(t.expire_at, |r| r.min(t.expire_at)));
-        match (self.ring_deadline, t) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.ring_deadline, t, self.glare_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.glare_at.is_some_and(|g| g <= now) {
+            self.glare_at = None;
+            self.retry_after_glare();
+        }
         if self.ring_deadline.is_some_and(|d| d <= now) {
             self.ring_deadline = None;
             if self.phase == Phase::Calling {

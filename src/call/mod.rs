@@ -108,8 +108,8 @@ pub enum EarlyMedia {
 pub struct CallOptions {
     /// Our From URI; the engine's default identity when `None`.
     pub from: Option<String>,
-    /// Display name in From. **Not sent yet**: the endpoint writes From as `<uri>;tag=...` and has no field for
-    /// a display name (an endpoint change; kept here so callers need not change when it lands).
+    /// Display name in From, sent as a quoted-string (`"Name" <uri>;tag=...`, `"` and `\` escaped, CR/LF
+    /// removed).
     pub display_name: Option<String>,
     /// Caller ID: P-Asserted-Identity value (a URI or name-addr) for trusted trunks.
     pub asserted_identity: Option<String>,

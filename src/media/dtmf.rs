@@ -258,6 +258,8 @@ pub struct DtmfPacket {
     pub marker: bool,
     /// RTP timestamp of the event, as samples since the sender started (add the stream's base).
     pub timestamp_offset: u32,
+    /// The last packet of the event (its third end packet): the stream may carry audio again after it.
+    pub last: bool,
 }
 
 /// Timing of generated DTMF.
@@ -366,6 +368,7 @@ impl DtmfSender {
                 payload: ev.encode(),
                 marker: self.sent == 0,
                 timestamp_offset: self.event_start as u32,
+                last: self.sent + 1 >= starts + 3,
             });
             self.sent += 1;
             if self.sent >= starts + 3 {

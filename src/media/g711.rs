@@ -27,6 +27,15 @@ impl Law {
         }
     }
 
+    /// The law of a static RTP payload type (0 → PCMU, 8 → PCMA).
+    pub fn from_payload_type(pt: u8) -> Option<Law> {
+        match pt {
+            0 => Some(Law::Ulaw),
+            8 => Some(Law::Alaw),
+            _ => None,
+        }
+    }
+
     /// The encoded value of digital silence (0) in this law.
     pub fn silence(self) -> u8 {
         match self {

@@ -12,6 +12,7 @@ use std::io::{Seek, Write};
 use std::time::{Duration, Instant};
 
 use super::g711::Law;
+use super::rtp;
 use super::wav::{WavError, WavWriter};
 
 /// Sample rate of recordings.
@@ -108,6 +109,36 @@ impl<W: Write + Seek> Recorder<W> {
         rtp_timestamp: u32,
         payload: &[u8],
     ) -> Result<(), WavError> {
+        let law = self.tracks[side as usize].law;
+        self.push_decoded(now, side, law, rtp_timestamp, payload)
+    }
+
+    /// Adds one whole RTP packet from `side`, as the relay reports it for recording
+    /// ([`crate::net::rtp_io::DriverEvent::Media`]). The payload is decoded with the law its static payload
+    /// type names (0 PCMU, 8 PCMA), not the side's configured law: when the relay transcodes between a PCMU
+    /// and a PCMA leg, the reported packet is already in the other leg's law and carries its payload type.
+    /// Packets of other payload types (telephone-event, comfort noise) and malformed ones are ignored.
+    pub fn push_rtp(&mut self, now: Instant, side: Side, packet: &[u8]) -> Result<(), WavError> {
+        let Some(law) = packet.get(1).and_then(|b| Law::from_payload_type(b & 0x7f)) else {
+            return Ok(());
+        };
+        let Some(ts) = packet.get(4..8).and_then(|t| <[u8; 4]>::try_from(t).ok()) else {
+            return Ok(());
+        };
+        let Some(payload) = rtp::payload_range(packet).and_then(|r| packet.get(r)) else {
+            return Ok(());
+        };
+        self.push_decoded(now, side, law, u32::from_be_bytes(ts), payload)
+    }
+
+    fn push_decoded(
+        &mut self,
+        now: Instant,
+        side: Side,
+        law: Law,
+        rtp_timestamp: u32,
+        payload: &[u8],
+    ) -> Result<(), WavError> {
         // Write out what is older than the window first: this keeps the buffers bounded.
         self.advance(now)?;
         let arrival = self.position(now);
@@ -123,7 +154,7 @@ impl<W: Write + Seek> Recorder<W> {
             pos = arrival;
         }
         self.decoded.clear();
-        track.law.decode_into(payload, &mut self.decoded);
+        law.decode_into(payload, &mut self.decoded);
         let mut samples = &self.decoded[..];
         if pos < written {
             let late = usize::try_from(written - pos).unwrap_or(usize::MAX);

@@ -13,6 +13,14 @@
 //! header write. It returns an [`Action`]: forward the same buffer to an address from a given leg's socket, or
 //! drop it for a counted [`DropReason`].
 //!
+//! # G.711 transcoding
+//! Each leg may know the G.711 law its peer negotiated ([`LegConfig::codec`], [`Relay::set_codec`]). When a
+//! packet goes from a PCMU leg to a PCMA leg (or back) and carries the source law's static payload type, the
+//! relay maps the payload type (0 ↔ 8) and rewrites the payload through the 256-entry table of
+//! [`crate::media::g711`], byte for byte in place: same length, no allocation. Other payload types
+//! (telephone-event, comfort noise) pass untouched. The decision is one compare of the two legs' laws per
+//! packet, so it follows [`Relay::connect`], transfers and codec changes without extra state.
+//!
 //! # Latching (symmetric RTP, RFC 4961)
 //! A leg is "unlatched" until it receives RTP from an acceptable source: with [`Latching::Sdp`] only the address
 //! from SDP; with [`Latching::Learn`] (peers behind NAT) any source during the learning window that starts at
@@ -47,6 +55,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
+use crate::media::g711::{self, Law};
 use crate::media::rtp::{
     self, parse_rtcp, PacketError, RtcpItem, RtpHeader, SenderInfo, RTP_HEADER_LEN,
 };
@@ -109,6 +118,9 @@ pub struct LegConfig {
     pub frame_samples: u32,
     /// Payload type this leg's peer uses for telephone-event (RFC 4733), if negotiated.
     pub telephone_event_pt: Option<u8>,
+    /// The G.711 law this leg's peer negotiated, if known: audio between legs of different laws is
+    /// transcoded (see the module docs). `None` forwards payloads untouched.
+    pub codec: Option<Law>,
     /// Flag packets received on this leg for recording.
     pub record: bool,
     /// The peer negotiated rtcp-mux (RFC 5761, `a=rtcp-mux` in offer and answer): its RTCP arrives on our RTP
@@ -117,7 +129,8 @@ pub struct LegConfig {
 }
 
 impl LegConfig {
-    /// A G.711 leg (8 kHz, 20 ms) with the given SDP address, SDP latching, no telephone-event.
+    /// A G.711 leg (8 kHz, 20 ms) with the given SDP address, SDP latching, no telephone-event, law not
+    /// known yet (no transcoding until [`Relay::set_codec`]).
     pub fn g711(remote_rtp: Option<SocketAddr>) -> Self {
         Self {
             remote_rtp,
@@ -126,6 +139,7 @@ impl LegConfig {
             clock_rate: 8000,
             frame_samples: 160,
             telephone_event_pt: None,
+            codec: None,
             record: false,
             rtcp_mux: false,
         }
@@ -174,11 +188,14 @@ pub enum DropReason {
     NoDestination = 4,
     /// The leg id is stale or unknown.
     UnknownLeg = 5,
+    /// The destination leg is sending a DTMF event ([`Relay::send_event`]): its audio is suppressed until the
+    /// event's last packet, so that the event's packets keep one timestamp in an unbroken stream.
+    Dtmf = 6,
 }
 
 impl DropReason {
     /// Number of reasons (size of [`LegStats::drops`]).
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
 }
 
 /// What the driver does with a received RTP packet.
@@ -269,6 +286,9 @@ pub enum RelayError {
     /// The output buffer cannot hold the packet.
     #[error("output buffer too small")]
     BufferTooSmall,
+    /// `send_generated` on a leg that is sending a DTMF event (the frame is not sent).
+    #[error("leg is sending a DTMF event")]
+    EventInProgress,
 }
 
 /// Per-leg counters.
@@ -324,6 +344,8 @@ struct Leg {
     inactive_reported: bool,
     next_rtcp: Instant,
     rtcp_queued: bool,
+    /// A DTMF event being sent: its source tag and the next sequence number within it.
+    event: Option<(u64, u16)>,
     stats: LegStats,
 }
 
@@ -429,6 +451,7 @@ impl Relay {
             inactive_reported: false,
             next_rtcp: now + self.cfg.rtcp_interval.mul_f64(jitter),
             rtcp_queued: false,
+            event: None,
             stats: LegStats::default(),
         };
         let index = match self.free_slots.pop() {
@@ -499,6 +522,12 @@ impl Relay {
             .ok_or(RelayError::UnknownLeg)?
             .cfg
             .telephone_event_pt = pt;
+        Ok(())
+    }
+
+    /// Set the G.711 law of a leg's peer (after offer/answer); `None` stops transcoding to and from it.
+    pub fn set_codec(&mut self, leg: LegId, codec: Option<Law>) -> Result<(), RelayError> {
+        self.leg_mut(leg).ok_or(RelayError::UnknownLeg)?.cfg.codec = codec;
         Ok(())
     }
 
@@ -674,7 +703,7 @@ impl Relay {
         let Some(sink) = src.sink else {
             return src.drop(DropReason::NoSink);
         };
-        let (te_in, record) = (src.cfg.telephone_event_pt, src.cfg.record);
+        let (te_in, law_in, record) = (src.cfg.telephone_event_pt, src.cfg.codec, src.cfg.record);
         let tag = LEG_TAG_BIT | (u64::from(leg.index) << 32) | u64::from(leg.generation);
         let Some(dst) = leg_in(&mut self.slots, sink) else {
             return self.drop_on(leg, DropReason::NoSink);
@@ -682,15 +711,27 @@ impl Relay {
         let Some(to) = dst.latched_rtp.or(dst.cfg.remote_rtp) else {
             return self.drop_on(leg, DropReason::NoDestination);
         };
+        if dst.event.is_some() {
+            return self.drop_on(leg, DropReason::Dtmf);
+        }
         let mut pt = h.payload_type();
+        let mut transcode = None;
         if te_in == Some(pt) {
             pt = dst.cfg.telephone_event_pt.unwrap_or(pt);
+        } else if let (Some(from), Some(to)) = (law_in, dst.cfg.codec) {
+            if from != to && pt == from.payload_type() {
+                pt = to.payload_type();
+                transcode = Some((from, to));
+            }
         }
         let payload = len.saturating_sub(RTP_HEADER_LEN);
         let (marker, seq, ts) = dst
             .out
             .rewrite(now, tag, ssrc, seq, ts, h.marker(), payload);
         h.rewrite(marker, pt, seq, ts, dst.out.ssrc);
+        if let Some((from, to)) = transcode {
+            transcode_payload(from, to, pkt);
+        }
         dst.stats.packets_out += 1;
         dst.stats.bytes_out += len as u64;
         Action::Forward {
@@ -738,6 +779,9 @@ impl Relay {
         if l.source != Source::Generated {
             return Err(RelayError::NotGenerated);
         }
+        if l.event.is_some() {
+            return Err(RelayError::EventInProgress);
+        }
         let to = l
             .latched_rtp
             .or(l.cfg.remote_rtp)
@@ -764,6 +808,60 @@ impl Relay {
             via: leg,
             len,
             record: l.cfg.record,
+            rtcp_mux: false,
+        })
+    }
+
+    /// Send one RFC 4733 telephone-event packet (DTMF) to `leg`'s peer, in the leg's outgoing stream: writes
+    /// the RTP header and the 4-byte `payload` into `out`.
+    ///
+    /// `first` starts an event: the packet carries the marker bit and the stream's current timestamp (the
+    /// event's start, continuing whatever the leg sent before), and every later packet of the event repeats
+    /// that timestamp with the next sequence number. From the first packet to the `last` one, audio to the leg
+    /// (its source leg or generated frames) is suppressed ([`DropReason::Dtmf`], [`RelayError::EventInProgress`]);
+    /// after it, audio resumes re-anchored (new timestamp, marker). A packet without an event in progress starts
+    /// one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_event(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        payload_type: u8,
+        payload: [u8; 4],
+        first: bool,
+        last: bool,
+        out: &mut [u8],
+    ) -> Result<Transmit, RelayError> {
+        const LEN: usize = RTP_HEADER_LEN + 4;
+        let Some(buf) = out.get_mut(..LEN) else {
+            return Err(RelayError::BufferTooSmall);
+        };
+        let tag = self.fresh_tag();
+        let l = self.leg_mut(leg).ok_or(RelayError::UnknownLeg)?;
+        let to = l
+            .latched_rtp
+            .or(l.cfg.remote_rtp)
+            .ok_or(RelayError::NoDestination)?;
+        let (tag, seq) = match l.event {
+            Some(e) if !first => e,
+            _ => (tag, 0),
+        };
+        // Source seq `seq` under a tag of its own: the first packet re-anchors the stream (marker, timestamp =
+        // now), the others map to the next sequence numbers and the same timestamp.
+        let (marker, out_seq, out_ts) = l.out.rewrite_event(now, tag, seq);
+        l.event = (!last).then_some((tag, seq.wrapping_add(1)));
+        let (head, rest) = buf.split_at_mut(RTP_HEADER_LEN);
+        let head: &mut [u8; RTP_HEADER_LEN] =
+            head.try_into().map_err(|_| RelayError::BufferTooSmall)?;
+        rtp::write_header(head, marker, payload_type, out_seq, out_ts, l.out.ssrc);
+        rest.copy_from_slice(&payload);
+        l.stats.packets_out += 1;
+        l.stats.bytes_out += LEN as u64;
+        Ok(Transmit {
+            to,
+            via: leg,
+            len: LEN,
+            record: false,
             rtcp_mux: false,
         })
     }
@@ -933,6 +1031,14 @@ fn leg_in(slots: &mut [Slot], id: LegId) -> Option<&mut Leg> {
         return None;
     }
     slot.leg.as_mut()
+}
+
+/// Rewrites the G.711 payload of the RTP packet `pkt` from one law to the other, in place.
+#[inline]
+fn transcode_payload(from: Law, to: Law, pkt: &mut [u8]) {
+    if let Some(payload) = rtp::payload_range(pkt).and_then(|r| pkt.get_mut(r)) {
+        g711::transcode_in_place(from, to, payload);
+    }
 }
 
 fn ntp_since(d: Duration) -> u64 {

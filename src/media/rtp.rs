@@ -112,6 +112,23 @@ pub fn write_header(
     out[8..12].copy_from_slice(&ssrc.to_be_bytes());
 }
 
+/// The byte range of an RTP packet's payload: after the CSRC list and any header extension, before any
+/// padding. `None` when the packet is too short for what its header announces.
+#[inline]
+pub fn payload_range(buf: &[u8]) -> Option<std::ops::Range<usize>> {
+    let b0 = *buf.first()?;
+    let mut start = RTP_HEADER_LEN + 4 * usize::from(b0 & 0x0f);
+    if b0 & 0x10 != 0 {
+        let ext: [u8; 2] = buf.get(start + 2..start + 4)?.try_into().ok()?;
+        start += 4 + 4 * usize::from(u16::from_be_bytes(ext));
+    }
+    let mut end = buf.len();
+    if b0 & 0x20 != 0 {
+        end = end.checked_sub(usize::from(*buf.last()?))?;
+    }
+    (start <= end).then_some(start..end)
+}
+
 /// RTCP packet types the relay interprets.
 pub mod rtcp_pt {
     /// Sender report.

@@ -104,6 +104,20 @@ impl OutStream {
         (marker, out_seq, out_ts)
     }
 
+    /// Map packet `seq` of a telephone-event (RFC 4733) with source tag `tag` onto this stream: the first packet
+    /// of the event re-anchors (marker, timestamp = now on our clock) and every packet of it carries that same
+    /// timestamp. The stream's clock stays anchored at the event's start, so what follows the event is timed
+    /// from real time, not from the event's last packet.
+    pub fn rewrite_event(&mut self, now: Instant, tag: u64, seq: u16) -> (bool, u16, u32) {
+        let continuing = self.synced && tag == self.src_tag && self.src_ssrc == 0;
+        let started = self.last_sent;
+        let r = self.rewrite(now, tag, 0, seq, 0, false, 4);
+        if continuing {
+            self.last_sent = started;
+        }
+        r
+    }
+
     #[cold]
     fn reanchor(&mut self, now: Instant, tag: u64, ssrc: u32, seq: u16, ts: u32) {
         let out_seq = self.last_seq.wrapping_add(1);

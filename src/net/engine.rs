@@ -9,6 +9,14 @@
 //! After every input (a datagram, a command, a timer) the task drains the endpoint's transmits and events, the
 //! legs' and bridges' commands, the players' frames, and re-arms its single timer at the earliest deadline
 //! (endpoint, players, and a sorted set of leg deadlines).
+//!
+//! The trunk side (outbound proxy, RFC 3263 name resolution with failover between targets, registration) is in
+//! `engine/trunk.rs`: lookups run on spawned tasks and come back as messages, so DNS never blocks signalling.
+
+mod trunk;
+
+use trunk::{Hop, Proxy, Registrar, Resolved, Route};
+pub use trunk::{RegistrationStatus, TrunkRegistration};
 
 use crate::call::bridge::{plan, BridgeCommand, BridgeCore, Listen, Plan};
 use crate::call::leg::{LegCommand, LegCore, LegSetup, Op, Phase};
@@ -16,16 +24,17 @@ use crate::call::{
     BridgeCdr, BridgeEvent, BridgeId, BridgeOptions, CallError, CallOptions, Cdr, EarlyMedia,
     EndCause, HangupBy, LegEvent, LegId, MediaCounters, ShutdownMode,
 };
-use crate::media::dtmf::{Digit, DtmfReceiver};
+use crate::media::dtmf::{Digit, DtmfReceiver, DtmfSendOptions, DtmfSender};
 use crate::media::g711::Law;
 use crate::media::player::{PlayItem, PlayerEvent, PlayerId, PlayerOptions, PlayerSet, Playlist};
 use crate::media::relay::{LegConfig, LegStats, RelayConfig, Source};
 use crate::media::tone::{Country, ToneSpec};
+use crate::net::dns::{should_fail_over, SipResolver};
 use crate::net::rtp_io::{DriverConfig, DriverEvent, LegInfo, RelayDriver};
 use crate::net::transport::{SipSockets, SipTransportConfig};
 use crate::sip::endpoint::{CallHandle, Endpoint, EndpointConfig, Event, InviteRequest};
 use crate::sip::message::{HeaderName, Uri};
-use crate::sip::transaction::TimerConfig;
+use crate::sip::transaction::{TimerConfig, Transport};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
@@ -33,7 +42,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 /// Builds and starts an [`Engine`].
@@ -46,10 +55,12 @@ pub struct EngineBuilder {
     rtp_ports: (u16, u16),
     timers: TimerConfig,
     user_agent: Option<String>,
-    outbound_proxy: Option<SocketAddr>,
+    outbound_proxy: Option<Proxy>,
     from: String,
     relay_core: Option<usize>,
     rng_seed: Option<u64>,
+    nameservers: Option<Vec<SocketAddr>>,
+    registration: Option<TrunkRegistration>,
 }
 
 impl Default for EngineBuilder {
@@ -73,6 +84,8 @@ impl EngineBuilder {
             from: "sip:rappel@localhost".to_owned(),
             relay_core: None,
             rng_seed: None,
+            nameservers: None,
+            registration: None,
         }
     }
     /// SIP bind addresses (port 0 picks one). The first one is advertised unless [`Self::public_addr`] is set.
@@ -110,9 +123,27 @@ impl EngineBuilder {
         self.user_agent = ua;
         self
     }
-    /// Send every call through this outbound proxy / trunk (the next hop of every INVITE).
+    /// Send every call (and the REGISTER) through this outbound proxy / trunk (the next hop of every INVITE).
     pub fn outbound_proxy(mut self, proxy: Option<SocketAddr>) -> Self {
-        self.outbound_proxy = proxy;
+        self.outbound_proxy = proxy.map(Proxy::Addr);
+        self
+    }
+    /// Like [`Self::outbound_proxy`], given as a SIP URI (`sip:proxy.example.net`, `sip:192.0.2.1:5070`): a host
+    /// name is resolved per RFC 3263 (NAPTR, SRV, A/AAAA) for each call, with failover between the targets.
+    pub fn outbound_proxy_uri(mut self, uri: Option<String>) -> Self {
+        self.outbound_proxy = uri.map(Proxy::Uri);
+        self
+    }
+    /// The DNS servers asked for host names in targets, the proxy and the registrar (default: the system's,
+    /// from `/etc/resolv.conf`).
+    pub fn nameservers(mut self, servers: Vec<SocketAddr>) -> Self {
+        self.nameservers = Some(servers);
+        self
+    }
+    /// Register with the trunk: the engine keeps the binding refreshed (retrying with back-off after failures),
+    /// publishes its state on [`Engine::registration`], and removes it (`Expires: 0`) on shutdown.
+    pub fn register(mut self, registration: TrunkRegistration) -> Self {
+        self.registration = Some(registration);
         self
     }
     /// The default From URI of our calls.
@@ -132,7 +163,16 @@ impl EngineBuilder {
     }
 
     /// Binds the SIP sockets, starts the relay thread and the engine task (on the current tokio runtime).
+    /// Errors: a socket that cannot be bound, an outbound proxy URI that does not parse (`InvalidInput`).
     pub async fn start(self) -> io::Result<Engine> {
+        if let Some(Proxy::Uri(u)) = &self.outbound_proxy {
+            if trunk::hop_for(self.outbound_proxy.as_ref(), "") == Hop::Invalid {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("outbound proxy {u:?} is not a SIP URI"),
+                ));
+            }
+        }
         let mut tcfg = SipTransportConfig::new(self.sip_bind[0]);
         tcfg.bind = self.sip_bind.clone();
         tcfg.tcp = self.tcp;
@@ -144,6 +184,8 @@ impl EngineBuilder {
             .ok_or_else(|| io::Error::other("no SIP address"))?;
         let mut ecfg = EndpointConfig::new(self.public_addr.unwrap_or(first));
         ecfg.timers(self.timers);
+        // Our re-INVITEs refused with 491 are retried by the leg with a fresh offer (new o= version).
+        ecfg.tu_glare_retry(true);
         if let Some(s) = self.rng_seed {
             ecfg.rng_seed(s);
         }
@@ -160,6 +202,30 @@ impl EngineBuilder {
             core: self.relay_core,
             ..DriverConfig::default()
         };
+        // Calls go out over UDP: only UDP targets are useful.
+        let resolver = match &self.nameservers {
+            Some(ns) => SipResolver::with_nameservers(ns).map_err(io::Error::other)?,
+            None => match SipResolver::system() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no system DNS configuration: host names will not resolve");
+                    SipResolver::with_nameservers(&[]).map_err(io::Error::other)?
+                }
+            },
+        };
+        let resolver = resolver.transports(vec![Transport::Udp]);
+        let resolver = Arc::new(match self.rng_seed {
+            Some(s) => resolver.seed(s),
+            None => resolver,
+        });
+        let (registrar, registration) = match self.registration {
+            Some(r) => {
+                let (r, rx) = Registrar::new(r);
+                (Some(r), Some(rx))
+            }
+            None => (None, None),
+        };
+        let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
         let (relay, relay_events) = RelayDriver::spawn(relay_cfg)?;
         let relay = Arc::new(relay);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -169,6 +235,7 @@ impl EngineBuilder {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             sip_addrs: local,
+            registration,
         });
         let now = tokio::time::Instant::now().into_std();
         let task = Task {
@@ -181,7 +248,11 @@ impl EngineBuilder {
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
             bridges: HashMap::new(),
+            dtmf: HashMap::new(),
             outbound_proxy: self.outbound_proxy,
+            resolver,
+            resolved_tx,
+            registrar,
             from: self.from,
             dirty: VecDeque::new(),
             shutdown: None,
@@ -191,7 +262,7 @@ impl EngineBuilder {
             ep_dirty: true,
         };
         tokio::spawn(
-            task.run(sockets, rx, relay_events)
+            task.run(sockets, rx, relay_events, resolved_rx)
                 .instrument(tracing::info_span!("rappel_engine")),
         );
         Ok(Engine { shared })
@@ -205,6 +276,7 @@ struct Shared {
     next_id: AtomicU64,
     closed: AtomicBool,
     sip_addrs: Vec<SocketAddr>,
+    registration: Option<watch::Receiver<RegistrationStatus>>,
 }
 
 /// The engine handle. Cheap to clone; the engine runs until [`Engine::shutdown`] (or until every handle,
@@ -229,7 +301,8 @@ enum Cmd {
     Play(u64, Playlist, Reply<()>),
     StopMedia(u64, Reply<()>),
     Hangup(u64, Option<Reply<()>>),
-    Dtmf(u64, Vec<Digit>, Reply<()>),
+    /// Digits, and whether to force SIP INFO.
+    Dtmf(u64, Vec<Digit>, bool, Reply<()>),
     Bridge {
         id: u64,
         a: u64,
@@ -279,6 +352,12 @@ impl Engine {
         &self.shared.sip_addrs
     }
 
+    /// The registration with the trunk ([`EngineBuilder::register`]): its state, latest event and counters,
+    /// updated on every change. `None` when the engine does not register.
+    pub fn registration(&self) -> Option<watch::Receiver<RegistrationStatus>> {
+        self.shared.registration.clone()
+    }
+
     fn send(&self, c: Cmd) -> Result<(), CallError> {
         self.shared.cmds.send(c).map_err(|_| CallError::Shutdown)
     }
@@ -289,8 +368,11 @@ impl Engine {
         rx.await.map_err(|_| CallError::Shutdown)?
     }
 
-    /// Places a call to `target` (a SIP URI; its host must be an IP literal unless an outbound proxy is set).
-    /// Returns once the INVITE is sent; progress comes as [`LegEvent`]s on the returned [`Leg`].
+    /// Places a call to `target` (a SIP URI). The INVITE goes to the outbound proxy when one is set, else to the
+    /// target's host; a host name is resolved per RFC 3263 (off the engine task), and when a target does not
+    /// answer (Timer B), cannot be reached or answers 503, the INVITE is sent again to the next one (§4.3).
+    /// Returns once the INVITE is sent or its next hop is being resolved; progress comes as [`LegEvent`]s on the
+    /// returned [`Leg`].
     pub async fn call(&self, target: &str, opts: CallOptions) -> Result<Leg, CallError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(CallError::Shutdown);
@@ -409,8 +491,13 @@ impl Engine {
         self.ask(|r| Cmd::Hangup(leg.0, Some(r))).await
     }
 
-    /// Joins two answered legs through the relay. When their codecs differ (PCMU and PCMA), leg `b` is
-    /// re-INVITEd with leg `a`'s codec first; returns once the legs hear each other.
+    /// Joins two answered legs through the relay; returns once the legs hear each other.
+    ///
+    /// When their codecs differ (PCMU and PCMA), leg `b` is first re-INVITEd offering only leg `a`'s codec:
+    /// a bridge without transcoding keeps the audio bit-exact and the relay's per-packet path minimal. If `b`
+    /// refuses (488, timeout of the transaction) or answers with its old codec anyway, the bridge is made
+    /// regardless and the relay transcodes PCMU↔PCMA per packet (a 256-entry table, in place). Only codecs
+    /// that are not both G.711 fail with [`CallError::IncompatibleCodecs`].
     pub async fn bridge(&self, a: &Leg, b: &Leg, opts: BridgeOptions) -> Result<Bridge, CallError> {
         if a.id == b.id {
             return Err(CallError::AlreadyBridged);
@@ -511,15 +598,22 @@ impl Leg {
         self.engine.ask(|r| Cmd::StopMedia(self.id.0, r)).await
     }
 
-    /// Sends DTMF digits (`0-9*#A-D`) to the peer, one SIP INFO `application/dtmf-relay` per digit (250 ms
-    /// each). In-band RFC 4733 sending is not done yet. Errors: [`CallError::InvalidDigit`] (nothing sent),
-    /// [`CallError::NotAnswered`].
+    /// Sends DTMF digits (`0-9*#A-D`) to the peer. When the leg negotiated telephone-event, they go in-band
+    /// as RFC 4733 events through the relay (with the leg's telephone-event payload type: 100 ms per key, one
+    /// packet every 50 ms, three end packets, 100 ms between keys; the leg's audio pauses during each event)
+    /// and this returns once the last packet is sent; calls made meanwhile queue behind. Otherwise they go as
+    /// SIP INFO, as [`Self::send_dtmf_info`]. Errors: [`CallError::InvalidDigit`] (nothing sent),
+    /// [`CallError::NotAnswered`], [`CallError::Ended`] (the call ended before all were sent).
     pub async fn send_dtmf(&self, digits: &str) -> Result<(), CallError> {
-        let d = digits
-            .chars()
-            .map(|c| Digit::from_char(c).ok_or(CallError::InvalidDigit(c)))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.engine.ask(|r| Cmd::Dtmf(self.id.0, d, r)).await
+        let d = parse_digits(digits)?;
+        self.engine.ask(|r| Cmd::Dtmf(self.id.0, d, false, r)).await
+    }
+
+    /// Sends DTMF digits as SIP INFO `application/dtmf-relay`, one request per digit (`Duration=250`), whatever
+    /// the SDP negotiated. Errors as [`Self::send_dtmf`].
+    pub async fn send_dtmf_info(&self, digits: &str) -> Result<(), CallError> {
+        let d = parse_digits(digits)?;
+        self.engine.ask(|r| Cmd::Dtmf(self.id.0, d, true, r)).await
     }
 
     /// Hangs up (CANCEL before an answer, BYE after). [`LegEvent::Ended`] follows.
@@ -531,6 +625,13 @@ impl Leg {
     pub fn cdr(&self) -> Option<&Cdr> {
         self.cdr.as_ref()
     }
+}
+
+fn parse_digits(digits: &str) -> Result<Vec<Digit>, CallError> {
+    digits
+        .chars()
+        .map(|c| Digit::from_char(c).ok_or(CallError::InvalidDigit(c)))
+        .collect()
 }
 
 impl Drop for Leg {
@@ -608,6 +709,8 @@ struct LegRec {
     /// For a leg set up outside SIP: how to end it.
     closer: Option<Closer>,
     span: tracing::Span,
+    /// Next hop, resolved targets and failover state.
+    route: Route,
 }
 
 struct BridgeRec {
@@ -618,6 +721,17 @@ struct BridgeRec {
     events: mpsc::UnboundedSender<BridgeEvent>,
     reply: Option<Reply<()>>,
     start_unix_ms: u64,
+    /// Each leg's relay counters when the bridge first connected it (queued before the connect, so the
+    /// relay reads them at that point): the bridge's record counts from there.
+    snapshots: Vec<(u64, crate::net::rtp_io::Reply<Option<LegStats>>)>,
+}
+
+/// RFC 4733 digits being sent on one leg, and calls queued behind them.
+struct DtmfJob {
+    sender: DtmfSender,
+    pt: u8,
+    reply: Reply<()>,
+    queue: VecDeque<(Vec<Digit>, Reply<()>)>,
 }
 
 struct ShutdownState {
@@ -636,7 +750,13 @@ struct Task {
     deadlines: BTreeSet<(Instant, u64)>,
     deadline_of: HashMap<u64, Instant>,
     bridges: HashMap<u64, BridgeRec>,
-    outbound_proxy: Option<SocketAddr>,
+    /// In-band DTMF being sent, by leg.
+    dtmf: HashMap<u64, DtmfJob>,
+    outbound_proxy: Option<Proxy>,
+    resolver: Arc<SipResolver>,
+    /// Where spawned lookups send their answers.
+    resolved_tx: mpsc::UnboundedSender<Resolved>,
+    registrar: Option<Registrar>,
     from: String,
     /// Legs whose state machines have output to drain.
     dirty: VecDeque<u64>,
@@ -647,6 +767,9 @@ struct Task {
     ep_recheck_at: Instant,
     ep_dirty: bool,
 }
+
+/// How long shutdown waits for the registrar to confirm the binding's removal once the calls are over.
+const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
 
 /// How often at most the endpoint's deadline is recomputed (see [`Task::run`]).
 const EP_RECHECK: Duration = Duration::from_millis(20);
@@ -661,13 +784,17 @@ impl Task {
         mut sockets: SipSockets,
         mut cmds: mpsc::UnboundedReceiver<Cmd>,
         mut relay_events: mpsc::UnboundedReceiver<DriverEvent>,
+        mut resolved: mpsc::UnboundedReceiver<Resolved>,
     ) {
+        self.begin_registration(now());
+        self.drain(now(), &mut sockets).await;
         let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
         let mut cmds_open = true;
         let mut relay_open = true;
         let mut linger_until: Option<Instant> = None;
+        let mut calls_over: Option<Instant> = None;
         loop {
             tokio::select! {
                 r = sockets.recv() => {
@@ -698,20 +825,33 @@ impl Task {
                     Some(_) => {}
                     None => relay_open = false,
                 },
+                Some(r) = resolved.recv() => {
+                    self.resolved(now(), r);
+                    self.ep_dirty = true;
+                }
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
                     self.timeout(now());
                 }
             }
             self.drain(now(), &mut sockets).await;
+            let mut unregister_wait = None;
             if let Some(s) = &mut self.shutdown {
                 if self.legs.is_empty() {
-                    for d in s.done.drain(..) {
-                        let _ = d.send(());
-                    }
-                    let until = *linger_until.get_or_insert_with(|| now() + Duration::from_secs(2));
-                    if now() >= until {
-                        return;
+                    // The removing REGISTER gets UNREGISTER_WAIT at most once the calls are over.
+                    let give_up = *calls_over.get_or_insert_with(|| now() + UNREGISTER_WAIT);
+                    let unregistered = self.registrar.as_ref().is_none_or(|r| r.finished());
+                    if unregistered || now() >= give_up {
+                        for d in s.done.drain(..) {
+                            let _ = d.send(());
+                        }
+                        let until =
+                            *linger_until.get_or_insert_with(|| now() + Duration::from_secs(2));
+                        if now() >= until {
+                            return;
+                        }
+                    } else {
+                        unregister_wait = Some(give_up);
                     }
                 }
             }
@@ -730,8 +870,14 @@ impl Task {
             };
             for t in [
                 self.players.poll_timeout(),
+                self.dtmf
+                    .values()
+                    .filter_map(|j| j.sender.poll_timeout())
+                    .min(),
                 self.deadlines.first().map(|d| d.0),
                 self.shutdown.as_ref().and_then(|s| s.deadline),
+                self.registrar.as_ref().and_then(|r| r.poll_timeout()),
+                unregister_wait,
                 linger_until,
             ]
             .into_iter()
@@ -777,6 +923,12 @@ impl Task {
             self.ep_dirty = true;
         }
         self.players.handle_timeout(now);
+        self.pump_dtmf(now);
+        if let Some(r) = &mut self.registrar {
+            if r.handle_timeout(now, &mut self.ep) {
+                self.begin_registration(now);
+            }
+        }
         while let Some(&(t, id)) = self.deadlines.first() {
             if t > now {
                 break;
@@ -819,6 +971,9 @@ impl Task {
             hung_up: false,
         });
         s.done.extend(done);
+        if let Some(r) = &mut self.registrar {
+            r.shutdown(now, &mut self.ep);
+        }
         match mode {
             ShutdownMode::HangUp => {
                 if !s.hung_up {
@@ -879,6 +1034,7 @@ impl Task {
                         dtmf: None,
                         closer: None,
                         span,
+                        route: Route::default(),
                     },
                 );
                 self.pump_leg(now, id);
@@ -942,12 +1098,36 @@ impl Task {
                     let _ = reply.send(r);
                 }
             }
-            Cmd::Dtmf(id, digits, reply) => {
-                let call = self
+            Cmd::Dtmf(id, digits, info, reply) => {
+                let leg = self
                     .legs
                     .get(&id)
-                    .filter(|l| l.core.phase() == Phase::Answered)
-                    .and_then(|l| l.core.call());
+                    .filter(|l| l.core.phase() == Phase::Answered);
+                let call = leg.and_then(|l| l.core.call());
+                let te = leg
+                    .and_then(|l| l.core.negotiated())
+                    .and_then(|n| n.telephone_event_pt)
+                    .filter(|_| !info);
+                if let (Some(pt), Some(_)) = (te, call) {
+                    match self.dtmf.get_mut(&id) {
+                        Some(job) => job.queue.push_back((digits, reply)),
+                        None => {
+                            let opts = DtmfSendOptions::default();
+                            let sender = DtmfSender::new(now, &digits, opts);
+                            self.dtmf.insert(
+                                id,
+                                DtmfJob {
+                                    sender,
+                                    pt,
+                                    reply,
+                                    queue: VecDeque::new(),
+                                },
+                            );
+                            self.pump_dtmf(now);
+                        }
+                    }
+                    return;
+                }
                 let r = match call {
                     Some(c) => digits.iter().try_for_each(|d| {
                         let body = format!("Signal={}\r\nDuration=250\r\n", d.to_char());
@@ -1068,11 +1248,60 @@ impl Task {
                 aligning: None,
                 dtmf: None,
                 closer: Some(closer),
+                route: Route::default(),
                 span: tracing::info_span!("leg", id, target = "webrtc"),
             },
         );
         self.pump_leg(now, id);
         let _ = reply.send(Ok(()));
+    }
+
+    /// Sends the RFC 4733 packets due; answers a finished call and starts the next one queued on its leg.
+    fn pump_dtmf(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        for (id, job) in &mut self.dtmf {
+            let Some(l) = self.legs.get(id) else {
+                done.push(*id);
+                continue;
+            };
+            job.sender.handle_timeout(now);
+            while let Some(p) = job.sender.poll_packet() {
+                self.relay
+                    .send_event(l.info.id, job.pt, p.payload, p.marker, p.last);
+            }
+            if job.sender.poll_timeout().is_none() {
+                done.push(*id);
+            }
+        }
+        for id in done {
+            let Some(job) = self.dtmf.remove(&id) else {
+                continue;
+            };
+            let up = self.legs.contains_key(&id);
+            let _ = job
+                .reply
+                .send(if up { Ok(()) } else { Err(CallError::Ended) });
+            let mut queue = job.queue;
+            if !up {
+                for (_, r) in queue {
+                    let _ = r.send(Err(CallError::Ended));
+                }
+                continue;
+            }
+            if let Some((digits, reply)) = queue.pop_front() {
+                let opts = DtmfSendOptions::default();
+                let sender = DtmfSender::new(now + opts.gap, &digits, opts);
+                self.dtmf.insert(
+                    id,
+                    DtmfJob {
+                        sender,
+                        pt: job.pt,
+                        reply,
+                        queue,
+                    },
+                );
+            }
+        }
     }
 
     fn play(&mut self, now: Instant, id: u64, playlist: Playlist) -> Result<(), CallError> {
@@ -1157,6 +1386,7 @@ impl Task {
                 events,
                 reply: Some(reply),
                 start_unix_ms: unix_ms(),
+                snapshots: Vec::new(),
             },
         );
         self.try_connect(now, id, false);
@@ -1178,7 +1408,9 @@ impl Task {
             return;
         };
         match plan(&ca, &cb, aligned_once) {
-            Plan::Connect => {
+            // Transcode: the legs' laws reached the relay with their `LegCommand::Remote`; it maps PCMU↔PCMA
+            // per packet (see `media::relay`).
+            Plan::Connect | Plan::Transcode => {
                 let Some(br) = self.bridges.get_mut(&bid) else {
                     return;
                 };
@@ -1231,12 +1463,12 @@ impl Task {
                         l.aligning = Some(bid);
                         self.dirty.push_back(b);
                     }
+                    // A leg without SIP (a browser leg) cannot re-offer: the relay transcodes.
+                    Err(CallError::Unsupported) => self.try_connect(now, bid, true),
                     Err(e) => self.fail_bridge(bid, e),
                 }
             }
-            Plan::Transcode | Plan::Incompatible => {
-                self.fail_bridge(bid, CallError::IncompatibleCodecs)
-            }
+            Plan::Incompatible => self.fail_bridge(bid, CallError::IncompatibleCodecs),
         }
     }
 
@@ -1302,6 +1534,13 @@ impl Task {
                     self.stop_player(x);
                     self.stop_player(y);
                     if let (Some(lx), Some(ly)) = (self.legs.get(&x), self.legs.get(&y)) {
+                        if let Some(br) = self.bridges.get_mut(&bid) {
+                            for (leg, rid) in [(x, lx.info.id), (y, ly.info.id)] {
+                                if !br.snapshots.iter().any(|s| s.0 == leg) {
+                                    br.snapshots.push((leg, self.relay.leg_stats(rid)));
+                                }
+                            }
+                        }
                         fire(self.relay.connect(lx.info.id, ly.info.id));
                     }
                 }
@@ -1344,16 +1583,30 @@ impl Task {
                     let sa = self.legs.get(&a).map(|l| self.relay.leg_stats(l.info.id));
                     let sb = self.legs.get(&b).map(|l| self.relay.leg_stats(l.info.id));
                     let tx = br.events;
+                    let mut snapshots = br.snapshots;
+                    let mut start_of = move |leg: u64| {
+                        let i = snapshots.iter().position(|s| s.0 == leg)?;
+                        Some(snapshots.swap_remove(i).1)
+                    };
+                    let (a0, b0) = (start_of(a), start_of(b));
                     tokio::spawn(async move {
-                        if let Some(s) = sa {
-                            if let Ok(Some(s)) = s.await {
-                                cdr.a_media = counters(&s);
-                            }
+                        // Counters over the bridge's life: at the end, less at the leg's connection.
+                        async fn read(
+                            end: Option<crate::net::rtp_io::Reply<Option<LegStats>>>,
+                            start: Option<crate::net::rtp_io::Reply<Option<LegStats>>>,
+                        ) -> Option<MediaCounters> {
+                            let end = counters(&end?.await.ok()??);
+                            let start = match start {
+                                Some(s) => s.await.ok().flatten().map(|s| counters(&s)),
+                                None => None,
+                            };
+                            Some(start.map_or(end, |s| end.since(&s)))
                         }
-                        if let Some(s) = sb {
-                            if let Ok(Some(s)) = s.await {
-                                cdr.b_media = counters(&s);
-                            }
+                        if let Some(m) = read(sa, a0).await {
+                            cdr.a_media = m;
+                        }
+                        if let Some(m) = read(sb, b0).await {
+                            cdr.b_media = m;
                         }
                         let _ = tx.send(BridgeEvent::Ended(cdr));
                     });
@@ -1362,21 +1615,99 @@ impl Task {
         }
     }
 
+    /// Starts (or resolves the next hop of) the leg's INVITE: to the hop already chosen (a 422 retry), else to
+    /// the outbound proxy or the target, resolving a host name first.
     fn start_invite(
         &mut self,
         now: Instant,
         id: u64,
         body: Bytes,
         headers: Vec<(HeaderName, Bytes)>,
+        retry_of: Option<CallHandle>,
     ) {
         let Some(l) = self.legs.get_mut(&id) else {
             return;
         };
-        let next_hop = self.outbound_proxy.or_else(|| {
-            let uri = Uri::parse(&l.target).ok()?;
-            let ip = uri.host()?.ip()?;
-            Some(SocketAddr::new(ip, uri.port().unwrap_or(5060)))
-        });
+        l.route.invite = Some((body, headers));
+        l.route.retry_of = retry_of;
+        if let Some(hop) = l.route.hop {
+            self.send_invite(now, id, hop);
+            return;
+        }
+        match trunk::hop_for(self.outbound_proxy.as_ref(), &l.target) {
+            Hop::Direct(hop) => self.send_invite(now, id, hop),
+            Hop::Resolve(uri) => {
+                if !l.route.resolving {
+                    l.route.resolving = true;
+                    tracing::debug!(uri = %uri, "resolving the next hop");
+                    trunk::spawn_resolve(
+                        self.resolver.clone(),
+                        uri,
+                        self.resolved_tx.clone(),
+                        move |r| Resolved::Leg(id, r),
+                    );
+                }
+            }
+            Hop::Invalid => l.core.invite_failed(now),
+        }
+    }
+
+    /// A lookup finished: the leg's INVITE goes to the first target, or the leg fails; the registration starts.
+    fn resolved(&mut self, now: Instant, r: Resolved) {
+        match r {
+            Resolved::Registrar(r) => {
+                if let Some(reg) = &mut self.registrar {
+                    reg.resolved(now, &mut self.ep, r);
+                }
+            }
+            Resolved::Leg(id, r) => {
+                let Some(l) = self.legs.get_mut(&id) else {
+                    return;
+                };
+                l.route.resolving = false;
+                let _g = l.span.clone().entered();
+                match r {
+                    Ok(targets) => {
+                        tracing::debug!(?targets, "next hop resolved");
+                        let mut f = crate::net::dns::Failover::new(targets);
+                        let first = f.next_target();
+                        l.route.failover = Some(f);
+                        match first {
+                            Some(t) => self.send_invite(now, id, t.addr),
+                            None => l.core.invite_failed(now),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "next hop not resolved");
+                        l.core.invite_failed(now);
+                    }
+                }
+                self.dirty.push_back(id);
+            }
+        }
+    }
+
+    fn begin_registration(&mut self, now: Instant) {
+        if let Some(r) = &mut self.registrar {
+            r.begin(
+                now,
+                &mut self.ep,
+                self.outbound_proxy.as_ref(),
+                self.resolver.clone(),
+                &self.resolved_tx,
+            );
+        }
+    }
+
+    /// Sends the leg's INVITE (its stored body and headers) to `next_hop`.
+    fn send_invite(&mut self, now: Instant, id: u64, next_hop: SocketAddr) {
+        let Some(l) = self.legs.get_mut(&id) else {
+            return;
+        };
+        let Some((body, headers)) = l.route.invite.clone() else {
+            return;
+        };
+        l.route.hop = Some(next_hop);
         let mut extra = l.opts.headers.clone();
         extra.extend(headers);
         if let Some(p) = &l.opts.asserted_identity {
@@ -1390,30 +1721,39 @@ impl Task {
         if let Some(p) = &l.opts.privacy {
             extra.push((HeaderName::Privacy, Bytes::from(p.clone())));
         }
-        let r = next_hop.map(|next_hop| {
-            self.ep.start_invite(
-                now,
-                InviteRequest {
-                    target: l.target.clone(),
-                    from: l.opts.from.clone().unwrap_or_else(|| self.from.clone()),
-                    to: None,
-                    next_hop,
-                    sdp: body,
-                    credentials: l.opts.credentials.clone(),
-                    extra_headers: extra,
-                },
-            )
-        });
+        if let Some(route) = trunk::preloaded_route(self.outbound_proxy.as_ref()) {
+            extra.push((HeaderName::Route, route));
+        }
+        let req = InviteRequest {
+            target: l.target.clone(),
+            from: from_header(
+                l.opts.from.as_deref().unwrap_or(&self.from),
+                l.opts.display_name.as_deref(),
+            ),
+            to: None,
+            next_hop,
+            sdp: body,
+            credentials: l.opts.credentials.clone(),
+            extra_headers: extra,
+        };
+        // A 422 retry stays in the same call (same Call-ID, next CSeq); a failover is a new INVITE.
+        let r = match l.route.retry_of.take() {
+            Some(prev) => self.ep.retry_invite(now, prev, req),
+            None => self.ep.start_invite(now, req),
+        };
         match r {
-            Some(Ok(call)) => {
+            Ok(call) => {
                 if let Some(old) = l.core.call() {
                     self.by_call.remove(&old);
                 }
                 l.core.attach(call, None);
                 self.by_call.insert(call, id);
-                let _ = l.events.send(LegEvent::Trying);
+                l.route.attempts += 1;
+                if l.route.attempts == 1 {
+                    let _ = l.events.send(LegEvent::Trying);
+                }
             }
-            _ => l.core.invite_failed(now),
+            Err(_) => l.core.invite_failed(now),
         }
     }
 
@@ -1430,8 +1770,19 @@ impl Task {
             let rid = l.info.id;
             let _g = l.span.clone().entered();
             match cmd {
-                LegCommand::Invite { body, headers } => self.start_invite(now, id, body, headers),
+                LegCommand::Invite {
+                    body,
+                    headers,
+                    retry_of,
+                } => self.start_invite(now, id, body, headers, retry_of),
                 LegCommand::Cancel => {
+                    if let Some(l) = self.legs.get_mut(&id) {
+                        l.route.cancelled = true;
+                        if l.route.resolving {
+                            // Nothing sent yet: the leg ends now; the lookup's answer will find no leg.
+                            l.core.abandon(now);
+                        }
+                    }
                     if let Some(c) = call {
                         let _ = self.ep.send_cancel(now, c);
                     }
@@ -1483,10 +1834,15 @@ impl Task {
                     rtp,
                     rtcp,
                     telephone_event_pt,
+                    law,
                 } => {
+                    if let (Some(law), Some(l)) = (law, self.legs.get_mut(&id)) {
+                        l.law = law;
+                    }
                     fire(self.relay.with_relay(move |r, _| {
                         let _ = r.set_remote(rid, Some(rtp), Some(rtcp));
                         let _ = r.set_telephone_event_pt(rid, telephone_event_pt);
+                        let _ = r.set_codec(rid, law);
                     }));
                 }
                 LegCommand::MediaHold(on) => {
@@ -1501,9 +1857,17 @@ impl Task {
                         }
                         if op == Op::Reoffer {
                             if let Some(bid) = l.aligning.take() {
+                                // Aligned or refused: connect, transcoding G.711 if the laws still
+                                // differ. A leg that ended meanwhile fails the bridge in `try_connect`.
+                                let up = l.core.phase() == Phase::Answered;
                                 match result {
-                                    Ok(()) => self.try_connect(now, bid, true),
-                                    Err(e) => self.fail_bridge(bid, e),
+                                    Err(e) if !up => self.fail_bridge(bid, e),
+                                    r => {
+                                        if r.is_err() {
+                                            tracing::debug!("codec re-INVITE refused: transcoding");
+                                        }
+                                        self.try_connect(now, bid, true);
+                                    }
                                 }
                             }
                         }
@@ -1606,6 +1970,12 @@ impl Task {
                 for (_, w) in l.waiters {
                     let _ = w.send(Err(CallError::Ended));
                 }
+                if let Some(job) = self.dtmf.remove(&id) {
+                    let _ = job.reply.send(Err(CallError::Ended));
+                    for (_, r) in job.queue {
+                        let _ = r.send(Err(CallError::Ended));
+                    }
+                }
                 let stats = self.relay.remove_leg(l.info.id);
                 let tx = l.events;
                 let LegEvent::Ended { by, cause, mut cdr } = ev else {
@@ -1680,6 +2050,9 @@ impl Task {
                 progressed = true;
                 if let Err(e) = sockets.send(&t).await {
                     tracing::debug!(destination = %t.destination, error = %e, "SIP send failed");
+                    // RFC 3261 §17.1.4: the transactions sending there fail now (an INVITE then fails over).
+                    self.ep
+                        .handle_transport_error(now, t.destination, t.transport);
                 }
             }
             if !progressed {
@@ -1689,6 +2062,11 @@ impl Task {
     }
 
     fn sip_event(&mut self, now: Instant, e: Event) {
+        if let Some(r) = &mut self.registrar {
+            if r.handle_event(now, &mut self.ep, &e) {
+                return;
+            }
+        }
         let call = match &e {
             Event::Provisional { call, .. }
             | Event::Answered { call, .. }
@@ -1696,6 +2074,7 @@ impl Task {
             | Event::Request { call, .. }
             | Event::Response { call, .. }
             | Event::TransactionTimeout { call, .. }
+            | Event::Glare { call, .. }
             | Event::Terminated { call, .. } => *call,
             Event::IncomingCall { call, .. } => {
                 let _ = self.ep.answer_invite(now, *call, 603, Bytes::new());
@@ -1709,6 +2088,18 @@ impl Task {
         let Some(l) = self.legs.get_mut(&id) else {
             return;
         };
+        if let Event::Terminated { reason, .. } = &e {
+            // RFC 3263 §4.3: no answer, unreachable or 503 before an answer: the next target gets the INVITE.
+            if l.core.phase() == Phase::Calling && should_fail_over(reason) {
+                if let Some(next) = l.route.fail_over(reason) {
+                    let _g = l.span.clone().entered();
+                    tracing::info!(?reason, next = %next.addr, "failing over to the next target");
+                    self.send_invite(now, id, next.addr);
+                    self.dirty.push_back(id);
+                    return;
+                }
+            }
+        }
         let headers = self.ep.last_headers(call);
         l.core.handle_sip(now, &e, headers);
         if matches!(e, Event::Answered { .. }) {
@@ -1718,6 +2109,20 @@ impl Task {
             }
         }
         self.dirty.push_back(id);
+    }
+}
+
+/// Our From for an INVITE: the URI, or `"Display Name" <uri>` with the name quoted and `"` and `\\` escaped
+/// (RFC 3261 §25.1 quoted-string). A URI that does not parse is passed on as is (the endpoint rejects it).
+fn from_header(uri: &str, display_name: Option<&str>) -> String {
+    match (display_name, Uri::parse(uri)) {
+        (Some(name), Ok(u)) => {
+            let v = crate::sip::message::NameAddr::new(u)
+                .with_display_name(name)
+                .encode();
+            String::from_utf8_lossy(&v).into_owned()
+        }
+        _ => uri.to_owned(),
     }
 }
 

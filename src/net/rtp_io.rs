@@ -187,6 +187,13 @@ enum Command {
         samples: u32,
         new_item: bool,
     },
+    Event {
+        leg: LegId,
+        pt: u8,
+        payload: [u8; 4],
+        first: bool,
+        last: bool,
+    },
     Stats(oneshot::Sender<DriverStats>),
     Call(RelayFn),
     Shutdown,
@@ -318,6 +325,17 @@ impl RelayDriver {
             payload,
             samples,
             new_item,
+        });
+    }
+
+    /// Queue one RFC 4733 telephone-event packet for `leg` (fire and forget; see [`Relay::send_event`]).
+    pub fn send_event(&self, leg: LegId, pt: u8, payload: [u8; 4], first: bool, last: bool) {
+        self.send(Command::Event {
+            leg,
+            pt,
+            payload,
+            first,
+            last,
         });
     }
 
@@ -648,6 +666,24 @@ impl State {
                 } => {
                     self.generated_frame(now, leg, pt, &payload, samples, new_item);
                 }
+                Command::Event {
+                    leg,
+                    pt,
+                    payload,
+                    first,
+                    last,
+                } => {
+                    let Some(buf) = self.batch.buf_mut(0) else {
+                        continue;
+                    };
+                    match self
+                        .relay
+                        .send_event(now, leg, pt, payload, first, last, buf)
+                    {
+                        Ok(t) => self.send_built(leg, t),
+                        Err(_) => self.stats.generated_refused += 1,
+                    }
+                }
                 Command::Stats(reply) => {
                     self.stats.thread_cpu = sys::thread_cpu_time();
                     if let Io::Uring(u) = &self.io {
@@ -745,6 +781,14 @@ impl State {
             .send_generated(now, leg, pt, payload, samples, new_item, buf)
         else {
             self.stats.generated_refused += 1;
+            return;
+        };
+        self.send_built(leg, t);
+    }
+
+    /// Sends the packet the relay built at the start of batch buffer 0 from `leg`'s RTP socket.
+    fn send_built(&mut self, leg: LegId, t: crate::media::relay::Transmit) {
+        let Some(buf) = self.batch.buf_mut(0) else {
             return;
         };
         let Some(fd) = self

@@ -2,7 +2,7 @@
 //!
 //! A visitor can call from the browser: the page sends an SDP offer, [`accept`] answers it with a webrtc-rs
 //! `PeerConnection` (ICE-lite, DTLS-SRTP, one audio track, PCMU or PCMA only: Opus is left out because the relay
-//! does not transcode, and every browser offers G.711). SRTP ends here. Towards the rest of rappel the peer
+//! transcodes only between the G.711 laws, and every browser offers G.711). SRTP ends here. Towards the rest of rappel the peer
 //! is a plain RTP endpoint: one UDP socket on [`BrowserOptions::bind_ip`] (the *glue socket*) exchanges clear
 //! RTP with a normal relay leg, whose remote address is the glue socket. So the relay, the players (greeting, hold music) and bridges
 //! treat a browser leg like a SIP leg; only signalling differs (no SIP dialog: the engine closes the peer

@@ -16,7 +16,7 @@
 //!   peer does not want to receive": the peer's direction loses its receive half.
 //! - `o=` version: the first SDP we send uses the initial version; each later one is bumped when its
 //!   content differs from the previous one we sent, and kept when identical (RFC 3264 §8: a session refresh
-//!   must not change the version).
+//!   must not change the version). [`LocalSession::bump_version`] forces a new version for a retried offer.
 //!
 //! ```
 //! use rappel::sdp::{Codec, Direction, LocalSession, Sdp};
@@ -306,6 +306,14 @@ impl LocalSession {
     /// Version of the last SDP built (or the initial one).
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Makes the next SDP built carry a new version even if its content equals the last one sent: for an
+    /// offer that replaces a refused one (a re-INVITE retried after 491), which is a new offer, not a refresh.
+    pub fn bump_version(&mut self) {
+        if self.last_sent.take().is_some() {
+            self.version = self.version.wrapping_add(1);
+        }
     }
 
     /// Changes the local RTP address (takes effect in the next offer/answer).

@@ -643,3 +643,168 @@ fn rtcp_mux_from_leg_config_and_switching_it_off() {
         Err(RelayError::UnknownLeg)
     );
 }
+
+#[test]
+fn transcodes_pcmu_to_pcma_and_back_with_the_tables() {
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default(), t0);
+    let mut ca = LegConfig::g711(Some(addr(A)));
+    ca.codec = Some(Law::Ulaw);
+    ca.telephone_event_pt = Some(101);
+    let mut cb = LegConfig::g711(Some(addr(B)));
+    cb.codec = Some(Law::Alaw);
+    cb.telephone_event_pt = Some(96);
+    let a = relay.add_leg(t0, ca).unwrap();
+    let b = relay.add_leg(t0, cb).unwrap();
+    relay.connect(a, b).unwrap();
+    // Every code once (256 bytes: more than a 20 ms frame, the same per-byte path).
+    let codes: Vec<u8> = (0..=255u8).collect();
+    let mut p = pkt(0, 1, 160, 0xaaaa, false);
+    p.truncate(12);
+    p.extend_from_slice(&codes);
+    let act = relay.handle_rtp(t0, a, addr(A), &mut p);
+    assert!(matches!(act, Action::Forward { via, .. } if via == b));
+    assert_eq!(fields(&mut p).1, 8, "PCMU payload type mapped to PCMA");
+    assert_eq!(p.len(), 12 + 256, "same length");
+    let want: Vec<u8> = codes
+        .iter()
+        .map(|&c| g711::ULAW_TO_ALAW[c as usize])
+        .collect();
+    assert_eq!(&p[12..], &want[..]);
+    // Back: PCMA from B comes out PCMU on A with the other table.
+    let mut q = pkt(8, 1, 160, 0xbbbb, false);
+    q.truncate(12);
+    q.extend_from_slice(&codes);
+    relay.handle_rtp(t0, b, addr(B), &mut q);
+    assert_eq!(fields(&mut q).1, 0);
+    let want: Vec<u8> = codes
+        .iter()
+        .map(|&c| g711::ALAW_TO_ULAW[c as usize])
+        .collect();
+    assert_eq!(&q[12..], &want[..]);
+    // Telephone-event is PT-mapped but its payload is not transcoded; comfort noise (13) passes untouched.
+    let mut te = pkt(101, 2, 320, 0xaaaa, false);
+    te.truncate(16);
+    te[12..16].copy_from_slice(&[5, 0x8a, 0x03, 0x20]);
+    relay.handle_rtp(t0 + Duration::from_millis(20), a, addr(A), &mut te);
+    assert_eq!(fields(&mut te).1, 96);
+    assert_eq!(&te[12..], &[5, 0x8a, 0x03, 0x20]);
+    let mut cn = pkt(13, 3, 480, 0xaaaa, false);
+    cn.truncate(13);
+    cn[12] = 0x40;
+    relay.handle_rtp(t0 + Duration::from_millis(40), a, addr(A), &mut cn);
+    assert_eq!((fields(&mut cn).1, cn[12]), (13, 0x40));
+    // Same law on both sides again: forwarded untouched.
+    relay.set_codec(b, Some(Law::Ulaw)).unwrap();
+    let mut r = pkt(0, 4, 640, 0xaaaa, false);
+    r.truncate(12);
+    r.extend_from_slice(&codes);
+    relay.handle_rtp(t0 + Duration::from_millis(60), a, addr(A), &mut r);
+    assert_eq!((fields(&mut r).1, &r[12..]), (0, &codes[..]));
+}
+
+#[test]
+fn transcoding_skips_csrc_extension_and_padding() {
+    let t0 = Instant::now();
+    let mut relay = Relay::new(RelayConfig::default(), t0);
+    let mut ca = LegConfig::g711(Some(addr(A)));
+    ca.codec = Some(Law::Alaw);
+    let mut cb = LegConfig::g711(Some(addr(B)));
+    cb.codec = Some(Law::Ulaw);
+    let a = relay.add_leg(t0, ca).unwrap();
+    let b = relay.add_leg(t0, cb).unwrap();
+    relay.connect(a, b).unwrap();
+    // V=2, P=1, X=1, CC=1; one CSRC, a one-word extension, 4 payload bytes, 2 padding bytes.
+    let mut p = pkt(8, 1, 160, 0xaaaa, false);
+    p.truncate(12);
+    p[0] = 0x80 | 0x20 | 0x10 | 1;
+    p.extend_from_slice(&[1, 2, 3, 4]); // CSRC
+    p.extend_from_slice(&[0xbe, 0xde, 0, 1, 9, 9, 9, 9]); // extension header + 1 word
+    p.extend_from_slice(&[0xd5, 0x55, 0x2a, 0xaa]); // payload
+    p.extend_from_slice(&[0, 2]); // padding, count 2
+    relay.handle_rtp(t0, a, addr(A), &mut p);
+    assert_eq!(&p[12..24], &[1, 2, 3, 4, 0xbe, 0xde, 0, 1, 9, 9, 9, 9]);
+    let want: Vec<u8> = [0xd5u8, 0x55, 0x2a, 0xaa]
+        .iter()
+        .map(|&c| g711::ALAW_TO_ULAW[c as usize])
+        .collect();
+    assert_eq!(&p[24..28], &want[..]);
+    assert_eq!(&p[28..], &[0, 2]);
+    // A header announcing more than the packet holds: forwarded, payload left alone, no panic.
+    let mut bad = pkt(8, 2, 320, 0xaaaa, false);
+    bad.truncate(14);
+    bad[0] = 0x80 | 0x0f;
+    bad[12] = 0x11;
+    relay.handle_rtp(t0, a, addr(A), &mut bad);
+    assert_eq!(bad[12], 0x11);
+}
+
+#[test]
+fn dtmf_events_share_a_timestamp_and_suppress_audio_until_the_last_packet() {
+    use crate::media::dtmf::{Digit, DtmfSendOptions, DtmfSender, TelephoneEvent};
+    let Fixture {
+        mut relay,
+        t0,
+        a,
+        b,
+    } = bridged();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    // Audio A -> B for 100 ms.
+    let mut last_audio = (0u16, 0u32);
+    for k in 0..5u16 {
+        let mut p = pkt(0, k, u32::from(k) * 160, 0xaaaa, false);
+        relay.handle_rtp(ms(u64::from(k) * 20), a, addr(A), &mut p);
+        let (_, _, seq, ts, _) = fields(&mut p);
+        last_audio = (seq, ts);
+    }
+    // The digit 5 to B (PT 101): 100 ms tone in 50 ms steps = 2 start packets, 3 end packets.
+    let mut tx = DtmfSender::new(ms(100), &[Digit::D5], DtmfSendOptions::default());
+    let mut sent = Vec::new();
+    let mut now = ms(100);
+    while let Some(due) = tx.poll_timeout() {
+        now = due;
+        tx.handle_timeout(now);
+        while let Some(d) = tx.poll_packet() {
+            let mut out = [0u8; 64];
+            let t = relay
+                .send_event(now, b, 101, d.payload, d.marker, d.last, &mut out)
+                .unwrap();
+            assert_eq!((t.to, t.via, t.len), (addr(B), b, 16));
+            sent.push(out[..16].to_vec());
+            // Audio from A meanwhile is suppressed, counted on A.
+            if !d.last {
+                let mut p = pkt(0, 9, 9 * 160, 0xaaaa, false);
+                assert_eq!(
+                    relay.handle_rtp(now, a, addr(A), &mut p),
+                    Action::Drop(DropReason::Dtmf)
+                );
+            }
+        }
+    }
+    assert_eq!(sent.len(), 5);
+    assert_eq!(relay.stats(a).unwrap().dropped(DropReason::Dtmf), 4);
+    let ssrc = relay.outgoing_ssrc(b).unwrap();
+    let ts0 = fields(&mut sent[0]).3;
+    for (i, p) in sent.iter_mut().enumerate() {
+        let (m, pt, seq, ts, s) = fields(p);
+        assert_eq!((m, pt, ts, s), (i == 0, 101, ts0, ssrc), "packet {i}");
+        assert_eq!(seq, last_audio.0.wrapping_add(1 + i as u16), "packet {i}");
+        let ev = TelephoneEvent::parse(&p[12..]).unwrap();
+        assert_eq!((ev.event, ev.end), (5, i >= 2), "packet {i}");
+        assert_eq!(ev.duration, [400, 800, 800, 800, 800][i], "packet {i}");
+    }
+    // The event starts where the stream is: 100 ms after the last audio at 80 ms is at least 20 ms on.
+    assert!(ts0.wrapping_sub(last_audio.1) >= 160);
+    // After the last packet, audio resumes re-anchored, after the event's timestamp.
+    let mut p = pkt(0, 10, 10 * 160, 0xaaaa, false);
+    assert!(matches!(
+        relay.handle_rtp(now + Duration::from_millis(20), a, addr(A), &mut p),
+        Action::Forward { .. }
+    ));
+    let (m, pt, seq, ts, _) = fields(&mut p);
+    assert!(m);
+    assert_eq!((pt, seq), (0, last_audio.0.wrapping_add(6)));
+    // Timed from the event's start (100 ms), not from its last packet (300 ms): 220 ms later.
+    assert_eq!(now, ms(300));
+    assert_eq!(ts.wrapping_sub(ts0), 1760);
+}

@@ -1,25 +1,87 @@
 //! The TU-facing API: place, cancel, end and change calls, answer the peer's requests, register.
 
 use super::*;
+use crate::sip::message::{NameAddr, Params};
 
 impl Endpoint {
     /// Places a call: sends an INVITE and returns the call's handle. Progress arrives as [`Event::Provisional`],
     /// [`Event::Answered`] or [`Event::Terminated`].
+    ///
+    /// [`InviteRequest::from`] is a SIP URI, or a name-addr carrying a display name (`"Name" <sip:...>`, as
+    /// [`crate::sip::message::NameAddr::encode`] writes it); any header parameters in it are dropped (we add
+    /// our tag).
     pub fn start_invite(
         &mut self,
         now: Instant,
         inv: InviteRequest,
     ) -> Result<CallHandle, EndpointError> {
-        let uri = Uri::parse(&inv.target).map_err(|_| EndpointError::InvalidUri)?;
-        let to = inv.to.clone().unwrap_or_else(|| inv.target.clone());
-        Uri::parse(&to).map_err(|_| EndpointError::InvalidUri)?;
-        Uri::parse(&inv.from).map_err(|_| EndpointError::InvalidUri)?;
         let call_id = Bytes::from(format!(
             "{}@{}",
             self.token(),
             self.config.advertised_addr.ip()
         ));
         let local_tag = Bytes::from(self.token());
+        self.send_invite(now, inv, call_id, local_tag, 1)
+    }
+
+    /// Places the INVITE of `previous` again as a new call: same Call-ID and From tag, the next CSeq and a new
+    /// branch (RFC 3261 §8.1.3.5, RFC 4028 §7.4), with `inv`'s body and headers. This is how a UAC retries
+    /// after a 422 (Session Interval Too Small) with a larger Session-Expires and Min-SE. `previous` must be a
+    /// call of ours whose INVITE failed with a final non-2xx response (it lingers for 64*T1 after ending).
+    pub fn retry_invite(
+        &mut self,
+        now: Instant,
+        previous: CallHandle,
+        inv: InviteRequest,
+    ) -> Result<CallHandle, EndpointError> {
+        let c = self
+            .calls
+            .get_mut(&previous.0)
+            .ok_or(EndpointError::UnknownCall(previous))?;
+        let old = match &c.invite {
+            Some(r) if c.is_uac && c.dialog.is_none() && c.terminated => r,
+            _ => return Err(EndpointError::InvalidState),
+        };
+        let call_id = old
+            .headers
+            .get(&HeaderName::CallId)
+            .cloned()
+            .ok_or(EndpointError::InvalidState)?;
+        let seq = cseq_of(&old.headers).map_or(1, |(n, _)| n.wrapping_add(1));
+        let local_tag = c.local_tag.clone();
+        let auth = c.auth.take();
+        let h = self.send_invite(now, inv, call_id, local_tag, seq)?;
+        if let (Some(c), Some(a)) = (self.calls.get_mut(&h.0), auth) {
+            c.auth = Some(a);
+        }
+        Ok(h)
+    }
+
+    fn send_invite(
+        &mut self,
+        now: Instant,
+        inv: InviteRequest,
+        call_id: Bytes,
+        local_tag: Bytes,
+        seq: u32,
+    ) -> Result<CallHandle, EndpointError> {
+        let uri = Uri::parse(&inv.target).map_err(|_| EndpointError::InvalidUri)?;
+        let to = inv.to.clone().unwrap_or_else(|| inv.target.clone());
+        Uri::parse(&to).map_err(|_| EndpointError::InvalidUri)?;
+        let from = if inv.from.contains('<') {
+            let mut na = NameAddr::parse(&Bytes::from(inv.from.clone()))
+                .map_err(|_| EndpointError::InvalidUri)?;
+            na.params = Params::new();
+            na.set_tag(local_tag.clone());
+            na.encode()
+        } else {
+            Uri::parse(&inv.from).map_err(|_| EndpointError::InvalidUri)?;
+            Bytes::from(format!(
+                "<{}>;tag={}",
+                inv.from,
+                String::from_utf8_lossy(&local_tag)
+            ))
+        };
         let via = self.new_via();
         let mut req = Request::new(Method::Invite, uri);
         let h = &mut req.headers;
@@ -28,17 +90,10 @@ impl Endpoint {
             HeaderName::MaxForwards,
             Bytes::from(self.config.max_forwards.to_string()),
         );
-        h.push(
-            HeaderName::From,
-            Bytes::from(format!(
-                "<{}>;tag={}",
-                inv.from,
-                String::from_utf8_lossy(&local_tag)
-            )),
-        );
+        h.push(HeaderName::From, from);
         h.push(HeaderName::To, Bytes::from(format!("<{to}>")));
         h.push(HeaderName::CallId, call_id.clone());
-        h.push(HeaderName::CSeq, Bytes::from_static(b"1 INVITE"));
+        h.push(HeaderName::CSeq, Bytes::from(format!("{seq} INVITE")));
         h.push(HeaderName::Contact, self.contact());
         h.push(HeaderName::Allow, Bytes::from_static(ALLOW.as_bytes()));
         if let Some(ua) = &self.config.user_agent {

@@ -144,6 +144,11 @@ pub struct EndpointConfig {
     /// At most this many live server transactions; new requests beyond it get a stateless 503. Default 10 000
     /// (a Timer J linger of 32 s makes that about 300 requests/s sustained).
     pub max_server_transactions: usize,
+    /// Let the TU retry a re-INVITE refused with 491 (glare): the endpoint reports [`Event::Glare`] with the
+    /// §14.1 retry time and sends nothing itself, so the TU can send a *new* offer then (RFC 3264 §8: a new
+    /// `o=` version, and an SDP that accounts for whatever the peer's own re-INVITE changed meanwhile). Off by
+    /// default: the endpoint re-sends the refused re-INVITE's body as it was.
+    pub tu_glare_retry: bool,
 }
 
 impl EndpointConfig {
@@ -158,6 +163,7 @@ impl EndpointConfig {
             accept_invites: false,
             user_agent: None,
             max_server_transactions: 10_000,
+            tu_glare_retry: false,
         }
     }
     /// Sets the timers.
@@ -176,6 +182,12 @@ impl EndpointConfig {
         self
     }
     /// Accept incoming INVITEs (see the field).
+    /// Sets [`Self::tu_glare_retry`].
+    pub fn tu_glare_retry(&mut self, v: bool) -> &mut Self {
+        self.tu_glare_retry = v;
+        self
+    }
+    /// Sets [`Self::accept_invites`].
     pub fn accept_invites(&mut self, v: bool) -> &mut Self {
         self.accept_invites = v;
         self
@@ -311,7 +323,8 @@ pub enum Event {
         body: Bytes,
     },
     /// A final response to one of our in-dialog requests (re-INVITE, UPDATE, INFO, OPTIONS). A 491 to a
-    /// re-INVITE is not reported: the endpoint retries by itself after the §14.1 delay.
+    /// re-INVITE is not reported: the endpoint retries by itself after the §14.1 delay, or reports
+    /// [`Event::Glare`] with [`EndpointConfig::tu_glare_retry`].
     Response {
         /// The call.
         call: CallHandle,
@@ -321,6 +334,15 @@ pub enum Event {
         status: StatusCode,
         /// The body.
         body: Bytes,
+    },
+    /// Our re-INVITE got 491 (glare, RFC 3261 §14.1) and [`EndpointConfig::tu_glare_retry`] is on: send a new
+    /// re-INVITE (a fresh offer) at `retry_at`, a random time in the §14.1 window for our role. Until then
+    /// the peer's re-INVITEs are handed to the TU as usual.
+    Glare {
+        /// The call.
+        call: CallHandle,
+        /// When to retry.
+        retry_at: Instant,
     },
     /// The final response to a REGISTER (after any authentication).
     Registration {

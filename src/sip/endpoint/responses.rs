@@ -396,6 +396,13 @@ impl Endpoint {
             // §14.1 glare: retry after a random delay that depends on who owns the Call-ID.
             let owns = c.is_uac;
             let delay = glare_retry_delay(&mut self.rng, owns);
+            if self.config.tu_glare_retry {
+                self.events.push_back(Event::Glare {
+                    call: CallHandle(h),
+                    retry_at: now + delay,
+                });
+                return;
+            }
             if let Some(c) = self.calls.get_mut(&h) {
                 c.glare_retry = Some((now + delay, request.body.clone()));
             }

@@ -1,0 +1,540 @@
+//! The engine's trunk side: where requests go (outbound proxy, RFC 3263 resolution and failover) and the
+//! registration with the trunk.
+//!
+//! Name resolution never runs on the engine task: a lookup is a spawned future ([`spawn_resolve`]) whose answer
+//! comes back to the task as a [`Resolved`] message, so a slow or dead DNS server delays only the call (or
+//! registration) waiting for it. The RFC 3263 procedure itself is [`SipResolver`]'s; the failover walk is
+//! [`Failover`]'s; this module only decides what to resolve and keeps the per-leg state between attempts.
+//!
+//! The registration is the sans-IO [`RegistrationAgent`] driven by the engine task ([`Registrar`]): its state
+//! and each of its events are published on a `watch` channel ([`RegistrationStatus`]).
+
+use crate::net::dns::{DnsError, Failover, SipResolver, Target};
+use crate::sip::auth::Credentials;
+use crate::sip::endpoint::{Endpoint, Event, RegisterRequest};
+use crate::sip::message::{HeaderName, Host, Uri};
+use crate::sip::register::{
+    RegistrationAgent, RegistrationEvent, RegistrationPolicy, RegistrationState,
+};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, watch};
+
+/// The next hop of every request when set: an address, or a SIP URI (`sip:proxy.example.net`, resolved per
+/// RFC 3263 for each call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Proxy {
+    Addr(SocketAddr),
+    Uri(String),
+}
+
+/// Registering with the trunk ([`crate::EngineBuilder::register`]). The Contact is the engine's own (its public
+/// address, see [`crate::EngineBuilder::public_addr`]); the REGISTER goes to the outbound proxy when one is set,
+/// else to the registrar URI's host, resolved per RFC 3263.
+#[derive(Debug, Clone)]
+pub struct TrunkRegistration {
+    /// The registrar's Request-URI, e.g. `sip:trunk.example.net`.
+    pub registrar: String,
+    /// The address of record (From and To), e.g. `sip:rappel@trunk.example.net`.
+    pub aor: String,
+    /// Credentials for the registrar's 401/407 challenges.
+    pub credentials: Option<Credentials>,
+    /// The binding lifetime asked for, in seconds (default 3600).
+    pub expires: u32,
+    /// When to refresh and how to back off after failures.
+    pub policy: RegistrationPolicy,
+}
+
+impl TrunkRegistration {
+    /// Registers `aor` at `registrar` for 3600 s, without credentials, with the default policy.
+    pub fn new(registrar: impl Into<String>, aor: impl Into<String>) -> Self {
+        Self {
+            registrar: registrar.into(),
+            aor: aor.into(),
+            credentials: None,
+            expires: 3600,
+            policy: RegistrationPolicy::default(),
+        }
+    }
+
+    /// Answers challenges with these credentials.
+    pub fn credentials(mut self, c: Credentials) -> Self {
+        self.credentials = Some(c);
+        self
+    }
+
+    /// The binding lifetime asked for, in seconds.
+    pub fn expires(mut self, secs: u32) -> Self {
+        self.expires = secs;
+        self
+    }
+
+    /// Refresh and retry timing.
+    pub fn policy(mut self, p: RegistrationPolicy) -> Self {
+        self.policy = p;
+        self
+    }
+}
+
+/// Where the registration stands, as published by [`crate::Engine::registration`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationStatus {
+    /// The agent's state (`Idle` while the registrar's name is being resolved).
+    pub state: RegistrationState,
+    /// The latest event.
+    pub last_event: Option<RegistrationEvent>,
+    /// How many times the registrar accepted the binding (the first REGISTER and each refresh).
+    pub registrations: u64,
+    /// How many attempts failed (a final error status, no answer, or the registrar's name not resolving).
+    pub failures: u64,
+}
+
+impl RegistrationStatus {
+    fn new() -> Self {
+        Self {
+            state: RegistrationState::Idle,
+            last_event: None,
+            registrations: 0,
+            failures: 0,
+        }
+    }
+}
+
+/// A resolution finished off the task.
+pub(super) enum Resolved {
+    /// For leg `id`'s INVITE.
+    Leg(u64, Result<Vec<Target>, DnsError>),
+    /// For the registration.
+    Registrar(Result<Vec<Target>, DnsError>),
+}
+
+/// Resolves `uri` on a spawned task; the answer comes back on `tx`.
+pub(super) fn spawn_resolve(
+    resolver: Arc<SipResolver>,
+    uri: Uri,
+    tx: mpsc::UnboundedSender<Resolved>,
+    wrap: impl FnOnce(Result<Vec<Target>, DnsError>) -> Resolved + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let r = resolver.resolve(&uri).await;
+        let _ = tx.send(wrap(r));
+    });
+}
+
+/// How to reach the next hop of a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Hop {
+    /// Send there (an address, or a URI with a numeric host).
+    Direct(SocketAddr),
+    /// Resolve this URI first (RFC 3263).
+    Resolve(Uri),
+    /// The URI does not parse.
+    Invalid,
+}
+
+/// The next hop for a request to `target`: the proxy when set, else the target itself.
+pub(super) fn hop_for(proxy: Option<&Proxy>, target: &str) -> Hop {
+    let uri = match proxy {
+        Some(Proxy::Addr(a)) => return Hop::Direct(*a),
+        Some(Proxy::Uri(u)) => u.as_str(),
+        None => target,
+    };
+    let Ok(uri) = Uri::parse(uri) else {
+        return Hop::Invalid;
+    };
+    // A numeric host needs no DNS (RFC 3263 §4.2: port from the URI, else 5060).
+    let ip = uri.as_sip().and_then(|s| match &s.host {
+        Host::Ipv4(ip) => Some((*ip).into()),
+        Host::Ipv6(ip) => Some((*ip).into()),
+        Host::Domain(_) => None,
+    });
+    match ip {
+        Some(ip) => Hop::Direct(SocketAddr::new(ip, uri.port().unwrap_or(5060))),
+        None => Hop::Resolve(uri),
+    }
+}
+
+/// The Route header value an outbound proxy given as a URI puts on each INVITE (RFC 3261 §8.1.2: the proxy is
+/// the route set, loose routing assumed, so `;lr` is added when missing). A proxy given as an address adds none.
+pub(super) fn preloaded_route(proxy: Option<&Proxy>) -> Option<Bytes> {
+    let Some(Proxy::Uri(u)) = proxy else {
+        return None;
+    };
+    let lr = u.split(';').skip(1).any(|p| {
+        p.trim().eq_ignore_ascii_case("lr") || p.trim().to_ascii_lowercase().starts_with("lr=")
+    });
+    Some(Bytes::from(if lr {
+        format!("<{u}>")
+    } else {
+        format!("<{u};lr>")
+    }))
+}
+
+/// A leg's routing between INVITE attempts.
+#[derive(Debug, Default)]
+pub(super) struct Route {
+    /// The targets resolved for this leg, when its next hop had a host name.
+    pub(super) failover: Option<Failover>,
+    /// Where the current INVITE went.
+    pub(super) hop: Option<SocketAddr>,
+    /// The INVITE's body and extra headers, for the resolution to finish or the next target to get.
+    pub(super) invite: Option<(Bytes, Vec<(HeaderName, Bytes)>)>,
+    /// A resolution is in flight.
+    pub(super) resolving: bool,
+    /// The application (or a timer) cancelled the call: no further target is tried.
+    pub(super) cancelled: bool,
+    /// INVITEs sent (first and failovers).
+    pub(super) attempts: u32,
+    /// The call a 422 retry continues (same Call-ID, next CSeq), taken by the next INVITE sent.
+    pub(super) retry_of: Option<crate::sip::endpoint::CallHandle>,
+}
+
+impl Route {
+    /// After the INVITE ended this way, the next target to try (RFC 3263 §4.3), if any.
+    pub(super) fn fail_over(
+        &mut self,
+        reason: &crate::sip::endpoint::TerminationReason,
+    ) -> Option<Target> {
+        if self.cancelled || self.invite.is_none() {
+            return None;
+        }
+        self.failover.as_mut()?.after(reason)
+    }
+}
+
+/// The engine task's registration: resolving the registrar, the agent, the published status.
+pub(super) struct Registrar {
+    config: TrunkRegistration,
+    agent: Option<RegistrationAgent>,
+    /// The registrar's resolved targets: one that does not answer (or answers 503) hands over to the next.
+    failover: Option<Failover>,
+    status: watch::Sender<RegistrationStatus>,
+    /// Resolution failed: the next one at this time.
+    retry_at: Option<Instant>,
+    resolving: bool,
+    /// Rounds in a row that ended without a binding (the name did not resolve, or every target failed).
+    rounds: u32,
+    /// Shutdown was asked: do not start, and remove the binding.
+    stopping: bool,
+}
+
+impl Registrar {
+    /// A registrar for `config`, and the receiver of its status.
+    pub(super) fn new(config: TrunkRegistration) -> (Self, watch::Receiver<RegistrationStatus>) {
+        let (status, rx) = watch::channel(RegistrationStatus::new());
+        (
+            Self {
+                config,
+                agent: None,
+                failover: None,
+                status,
+                retry_at: None,
+                resolving: false,
+                rounds: 0,
+                stopping: false,
+            },
+            rx,
+        )
+    }
+
+    /// Starts: registers at once when the next hop is an address, else resolves it first.
+    pub(super) fn begin(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        proxy: Option<&Proxy>,
+        resolver: Arc<SipResolver>,
+        tx: &mpsc::UnboundedSender<Resolved>,
+    ) {
+        if self.stopping || self.resolving || self.agent.is_some() {
+            return;
+        }
+        self.retry_at = None;
+        match hop_for(proxy, &self.config.registrar) {
+            Hop::Direct(a) => self.start_agent(now, ep, a),
+            Hop::Resolve(uri) => {
+                self.resolving = true;
+                spawn_resolve(resolver, uri, tx.clone(), Resolved::Registrar);
+            }
+            Hop::Invalid => {
+                tracing::warn!(registrar = %self.config.registrar, "registrar URI does not parse");
+                self.stopping = true;
+                self.publish(Some(RegistrationEvent::Unregistered { removed: false }));
+            }
+        }
+    }
+
+    /// The registrar's name resolved (or not).
+    pub(super) fn resolved(
+        &mut self,
+        now: Instant,
+        ep: &mut Endpoint,
+        r: Result<Vec<Target>, DnsError>,
+    ) {
+        self.resolving = false;
+        if self.stopping {
+            self.publish(Some(RegistrationEvent::Unregistered { removed: false }));
+            return;
+        }
+        let first = r.map(|t| {
+            let mut f = Failover::new(t);
+            let first = f.next_target();
+            self.failover = Some(f);
+            first
+        });
+        match first {
+            Ok(Some(t)) => self.start_agent(now, ep, t.addr),
+            r => {
+                if let Err(e) = &r {
+                    tracing::warn!(error = %e, "registrar not resolved");
+                }
+                self.rounds = self.rounds.saturating_add(1);
+                let retry_in = self.config.policy.retry_delay(self.rounds);
+                self.retry_at = Some(now + retry_in);
+                self.publish(Some(RegistrationEvent::Failed {
+                    status: None,
+                    retry_in,
+                }));
+            }
+        }
+    }
+
+    fn start_agent(&mut self, now: Instant, ep: &mut Endpoint, next_hop: SocketAddr) {
+        let req = RegisterRequest {
+            registrar: self.config.registrar.clone(),
+            aor: self.config.aor.clone(),
+            next_hop,
+            expires: self.config.expires,
+            credentials: self.config.credentials.clone(),
+        };
+        let mut agent = RegistrationAgent::new(req, self.config.policy);
+        if let Err(e) = agent.start(now, ep) {
+            tracing::warn!(error = %e, "REGISTER not sent");
+            self.stopping = true;
+            self.publish(Some(RegistrationEvent::Unregistered { removed: false }));
+            return;
+        }
+        tracing::debug!(%next_hop, registrar = %self.config.registrar, "registering");
+        self.agent = Some(agent);
+        self.publish(None);
+    }
+
+    /// Feeds an endpoint event; true when it was about the registration.
+    pub(super) fn handle_event(&mut self, now: Instant, ep: &mut Endpoint, ev: &Event) -> bool {
+        let Some(a) = &mut self.agent else {
+            return false;
+        };
+        if !a.handle_event(now, ep, ev) {
+            return false;
+        }
+        let mut evs = self.take_events();
+        if evs
+            .iter()
+            .any(|e| matches!(e, RegistrationEvent::Registered { .. }))
+        {
+            self.rounds = 0;
+        }
+        // RFC 3263 §4.3: no answer or 503: the next target, at once; once every target failed, a new
+        // resolution after the back-off (which grows with each such round).
+        let failed = evs.iter_mut().find_map(|e| match e {
+            RegistrationEvent::Failed { status, retry_in }
+                if status.is_none_or(|s| s.as_u16() == 503) =>
+            {
+                Some(retry_in)
+            }
+            _ => None,
+        });
+        if let (Some(retry_in), false) = (failed, self.stopping) {
+            match self.failover.as_mut().map(|f| f.next_target()) {
+                Some(Some(t)) => {
+                    self.drop_agent(ep);
+                    tracing::info!(next = %t.addr, "registrar failing over to the next target");
+                    self.start_agent(now, ep, t.addr);
+                }
+                Some(None) => {
+                    self.rounds = self.rounds.saturating_add(1);
+                    *retry_in = (*retry_in).max(self.config.policy.retry_delay(self.rounds));
+                    self.drop_agent(ep);
+                    self.failover = None;
+                    self.retry_at = Some(now + *retry_in);
+                }
+                // A registrar given by address: the agent retries it.
+                None => {}
+            }
+        }
+        self.publish_events(evs);
+        true
+    }
+
+    fn drop_agent(&mut self, ep: &mut Endpoint) {
+        if let Some(h) = self.agent.take().and_then(|a| a.handle()) {
+            ep.drop_registration(h);
+        }
+    }
+
+    /// When [`Self::handle_timeout`] is next due.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        match &self.agent {
+            Some(a) => a.poll_timeout(),
+            None => self.retry_at,
+        }
+    }
+
+    /// Sends the refresh or retry that is due; returns true when a new resolution must start ([`Self::begin`]).
+    pub(super) fn handle_timeout(&mut self, now: Instant, ep: &mut Endpoint) -> bool {
+        match &mut self.agent {
+            Some(a) => {
+                a.handle_timeout(now, ep);
+                self.drain();
+                false
+            }
+            None => self.retry_at.is_some_and(|t| t <= now),
+        }
+    }
+
+    /// Removes the binding (`Expires: 0`), or gives up a registration not started yet.
+    pub(super) fn shutdown(&mut self, now: Instant, ep: &mut Endpoint) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        self.retry_at = None;
+        match &mut self.agent {
+            Some(a) => {
+                a.shutdown(now, ep);
+                self.drain();
+            }
+            None if self.resolving => {}
+            None => self.publish(Some(RegistrationEvent::Unregistered { removed: false })),
+        }
+    }
+
+    /// Nothing more will happen (unregistered, or never started and stopped).
+    pub(super) fn finished(&self) -> bool {
+        match &self.agent {
+            Some(a) => a.state() == RegistrationState::Unregistered,
+            None => self.stopping && !self.resolving,
+        }
+    }
+
+    /// Publishes the agent's new events and state.
+    fn drain(&mut self) {
+        let evs = self.take_events();
+        self.publish_events(evs);
+    }
+
+    fn take_events(&mut self) -> Vec<RegistrationEvent> {
+        let mut evs = Vec::new();
+        if let Some(a) = &mut self.agent {
+            while let Some(e) = a.poll_event() {
+                evs.push(e);
+            }
+        }
+        evs
+    }
+
+    fn publish_events(&mut self, evs: Vec<RegistrationEvent>) {
+        if evs.is_empty() {
+            self.publish(None);
+        }
+        for e in evs {
+            match &e {
+                RegistrationEvent::Registered { expires } => {
+                    tracing::info!(expires, "registered with the trunk")
+                }
+                RegistrationEvent::Failed { status, retry_in } => {
+                    tracing::warn!(?status, ?retry_in, "registration failed")
+                }
+                RegistrationEvent::Unregistered { removed } => {
+                    tracing::info!(removed, "unregistered")
+                }
+            }
+            self.publish(Some(e));
+        }
+    }
+
+    /// Publishes the state, and `event` when there is one (counting it).
+    fn publish(&mut self, event: Option<RegistrationEvent>) {
+        let state = match &self.agent {
+            Some(a) => a.state(),
+            None if self.stopping => RegistrationState::Unregistered,
+            None => match self.retry_at {
+                Some(at) => RegistrationState::Retrying { at },
+                None => RegistrationState::Idle,
+            },
+        };
+        self.status.send_modify(|s| {
+            s.state = state;
+            match &event {
+                Some(RegistrationEvent::Registered { .. }) => s.registrations += 1,
+                Some(RegistrationEvent::Failed { .. }) => s.failures += 1,
+                _ => {}
+            }
+            if event.is_some() {
+                s.last_event = event;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_hops() {
+        let a = SocketAddr::from(([192, 0, 2, 1], 5070));
+        assert_eq!(
+            hop_for(Some(&Proxy::Addr(a)), "sip:x@example.net"),
+            Hop::Direct(a)
+        );
+        assert_eq!(
+            hop_for(None, "sip:x@192.0.2.1:5070"),
+            Hop::Direct(a),
+            "numeric host"
+        );
+        assert_eq!(
+            hop_for(None, "sip:x@192.0.2.1"),
+            Hop::Direct(SocketAddr::from(([192, 0, 2, 1], 5060)))
+        );
+        assert_eq!(
+            hop_for(
+                Some(&Proxy::Uri("sip:192.0.2.1:5070".into())),
+                "sip:x@example.net"
+            ),
+            Hop::Direct(a),
+            "the proxy wins over the target"
+        );
+        assert!(matches!(
+            hop_for(Some(&Proxy::Uri("sip:proxy.test".into())), "sip:x@192.0.2.9"),
+            Hop::Resolve(u) if u.to_string() == "sip:proxy.test"
+        ));
+        assert!(matches!(
+            hop_for(None, "sip:x@example.net"),
+            Hop::Resolve(_)
+        ));
+        assert_eq!(hop_for(None, "not a uri"), Hop::Invalid);
+    }
+
+    #[test]
+    fn preloaded_routes() {
+        let r = |u: &str| preloaded_route(Some(&Proxy::Uri(u.into())));
+        assert_eq!(
+            r("sip:proxy.test").as_deref(),
+            Some(&b"<sip:proxy.test;lr>"[..])
+        );
+        assert_eq!(
+            r("sip:proxy.test:5070;LR").as_deref(),
+            Some(&b"<sip:proxy.test:5070;LR>"[..])
+        );
+        assert_eq!(
+            r("sip:p.test;transport=udp").as_deref(),
+            Some(&b"<sip:p.test;transport=udp;lr>"[..])
+        );
+        let addr = Proxy::Addr(SocketAddr::from(([192, 0, 2, 1], 5060)));
+        assert_eq!(preloaded_route(Some(&addr)), None);
+        assert_eq!(preloaded_route(None), None);
+    }
+}
