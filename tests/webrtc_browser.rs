@@ -309,7 +309,7 @@ async fn browser_calls_reach_the_agent_and_end_from_either_side() {
         during >= udp0 + 4,
         "the count sees a call's sockets: {during}"
     );
-    assert_eq!(udp1, udp0, "UDP sockets left behind");
+    assert!(udp1 <= udp0, "UDP sockets left behind: {udp0} -> {udp1}");
     assert!(fds1 <= fds0 + 4, "fds grew: {fds0} -> {fds1}");
     assert!(tasks1 <= tasks0 + 4, "tasks grew: {tasks0} -> {tasks1}");
     assert!(
