@@ -175,12 +175,23 @@ impl App {
         };
         let calls = EngineCalls::new(engine.clone(), options, None);
         let media = calls.media_totals();
+        #[cfg(feature = "webrtc")]
+        let browser_legs = calls.browser_legs();
         let mut service_config = config.service_config();
         service_config.prompts = prompts(config)?;
         let store = SqliteStore::open(&config.store.path)?;
         let service =
             CallbackService::start(service_config, store, calls, Arc::new(SystemClock)).await?;
         let state = WebState::new(Arc::new(service.clone()), web)?;
+        #[cfg(feature = "webrtc")]
+        state.enable_browser_calls(crate::web::BrowserGateway {
+            engine: engine.clone(),
+            legs: browser_legs,
+            options: crate::net::webrtc::BrowserOptions {
+                bind_ip: config.sip.listen.ip(),
+                ..Default::default()
+            },
+        });
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .map_err(io("HTTP"))?;

@@ -385,6 +385,8 @@ pub struct CallbackSection {
     pub max_hold_s: u64,
     /// Cap on callbacks with a call up at once (default 10, at least 1).
     pub max_concurrent_calls: usize,
+    /// An agent's rest after a call before the next is offered (default 30 s).
+    pub wrap_up_s: u64,
 }
 
 impl Default for CallbackSection {
@@ -397,6 +399,7 @@ impl Default for CallbackSection {
             retry_delay_s: 60,
             max_hold_s: 120,
             max_concurrent_calls: 10,
+            wrap_up_s: 30,
         }
     }
 }
@@ -622,6 +625,10 @@ impl Config {
             flow,
             max_concurrent: c.max_concurrent_calls,
             default_strategy: c.strategy,
+            agents: crate::callback::AgentsPolicy {
+                wrap_up: Duration::from_secs(c.wrap_up_s),
+                ..crate::callback::AgentsPolicy::default()
+            },
             ..CallbackConfig::default()
         }
     }

@@ -23,6 +23,13 @@
 //! [`LegCore::hold`] re-offers our SDP `sendonly`, [`LegCore::unhold`] `sendrecv` (RFC 3264 §8.4); the outcome
 //! comes back as [`LegCommand::Done`]. A re-INVITE from the peer is answered at once; when it makes our side
 //! `recvonly`/`inactive` (or uses `c=0.0.0.0`), the peer is holding us: [`LegEvent::RemoteHold`].
+//!
+//! # Legs that are not SIP calls
+//! A browser (WebRTC) leg has no SIP dialog but is otherwise a leg like any other (relay, players, bridges).
+//! [`LegCore::answered_elsewhere`] creates it answered; [`LegCore::hangup`] then asks for [`LegCommand::Bye`]
+//! (the driver closes the peer connection instead), and the driver reports the end with
+//! [`LegCore::ended_elsewhere`]. Hold and re-offers need SIP: they are refused with
+//! [`CallError::Unsupported`].
 
 use super::cdr::{CdrTimes, EndCause, HangupBy};
 use super::{CallError, LegEvent};
@@ -220,6 +227,8 @@ pub struct LegCore {
     times: CdrTimes,
     commands: VecDeque<LegCommand>,
     events: VecDeque<LegEvent>,
+    /// Not a SIP call (see the module docs).
+    elsewhere: bool,
 }
 
 impl LegCore {
@@ -254,7 +263,39 @@ impl LegCore {
             times: CdrTimes::new(now),
             commands: VecDeque::new(),
             events: VecDeque::new(),
+            elsewhere: false,
         }
+    }
+
+    /// A leg whose call was set up outside SIP (a browser leg), answered at `now` with `negotiated` as its
+    /// media. [`LegEvent::Answered`] is its first event; no [`LegCommand::Remote`] is given (the driver points the
+    /// relay leg itself).
+    pub fn answered_elsewhere(now: Instant, setup: LegSetup, negotiated: Negotiated) -> Self {
+        let mut l = Self::new(now, setup);
+        l.elsewhere = true;
+        l.phase = Phase::Answered;
+        l.times.answer = Some(now);
+        l.negotiated = Some(negotiated);
+        l.events.push_back(LegEvent::Answered);
+        l
+    }
+
+    /// Whether this leg was set up outside SIP ([`Self::answered_elsewhere`]).
+    pub fn is_elsewhere(&self) -> bool {
+        self.elsewhere
+    }
+
+    /// A leg set up outside SIP ended (`by` us after [`Self::hangup`], or by the peer): [`LegEvent::Ended`]
+    /// follows, with the cause we chose when we hung up.
+    pub fn ended_elsewhere(&mut self, now: Instant, cause: EndCause, by: HangupBy) {
+        if !self.elsewhere || self.phase == Phase::Ended {
+            return;
+        }
+        let cause = match by {
+            HangupBy::Local => self.local_cause.unwrap_or(cause),
+            HangupBy::Remote => cause,
+        };
+        self.end(now, cause, by);
     }
 
     /// The leg id.
@@ -425,18 +466,27 @@ impl LegCore {
 
     /// Puts the peer on hold (re-INVITE `sendonly`). The outcome comes as [`LegCommand::Done`].
     pub fn hold(&mut self) -> Result<(), CallError> {
+        if self.elsewhere {
+            return Err(CallError::Unsupported);
+        }
         let codecs = self.offer_codecs();
         self.reinvite(&codecs, Direction::SendOnly, Pending::Op(Op::Hold))
     }
 
     /// Takes the peer off hold (re-INVITE `sendrecv`).
     pub fn unhold(&mut self) -> Result<(), CallError> {
+        if self.elsewhere {
+            return Err(CallError::Unsupported);
+        }
         let codecs = self.offer_codecs();
         self.reinvite(&codecs, Direction::SendRecv, Pending::Op(Op::Unhold))
     }
 
     /// Re-offers with only `codecs` (a bridge aligning this leg's codec with the other leg's).
     pub fn reoffer(&mut self, codecs: &[Codec]) -> Result<(), CallError> {
+        if self.elsewhere {
+            return Err(CallError::Unsupported);
+        }
         let dir = self.our_direction();
         self.reinvite(codecs, dir, Pending::Op(Op::Reoffer))
     }
@@ -838,7 +888,87 @@ fn leading_u32(v: &[u8]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::leading_u32;
+    use super::*;
+
+    fn browser_leg(t0: Instant) -> LegCore {
+        let remote = SocketAddr::from(([127, 0, 0, 1], 40000));
+        let setup = LegSetup {
+            id: 7,
+            target: "webrtc".into(),
+            local_rtp: SocketAddr::from(([127, 0, 0, 1], 20000)),
+            codecs: vec![Codec::pcmu()],
+            ring_timeout: None,
+            session_timer: None,
+            sdp_session_id: 7,
+            start_unix_ms: 0,
+        };
+        let n = Negotiated {
+            media_index: 0,
+            remote_rtp: remote,
+            remote_rtcp: remote,
+            codec: Codec::pcmu(),
+            recv_pt: 0,
+            telephone_event_pt: None,
+            telephone_event_recv_pt: None,
+            direction: Direction::SendRecv,
+            ptime: 20,
+            rtcp_mux: true,
+        };
+        LegCore::answered_elsewhere(t0, setup, n)
+    }
+
+    #[test]
+    fn a_leg_answered_elsewhere_hangs_up_through_its_driver() {
+        let t0 = Instant::now();
+        let mut l = browser_leg(t0);
+        assert_eq!(l.phase(), Phase::Answered);
+        assert!(l.is_elsewhere());
+        assert_eq!(l.poll_event(), Some(LegEvent::Answered));
+        assert_eq!(l.poll_command(), None);
+        assert_eq!(l.poll_timeout(), None);
+        assert_eq!(l.hold(), Err(CallError::Unsupported));
+        assert_eq!(l.reoffer(&[Codec::pcma()]), Err(CallError::Unsupported));
+        l.hangup(EndCause::Shutdown);
+        assert_eq!(l.poll_command(), Some(LegCommand::Bye));
+        // The driver closed it: the cause we chose wins over the driver's generic one.
+        l.ended_elsewhere(
+            t0 + Duration::from_secs(3),
+            EndCause::Normal,
+            HangupBy::Local,
+        );
+        match l.poll_event() {
+            Some(LegEvent::Ended { by, cause, cdr }) => {
+                assert_eq!((by, cause), (HangupBy::Local, EndCause::Shutdown));
+                assert_eq!(cdr.answer_ms, Some(0));
+                assert_eq!(cdr.talk_ms, 3000);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Only once.
+        l.ended_elsewhere(
+            t0 + Duration::from_secs(4),
+            EndCause::Normal,
+            HangupBy::Remote,
+        );
+        assert_eq!(l.poll_event(), None);
+    }
+
+    #[test]
+    fn a_leg_answered_elsewhere_ends_by_its_peer() {
+        let t0 = Instant::now();
+        let mut l = browser_leg(t0);
+        let _ = l.poll_event();
+        l.ended_elsewhere(t0, EndCause::Timeout, HangupBy::Remote);
+        assert!(matches!(
+            l.poll_event(),
+            Some(LegEvent::Ended {
+                by: HangupBy::Remote,
+                cause: EndCause::Timeout,
+                ..
+            })
+        ));
+        assert_eq!(l.phase(), Phase::Ended);
+    }
 
     #[test]
     fn header_numbers() {

@@ -259,4 +259,7 @@ pub enum CallError {
     /// No such leg (it ended and was forgotten).
     #[error("unknown leg")]
     UnknownLeg,
+    /// Not possible on this kind of leg (hold or a re-offer on a browser leg, which has no SIP dialog).
+    #[error("not supported on this leg")]
+    Unsupported,
 }

@@ -23,9 +23,11 @@ use crate::media::player::{Clip, PlayItem, Playlist};
 use crate::media::tone::{Country, ToneSpec};
 use crate::media::wav::{Wav, WavError};
 
+mod browser;
 mod engine;
 mod sim;
 
+pub use browser::{is_browser_target, BrowserLegs, BrowserLegsFull, BROWSER_PREFIX};
 pub use engine::{failure_of, EngineCalls, MediaTotals};
 pub use sim::{PhoneScript, SimulatedCalls};
 

@@ -43,7 +43,8 @@ pub enum WishedTime {
 /// A request as submitted (not yet validated).
 #[derive(Debug, Clone, Default)]
 pub struct NewRequest {
-    /// Phone number to call (`+`, digits, spaces, dots and dashes; at least 3 digits).
+    /// Phone number to call (`+`, digits, spaces, dots and dashes; at least 3 digits), or the key of a parked
+    /// browser leg ([`BrowserLegs`](super::calls::BrowserLegs)) for a call from the browser.
     pub phone: String,
     /// Wished time; `None` for "now".
     pub wished: Option<WishedTime>,
@@ -159,7 +160,12 @@ impl NewRequest {
         now: DateTime<Utc>,
         default_strategy: Strategy,
     ) -> Result<CallbackRequest, RequestError> {
-        let phone = normalise_phone(&self.phone).ok_or(RequestError::BadPhone)?;
+        // A browser call's visitor is a parked browser leg, named by its key (see `calls::BrowserLegs`).
+        let phone = if super::calls::is_browser_target(&self.phone) {
+            self.phone.clone()
+        } else {
+            normalise_phone(&self.phone).ok_or(RequestError::BadPhone)?
+        };
         cap("topic", &self.topic, MAX_SHORT)?;
         cap("language", &self.language, MAX_SHORT)?;
         cap("page_url", &self.page_url, MAX_URL)?;

@@ -22,7 +22,7 @@ use crate::call::bridge::{plan, BridgeCommand, BridgeCore, Listen, Plan};
 use crate::call::leg::{LegCommand, LegCore, LegSetup, Op, Phase};
 use crate::call::{
     BridgeCdr, BridgeEvent, BridgeId, BridgeOptions, CallError, CallOptions, Cdr, EarlyMedia,
-    EndCause, LegEvent, LegId, MediaCounters, RecordingCdr, ShutdownMode,
+    EndCause, HangupBy, LegEvent, LegId, MediaCounters, RecordingCdr, ShutdownMode,
 };
 use crate::media::dtmf::{Digit, DtmfReceiver, DtmfSendOptions, DtmfSender};
 use crate::media::g711::Law;
@@ -315,7 +315,26 @@ enum Cmd {
     Transfer(u64, u64, u64, Reply<()>),
     EndBridge(u64, Reply<()>),
     Shutdown(ShutdownMode, oneshot::Sender<()>),
+    /// A leg set up outside SIP (a browser leg), already answered.
+    #[cfg_attr(not(feature = "webrtc"), allow(dead_code))]
+    Elsewhere {
+        id: u64,
+        info: LegInfo,
+        /// Where the relay leg sends the peer's audio.
+        remote: SocketAddr,
+        law: Law,
+        /// Ends the call (instead of a BYE).
+        closer: Closer,
+        events: mpsc::UnboundedSender<LegEvent>,
+        reply: Reply<()>,
+    },
+    /// Such a leg ended.
+    #[cfg_attr(not(feature = "webrtc"), allow(dead_code))]
+    ElsewhereEnded(u64, EndCause, HangupBy),
 }
+
+/// Closes a leg set up outside SIP.
+type Closer = Box<dyn FnOnce() + Send>;
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -386,6 +405,91 @@ impl Engine {
         })
         .await?;
         Ok(leg)
+    }
+
+    /// Answers a browser's WebRTC offer (`offer_sdp`, SDP text) and returns the leg, already answered
+    /// ([`LegEvent::Answered`] is its first event), with the SDP answer for the browser. The leg works like a SIP
+    /// leg with [`Self::bridge`], [`Leg::play`] and [`Leg::hangup`] (which closes the peer connection); hold is
+    /// refused. It ends by itself when the browser closes or fails, or sends no RTP for
+    /// [`BrowserOptions::inactivity`](crate::net::webrtc::BrowserOptions::inactivity). See [`crate::net::webrtc`].
+    ///
+    /// Cancel-safe: the work runs in its own task, so dropping the future (an HTTP client that went away) leaves
+    /// no relay leg or peer connection behind (the leg, if made, is dropped and so hung up).
+    #[cfg(feature = "webrtc")]
+    pub async fn browser_call(
+        &self,
+        offer_sdp: &str,
+        opts: &crate::net::webrtc::BrowserOptions,
+    ) -> Result<(Leg, String), crate::net::webrtc::WebRtcError> {
+        let engine = self.clone();
+        let offer = offer_sdp.to_owned();
+        let opts = opts.clone();
+        tokio::spawn(async move { engine.browser_call_now(&offer, &opts).await })
+            .await
+            .map_err(|_| crate::net::webrtc::WebRtcError::Call(CallError::Shutdown))?
+    }
+
+    #[cfg(feature = "webrtc")]
+    async fn browser_call_now(
+        &self,
+        offer_sdp: &str,
+        opts: &crate::net::webrtc::BrowserOptions,
+    ) -> Result<(Leg, String), crate::net::webrtc::WebRtcError> {
+        use crate::net::webrtc::{accept, PeerEnd, WebRtcError};
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(WebRtcError::Call(CallError::Shutdown));
+        }
+        let media = |e: String| WebRtcError::Call(CallError::Media(e));
+        let info = self
+            .shared
+            .relay
+            .add_leg(LegConfig::g711(None))
+            .await
+            .map_err(|e| media(e.to_string()))?
+            .map_err(|e| media(e.to_string()))?;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let cmds = self.shared.cmds.clone();
+        let on_end = move |end: PeerEnd| {
+            let (cause, by) = match end {
+                PeerEnd::Closed => (EndCause::Normal, HangupBy::Local),
+                PeerEnd::Inactive => (EndCause::Timeout, HangupBy::Local),
+                _ => (EndCause::Normal, HangupBy::Remote),
+            };
+            let _ = cmds.send(Cmd::ElsewhereEnded(id, cause, by));
+        };
+        let accepted = match accept(offer_sdp, info.rtp, opts, on_end).await {
+            Ok(a) => a,
+            Err(e) => {
+                fire(self.shared.relay.remove_leg(info.id));
+                return Err(e);
+            }
+        };
+        let (etx, erx) = mpsc::unbounded_channel();
+        let leg = Leg {
+            id: LegId(id),
+            engine: self.clone(),
+            events: erx,
+            cdr: None,
+        };
+        let handle = accepted.handle;
+        self.ask(|reply| Cmd::Elsewhere {
+            id,
+            info,
+            remote: accepted.glue,
+            law: accepted.law,
+            closer: Box::new(move || handle.close()),
+            events: etx,
+            reply,
+        })
+        .await
+        .map_err(WebRtcError::Call)?;
+        Ok((leg, accepted.answer))
+    }
+
+    /// Hangs up a leg by its id, for a leg whose [`Leg`] handle is held elsewhere (a browser leg the callback
+    /// service owns, hung up from the web page). [`LegEvent::Ended`] follows on the handle.
+    pub async fn hangup_leg(&self, leg: LegId) -> Result<(), CallError> {
+        self.ask(|r| Cmd::Hangup(leg.0, Some(r))).await
     }
 
     /// Joins two answered legs through the relay; returns once the legs hear each other.
@@ -603,6 +707,8 @@ struct LegRec {
     aligning: Option<u64>,
     /// DTMF decoder, created with the first telephone-event packet.
     dtmf: Option<DtmfReceiver>,
+    /// For a leg set up outside SIP: how to end it.
+    closer: Option<Closer>,
     span: tracing::Span,
     /// Next hop, resolved targets and failover state.
     route: Route,
@@ -937,6 +1043,7 @@ impl Task {
                         bridge: None,
                         aligning: None,
                         dtmf: None,
+                        closer: None,
                         span,
                         route: Route::default(),
                     },
@@ -1067,7 +1174,97 @@ impl Task {
                 let _ = reply.send(r);
             }
             Cmd::Shutdown(mode, done) => self.start_shutdown(now, mode, Some(done)),
+            Cmd::Elsewhere {
+                id,
+                info,
+                remote,
+                law,
+                closer,
+                events,
+                reply,
+            } => self.elsewhere(now, id, info, remote, law, closer, events, reply),
+            Cmd::ElsewhereEnded(id, cause, by) => {
+                if let Some(l) = self.legs.get_mut(&id) {
+                    l.closer = None;
+                    l.core.ended_elsewhere(now, cause, by);
+                    self.dirty.push_back(id);
+                }
+            }
         }
+    }
+
+    /// Adds an answered leg set up outside SIP (see [`LegCore::answered_elsewhere`]).
+    #[allow(clippy::too_many_arguments)]
+    fn elsewhere(
+        &mut self,
+        now: Instant,
+        id: u64,
+        info: LegInfo,
+        remote: SocketAddr,
+        law: Law,
+        closer: Closer,
+        events: mpsc::UnboundedSender<LegEvent>,
+        reply: Reply<()>,
+    ) {
+        if self.shutdown.is_some() {
+            let _ = reply.send(Err(CallError::Shutdown));
+            fire(self.relay.remove_leg(info.id));
+            closer();
+            return;
+        }
+        let rid = info.id;
+        fire(self.relay.with_relay(move |r, _| {
+            let _ = r.set_remote(rid, Some(remote), None);
+        }));
+        let codec = match law {
+            Law::Ulaw => crate::sdp::Codec::pcmu(),
+            Law::Alaw => crate::sdp::Codec::pcma(),
+        };
+        let negotiated = crate::sdp::Negotiated {
+            media_index: 0,
+            remote_rtp: remote,
+            remote_rtcp: remote,
+            codec: codec.clone(),
+            recv_pt: codec.pt,
+            telephone_event_pt: None,
+            telephone_event_recv_pt: None,
+            direction: crate::sdp::Direction::SendRecv,
+            ptime: 20,
+            rtcp_mux: true,
+        };
+        let target = "webrtc".to_owned();
+        let setup = LegSetup {
+            id,
+            target: target.clone(),
+            local_rtp: info.rtp,
+            codecs: vec![codec],
+            ring_timeout: None,
+            session_timer: None,
+            sdp_session_id: id,
+            start_unix_ms: unix_ms(),
+        };
+        self.by_relay.insert(info.id, id);
+        self.legs.insert(
+            id,
+            LegRec {
+                core: LegCore::answered_elsewhere(now, setup, negotiated),
+                info,
+                target,
+                opts: Box::default(),
+                events,
+                waiters: VecDeque::new(),
+                law,
+                playing: false,
+                bridge: None,
+                aligning: None,
+                dtmf: None,
+                closer: Some(closer),
+                route: Route::default(),
+                span: tracing::info_span!("leg", id, target = "webrtc"),
+            },
+        );
+        self.pump_leg(now, id);
+        let _ = reply.send(Ok(()));
     }
 
     /// Sends the RFC 4733 packets due; answers a finished call and starts the next one queued on its leg.
@@ -1299,6 +1496,8 @@ impl Task {
                         l.aligning = Some(bid);
                         self.dirty.push_back(b);
                     }
+                    // A leg without SIP (a browser leg) cannot re-offer: the relay transcodes.
+                    Err(CallError::Unsupported) => self.try_connect(now, bid, true),
                     Err(e) => self.fail_bridge(bid, e),
                 }
             }
@@ -1678,6 +1877,9 @@ impl Task {
                 LegCommand::Bye => {
                     if let Some(c) = call {
                         let _ = self.ep.send_bye(now, c);
+                    } else if let Some(close) = self.legs.get_mut(&id).and_then(|l| l.closer.take())
+                    {
+                        close();
                     }
                 }
                 LegCommand::Reinvite(b) | LegCommand::Update(b) if call.is_none() => {

@@ -8,3 +8,5 @@ pub mod sip;
 pub(crate) mod sys;
 pub mod transport;
 pub(crate) mod uring;
+#[cfg(feature = "webrtc")]
+pub mod webrtc;

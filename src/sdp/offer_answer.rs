@@ -33,7 +33,7 @@
 //! let n = leg.accept_answer(&offer, &answer).unwrap();
 //! assert_eq!(n.codec, Codec::pcma());
 //! assert_eq!(n.telephone_event_pt, Some(101));
-//! assert_eq!(n.remote_rtp, "198.51.100.2:30000".parse().unwrap());
+//! assert_eq!(n.remote_rtp, "198.51.100.2:30000".parse::<std::net::SocketAddr>().unwrap());
 //! assert_eq!(n.direction, Direction::SendRecv);
 //! ```
 

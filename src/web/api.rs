@@ -33,10 +33,12 @@ pub(super) enum Reject {
     Number,
     Invalid,
     AlreadyOpen,
+    /// Browser calls: the offer was refused, or too many are waiting.
+    Browser,
 }
 
 impl Reject {
-    const ALL: [Reject; 8] = [
+    const ALL: [Reject; 9] = [
         Reject::TooLarge,
         Reject::Malformed,
         Reject::RateIp,
@@ -45,6 +47,7 @@ impl Reject {
         Reject::Number,
         Reject::Invalid,
         Reject::AlreadyOpen,
+        Reject::Browser,
     ];
 
     fn name(self) -> &'static str {
@@ -57,16 +60,17 @@ impl Reject {
             Reject::Number => "number",
             Reject::Invalid => "invalid",
             Reject::AlreadyOpen => "already_open",
+            Reject::Browser => "browser",
         }
     }
 }
 
 /// Counters of refused submissions, by [`Reject`] reason.
 #[derive(Debug, Default)]
-pub(super) struct Rejections([AtomicU64; 8]);
+pub(super) struct Rejections([AtomicU64; 9]);
 
 impl Rejections {
-    fn count(&self, r: Reject) {
+    pub(super) fn count(&self, r: Reject) {
         if let Some(c) = self.0.get(r as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
@@ -97,8 +101,15 @@ pub(super) fn routes(state: WebState) -> Router {
         .route("/api/callbacks/{id}", get(status).delete(cancel))
         .route("/api/callbacks/{id}/events", get(super::events::one))
         .route("/api/token", get(token))
-        .route("/api/widget-config", get(widget_config))
-        .layer(middleware::from_fn_with_state(state.clone(), cors));
+        .route("/api/widget-config", get(widget_config));
+    #[cfg(feature = "webrtc")]
+    let public = public
+        .route("/api/webrtc", axum::routing::post(super::browser::call))
+        .route(
+            "/api/webrtc/{id}/hangup",
+            axum::routing::post(super::browser::hangup),
+        );
+    let public = public.layer(middleware::from_fn_with_state(state.clone(), cors));
     Router::new()
         .merge(public)
         .route("/api/events", get(super::events::all))
@@ -112,7 +123,7 @@ pub(super) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-fn too_many(retry: Duration, message: &str) -> Response {
+pub(super) fn too_many(retry: Duration, message: &str) -> Response {
     let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
     let mut r = error(StatusCode::TOO_MANY_REQUESTS, message);
     r.headers_mut()
@@ -172,7 +183,7 @@ async fn cors(AxState(state): AxState<WebState>, req: Request, next: Next) -> Re
 }
 
 /// The client address: the connection's, or the last `X-Forwarded-For` entry when trusted.
-fn client_ip(state: &WebState, headers: &HeaderMap, conn: Option<SocketAddr>) -> IpAddr {
+pub(super) fn client_ip(state: &WebState, headers: &HeaderMap, conn: Option<SocketAddr>) -> IpAddr {
     if state.inner.config.trust_forwarded_for {
         // Only the entry the trusted proxy appended (the last one) counts: earlier ones come from the client.
         let fwd = headers
@@ -244,7 +255,7 @@ struct SubmitBody {
     language: Option<String>,
 }
 
-fn non_empty(s: Option<String>) -> Option<String> {
+pub(super) fn non_empty(s: Option<String>) -> Option<String> {
     s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
@@ -273,7 +284,7 @@ fn request_error_message(e: &RequestError) -> &'static str {
     }
 }
 
-fn api_error(e: &ApiError) -> Response {
+pub(super) fn api_error(e: &ApiError) -> Response {
     match e {
         ApiError::Invalid(r) => error(StatusCode::UNPROCESSABLE_ENTITY, request_error_message(r)),
         ApiError::AlreadyOpen => error(
@@ -289,7 +300,7 @@ fn api_error(e: &ApiError) -> Response {
 }
 
 /// The wall clock (form tokens, the furthest wished time).
-fn wall_clock() -> DateTime<Utc> {
+pub(super) fn wall_clock() -> DateTime<Utc> {
     DateTime::<Utc>::from(std::time::SystemTime::now())
 }
 
@@ -589,6 +600,7 @@ async fn widget_config(AxState(state): AxState<WebState>) -> Response {
     Json(json!({
         "topics": c.topics,
         "token_required": c.form_token.is_some(),
+        "browser_calls": state.browser_calls(),
         "countries": c.allowed_countries,
     }))
     .into_response()

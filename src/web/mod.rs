@@ -13,7 +13,9 @@
 //! | `DELETE /api/callbacks/{id}` | cancel | holder of the id (CORS) |
 //! | `GET /api/callbacks/{id}/events` | that request's events (SSE) | holder of the id (CORS) |
 //! | `GET /api/token` | a form token, when tokens are on | anyone (CORS) |
-//! | `GET /api/widget-config` | topics, whether a token is needed | anyone (CORS) |
+//! | `GET /api/widget-config` | topics, whether a token is needed, whether browser calls are on | anyone (CORS) |
+//! | `POST /api/webrtc` | a call from the browser: `{"offer", "topic", "page", "token"}` → 201 `{"id", "state", "answer"}` (feature `webrtc`, once [`WebState::enable_browser_calls`]) | anyone (CORS) |
+//! | `POST /api/webrtc/{id}/hangup` | the visitor hangs up a call from the browser | holder of the id (CORS) |
 //! | `GET /api/callbacks?state=missed` | list, missed first | `Authorization: Bearer <admin_token>` |
 //! | `GET /api/events` | every request's events (SSE) | admin (header or `?access_token=`, as `EventSource` cannot set headers) |
 //! | `GET /metrics`, `GET /healthz` | Prometheus text, liveness | anyone |
@@ -41,10 +43,14 @@ use crate::callback::{NewRequest, RequestEvent, RequestId, State, Time};
 pub mod abuse;
 mod api;
 mod assets;
+#[cfg(feature = "webrtc")]
+mod browser;
 mod events;
 mod service_api;
 
 use abuse::{FormTokens, PhonePolicy, RateLimiter, RequestKeys, UnknownCountry};
+#[cfg(feature = "webrtc")]
+pub use browser::BrowserGateway;
 
 /// A boxed future, as the [`CallbackApi`] methods return (the trait is used as `dyn`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -248,6 +254,9 @@ struct Inner {
     rejections: api::Rejections,
     /// One permit per open event stream.
     streams: Arc<tokio::sync::Semaphore>,
+    /// Calls from the browser, once enabled ([`WebState::enable_browser_calls`]).
+    #[cfg(feature = "webrtc")]
+    browser: std::sync::OnceLock<BrowserGateway>,
 }
 
 impl std::fmt::Debug for WebState {
@@ -289,6 +298,8 @@ impl WebState {
                 submit_lock: tokio::sync::Mutex::new(()),
                 rejections: api::Rejections::default(),
                 streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
+                #[cfg(feature = "webrtc")]
+                browser: std::sync::OnceLock::new(),
                 config,
             }),
         })
@@ -297,6 +308,21 @@ impl WebState {
     /// The public id of a request (what `POST /api/callbacks` returns).
     pub fn public_id(&self, id: RequestId) -> String {
         self.inner.keys.seal(id)
+    }
+
+    /// Turns on calls from the browser (`POST /api/webrtc`, the widget's "Call from my browser" button). Only
+    /// the first call counts.
+    #[cfg(feature = "webrtc")]
+    pub fn enable_browser_calls(&self, gateway: BrowserGateway) {
+        let _ = self.inner.browser.set(gateway);
+    }
+
+    /// Whether calls from the browser are on.
+    pub fn browser_calls(&self) -> bool {
+        #[cfg(feature = "webrtc")]
+        return self.inner.browser.get().is_some();
+        #[cfg(not(feature = "webrtc"))]
+        false
     }
 
     /// A fresh form token (when form tokens are on).

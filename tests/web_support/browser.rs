@@ -1,6 +1,6 @@
 //! A minimal headless-Chromium driver over the DevTools protocol, shared by the browser tests
 //! (`tests/web_browser.rs`, `tests/click_to_call_browser.rs`; each includes it with
-//! `#[path = "web_support/browser.rs"] mod browser;`): find the browser, launch it on a fresh profile, evaluate
+//! `#[path = "web_support/browser.rs"] mod browser;`; `tests/webrtc_browser.rs` adds fake-media flags): find the browser, launch it on a fresh profile, evaluate
 //! expressions in the page, wait for a condition (60 s at most), take screenshots.
 #![allow(dead_code)]
 
@@ -77,6 +77,20 @@ impl Cdp {
         }
     }
 
+    /// Sends one DevTools command without waiting for its answer (for commands that may never answer, like
+    /// `Page.crash`).
+    pub async fn fire(&mut self, method: &str, params: Value) {
+        self.next += 1;
+        let mut msg = json!({ "id": self.next, "method": method, "params": params });
+        if let Some(s) = &self.session {
+            msg["sessionId"] = json!(s);
+        }
+        self.ws
+            .send(Message::text(msg.to_string()))
+            .await
+            .expect("send to browser");
+    }
+
     /// Evaluates an expression in the page and returns its value.
     pub async fn eval(&mut self, expr: &str) -> Value {
         let r = self
@@ -122,6 +136,11 @@ impl Cdp {
 
 /// Starts headless Chromium `exe` on a fresh profile and attaches to a new blank page.
 pub async fn launch(exe: &PathBuf) -> (Browser, Cdp) {
+    launch_with(exe, &[]).await
+}
+
+/// [`launch`] with extra command-line flags (e.g. the fake microphone of the WebRTC test).
+pub async fn launch_with(exe: &PathBuf, extra: &[&str]) -> (Browser, Cdp) {
     let profile = tempfile::tempdir().expect("profile dir");
     let child = Command::new(exe)
         .args([
@@ -136,6 +155,7 @@ pub async fn launch(exe: &PathBuf) -> (Browser, Cdp) {
             "--remote-debugging-port=0",
             "--window-size=800,600",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("about:blank")
         .stdout(Stdio::null())

@@ -5,6 +5,9 @@
 //! [`Leg`]: it places calls, plays, bridges and drops legs in order, and forwards each leg's events as
 //! `(CallId, CallEvent)`. A hung-up leg is dropped from the table at once, so none of its later events reaches
 //! the service.
+//!
+//! A dial whose target is a browser-leg key ([`is_browser_target`]) takes the leg parked in the adapter's
+//! [`BrowserLegs`] (already answered) instead of placing a SIP call; an unknown key fails the dial.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -13,6 +16,7 @@ use std::task::Poll;
 
 use tokio::sync::mpsc;
 
+use super::browser::{is_browser_target, BrowserLegs};
 use super::{CallControl, CallEvent, CallId, Dial};
 use crate::call::{BridgeOptions, CallOptions, EndCause, LegEvent, OnHangup};
 use crate::callback::event::CallFailure;
@@ -42,6 +46,7 @@ pub struct MediaTotals {
 #[derive(Debug)]
 pub struct EngineCalls {
     totals: std::sync::Arc<MediaTotals>,
+    browser: BrowserLegs,
     cmds: mpsc::UnboundedSender<Cmd>,
     events: mpsc::UnboundedReceiver<(CallId, CallEvent)>,
     next: u64,
@@ -76,6 +81,7 @@ impl EngineCalls {
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, events) = mpsc::unbounded_channel();
         let totals = std::sync::Arc::new(MediaTotals::default());
+        let browser = BrowserLegs::default();
         tokio::spawn(run(
             engine,
             options,
@@ -83,9 +89,11 @@ impl EngineCalls {
             cmd_rx,
             ev_tx,
             totals.clone(),
+            browser.clone(),
         ));
         EngineCalls {
             totals,
+            browser,
             cmds,
             events,
             next: 0,
@@ -97,6 +105,11 @@ impl EngineCalls {
     /// The RTP totals of ended legs, shared (readable after the adapter moved into the service).
     pub fn media_totals(&self) -> std::sync::Arc<MediaTotals> {
         self.totals.clone()
+    }
+
+    /// Where browser legs are parked for this adapter to take when their request dials them (shared).
+    pub fn browser_legs(&self) -> BrowserLegs {
+        self.browser.clone()
     }
 }
 
@@ -164,6 +177,7 @@ async fn run(
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     events: mpsc::UnboundedSender<(CallId, CallEvent)>,
     totals: std::sync::Arc<MediaTotals>,
+    browser: BrowserLegs,
 ) {
     let mut legs: HashMap<CallId, Leg> = HashMap::new();
     loop {
@@ -171,6 +185,17 @@ async fn run(
             cmd = cmds.recv() => {
                 let Some(cmd) = cmd else { break };
                 match cmd {
+                    Cmd::Dial(id, dial) if is_browser_target(&dial.target) => {
+                        match browser.take(&dial.target) {
+                            Some(leg) => {
+                                legs.insert(id, leg);
+                            }
+                            None => {
+                                tracing::info!(%id, "browser leg gone before its request dialled it");
+                                let _ = events.send((id, CallEvent::Failed(CallFailure::Failed)));
+                            }
+                        }
+                    }
                     Cmd::Dial(id, dial) => {
                         let mut opts = options.clone().ring_timeout(dial.ring_timeout);
                         if let Some(t) = &from_template {

@@ -390,8 +390,14 @@ impl<C: CallControl> Core<C> {
     fn execute(&mut self, id: RequestId, cmd: Command) {
         match cmd {
             Command::CallVisitor { number, caller_id } => {
+                // A call from the browser: the visitor's leg is parked under this key, dial it as is.
+                let target = if super::super::calls::is_browser_target(&number) {
+                    number
+                } else {
+                    self.visitor_uri.replace("{number}", &number)
+                };
                 let dial = Dial {
-                    target: self.visitor_uri.replace("{number}", &number),
+                    target,
                     caller_id,
                     ring_timeout: self.visitor_ring.saturating_add(RING_MARGIN),
                 };

@@ -65,7 +65,7 @@
 //!     .unwrap();
 //! // The driver's loop: send what is queued, hand events to the call layer, sleep until the timeout.
 //! let invite = ep.poll_transmit().unwrap();
-//! assert_eq!(invite.destination, "192.0.2.20:5060".parse().unwrap());
+//! assert_eq!(invite.destination, "192.0.2.20:5060".parse::<std::net::SocketAddr>().unwrap());
 //! assert_eq!(ep.poll_timeout(), Some(now + Duration::from_millis(500)), "Timer A");
 //! // Nobody answers: after 64*T1 the call ends.
 //! let mut t = now;

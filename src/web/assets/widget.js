@@ -1,7 +1,9 @@
 /* rappel click-to-call widget. Embed with one tag:
  *   <script src="https://rappel.example/widget.js" data-rappel-endpoint="https://rappel.example"></script>
  * It renders into the first element with a data-rappel-widget attribute, or right after the script tag.
- * Parts carry stable attributes: data-rappel="open", "phone", "when", "topic", "submit", "status", "cancel".
+ * Parts carry stable attributes: data-rappel="open", "phone", "when", "topic", "submit", "status", "cancel",
+ * and, when the server takes calls from the browser, "call-browser" and "hangup" (WebRTC: microphone, G.711).
+ * The current browser call's RTCPeerConnection is window.rappelPeer (for inspection).
  * Hand-written, no build step, no dependencies. */
 (function () {
   "use strict";
@@ -70,12 +72,17 @@
     form.appendChild(submit); form.appendChild(hint);
     var status = el("div", { "data-rappel": "status", role: "status", "aria-live": "polite" });
     var cancel = el("button", { type: "button", "data-rappel": "cancel", hidden: "" }, "Cancel my callback");
-    root.appendChild(open); root.appendChild(form); root.appendChild(status); root.appendChild(cancel);
+    var callBrowser = el("button", { type: "button", "data-rappel": "call-browser", hidden: "" }, "Call from my browser");
+    var hangup = el("button", { type: "button", "data-rappel": "hangup", hidden: "" }, "Hang up");
+    var audio = el("audio", { autoplay: "", "data-rappel": "audio" });
+    root.appendChild(open); root.appendChild(callBrowser); root.appendChild(form); root.appendChild(status);
+    root.appendChild(cancel); root.appendChild(hangup); root.appendChild(audio);
 
     var settings = { topics: [], token_required: false };
     api("GET", "/api/widget-config").then(function (r) {
       if (r.status !== 200) { return; }
       settings = r.body;
+      if (settings.browser_calls && window.RTCPeerConnection && navigator.mediaDevices) { callBrowser.removeAttribute("hidden"); }
       if (settings.topics && settings.topics.length) {
         var select = el("select", { name: "topic", "data-rappel": "topic" });
         settings.topics.forEach(function (t) { select.appendChild(el("option", { value: t }, t)); });
@@ -91,6 +98,7 @@
     });
 
     var current = null, timer = null, source = null;
+    var pc = null, stream = null, browserCall = false;
 
     function setStatus(state, text) {
       status.setAttribute("data-state", state);
@@ -109,8 +117,8 @@
         text += " · " + new Date(v.scheduled_at).toLocaleString();
       }
       setStatus(v.state, text);
-      if (v["final"]) { stop(); }
-      if (v["final"] || v.state === "connected") { cancel.setAttribute("hidden", ""); } else { cancel.removeAttribute("hidden"); }
+      if (v["final"]) { stop(); endBrowserCall(); }
+      if (v["final"] || v.state === "connected" || browserCall) { cancel.setAttribute("hidden", ""); } else { cancel.removeAttribute("hidden"); }
     }
 
     function refresh() {
@@ -172,6 +180,89 @@
         setStatus("error", "The callback service cannot be reached.");
       });
     });
+
+    /* Calls from the browser: the offer goes to POST /api/webrtc, the answer comes back with the request id;
+     * from there the status is followed like a phone request's. */
+    function endBrowserCall() {
+      if (pc) { pc.close(); pc = null; window.rappelPeer = null; }
+      if (stream) { stream.getTracks().forEach(function (t) { t.stop(); }); stream = null; }
+      if (browserCall) { browserCall = false; hangup.setAttribute("hidden", ""); callBrowser.disabled = false; }
+    }
+
+    function gathered(peer) {
+      return new Promise(function (resolve) {
+        if (peer.iceGatheringState === "complete") { resolve(); return; }
+        var done = false;
+        function finish() { if (!done) { done = true; resolve(); } }
+        peer.addEventListener("icegatheringstatechange", function () { if (peer.iceGatheringState === "complete") { finish(); } });
+        setTimeout(finish, 2000);
+      });
+    }
+
+    callBrowser.addEventListener("click", function () {
+      if (browserCall) { return; }
+      browserCall = true;
+      callBrowser.disabled = true;
+      hangup.removeAttribute("hidden");
+      setStatus("sending", "Starting your call…");
+      navigator.mediaDevices.getUserMedia({ audio: true }).then(function (s) {
+        stream = s;
+        pc = new RTCPeerConnection();
+        window.rappelPeer = pc;
+        s.getTracks().forEach(function (t) { pc.addTrack(t, s); });
+        var tr = pc.getTransceivers()[0];
+        if (tr && tr.setCodecPreferences && window.RTCRtpReceiver && RTCRtpReceiver.getCapabilities) {
+          var g711 = RTCRtpReceiver.getCapabilities("audio").codecs.filter(function (c) { return /^audio\/(PCMU|PCMA)$/i.test(c.mimeType); });
+          if (g711.length) { tr.setCodecPreferences(g711); }
+        }
+        pc.ontrack = function (ev) {
+          audio.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+          var p = audio.play(); if (p && p.catch) { p.catch(function () {}); }
+        };
+        pc.onconnectionstatechange = function () {
+          if (pc && (pc.connectionState === "failed" || pc.connectionState === "closed")) { hangupNow(); }
+        };
+        return pc.createOffer();
+      }).then(function (offer) { return pc.setLocalDescription(offer); })
+        .then(function () { return gathered(pc); })
+        .then(token)
+        .then(function (t) {
+          var body = { offer: pc.localDescription.sdp, page: location.href };
+          if (t) { body.token = t; }
+          if (topic.value) { body.topic = topic.value; }
+          return api("POST", "/api/webrtc", body);
+        }).then(function (r) {
+          if (r.status === 201 && pc) {
+            status.setAttribute("data-request", r.body.id);
+            render({ state: r.body.state });
+            follow(r.body.id);
+            return pc.setRemoteDescription({ type: "answer", sdp: r.body.answer });
+          }
+          endBrowserCall();
+          if (r.status === 429) {
+            var after = r.headers.get("Retry-After");
+            setStatus("error", (r.body.error || "Too many requests.") + (after ? " (" + after + " s)" : ""));
+          } else {
+            setStatus("error", r.body.error || ("Error " + r.status));
+          }
+        }).catch(function (e) {
+          endBrowserCall();
+          setStatus("error", (e && e.name === "NotAllowedError") ? "Microphone access was refused." : "The call could not be started.");
+        });
+    });
+
+    function hangupNow() {
+      var id = current;
+      endBrowserCall();
+      if (!id) { return; }
+      var path = encodeURIComponent(id);
+      /* Hang up the browser leg (the request ends as the visitor's hang-up); cancel if it is not up. */
+      api("POST", "/api/webrtc/" + path + "/hangup").then(function (r) {
+        if (r.status !== 200) { return api("DELETE", "/api/callbacks/" + path); }
+      }).then(refresh, refresh);
+    }
+
+    hangup.addEventListener("click", hangupNow);
 
     cancel.addEventListener("click", function () {
       if (!current) { return; }

@@ -1,0 +1,441 @@
+//! The browser leg: a WebRTC peer (webrtc-rs) glued to an ordinary relay leg (cargo feature `webrtc`).
+//!
+//! A visitor can call from the browser: the page sends an SDP offer, [`accept`] answers it with a webrtc-rs
+//! `PeerConnection` (ICE-lite, DTLS-SRTP, one audio track, PCMU or PCMA only: Opus is left out because the relay
+//! transcodes only between the G.711 laws, and every browser offers G.711). SRTP ends here. Towards the rest of rappel the peer
+//! is a plain RTP endpoint: one UDP socket on [`BrowserOptions::bind_ip`] (the *glue socket*) exchanges clear
+//! RTP with a normal relay leg, whose remote address is the glue socket. So the relay, the players (greeting, hold music) and bridges
+//! treat a browser leg like a SIP leg; only signalling differs (no SIP dialog: the engine closes the peer
+//! connection where it would send BYE).
+//!
+//! One tokio task per browser leg ([`accept`] spawns it) owns the peer connection and the glue socket:
+//! - browser → relay: the remote track's RTP packets (decrypted by webrtc-rs) are re-serialised and sent from
+//!   the glue socket to the relay leg;
+//! - relay → browser: datagrams from the relay leg's address are parsed and written to the local track (with
+//!   the track's SSRC);
+//! - the end: the owner drops or fires its [`PeerHandle`] (hang-up from our side), the connection fails or
+//!   closes (ICE consent lost, DTLS alert), or no RTP came from the browser for
+//!   [`BrowserOptions::inactivity`] (a dead tab). The task then closes the peer connection (webrtc-rs stops
+//!   its driver only on an explicit `close`) and reports a [`PeerEnd`] through the callback given to
+//!   [`accept`].
+//!
+//! webrtc-rs is used because DTLS-SRTP and ICE are large and security-sensitive; writing them was never the
+//! point. Its async layer spawns its own tasks; `tests/webrtc_browser.rs` counts UDP sockets, fds, tokio tasks
+//! and RSS over ten calls to show that none of them outlives a call in our use.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::shared::marshal::{Marshal, Unmarshal};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+};
+
+use crate::media::g711::Law;
+
+/// Largest offer accepted (bytes). Browser audio offers are 2–4 kB.
+pub const MAX_OFFER: usize = 16 * 1024;
+
+/// Settings of browser legs.
+#[derive(Debug, Clone)]
+pub struct BrowserOptions {
+    /// Address the peer connection's UDP socket binds (its ICE host candidate), and the glue socket's IP.
+    pub bind_ip: IpAddr,
+    /// End the leg when no RTP came from the browser for this long (a closed or crashed tab).
+    pub inactivity: Duration,
+    /// Give up when ICE gathering (our host candidate) is not complete within this.
+    pub gather_timeout: Duration,
+}
+
+impl Default for BrowserOptions {
+    fn default() -> Self {
+        BrowserOptions {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            inactivity: Duration::from_secs(10),
+            gather_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a browser offer could not be answered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebRtcError {
+    /// The offer is larger than [`MAX_OFFER`].
+    #[error("offer larger than {MAX_OFFER} bytes")]
+    TooLarge,
+    /// The offer has no audio m-line offering PCMU (0) or PCMA (8).
+    #[error("the offer has no PCMU or PCMA audio")]
+    NoG711,
+    /// webrtc-rs refused the offer or failed to answer it.
+    #[error("webrtc: {0}")]
+    WebRtc(#[from] webrtc::error::Error),
+    /// ICE gathering did not complete in time.
+    #[error("ICE gathering timed out")]
+    GatherTimeout,
+    /// A socket could not be bound.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    /// The engine refused the leg (shutting down, no RTP ports).
+    #[error(transparent)]
+    Call(#[from] crate::call::CallError),
+}
+
+/// How a browser leg ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerEnd {
+    /// Our side closed it ([`PeerHandle`] fired or dropped).
+    Closed,
+    /// The peer connection failed or was closed by the browser (ICE or DTLS).
+    Failed,
+    /// No RTP from the browser for [`BrowserOptions::inactivity`].
+    Inactive,
+}
+
+/// Closes the browser leg when fired or dropped.
+#[derive(Debug)]
+pub struct PeerHandle {
+    close: Option<oneshot::Sender<()>>,
+}
+
+impl PeerHandle {
+    /// Closes the peer connection; the end is reported as [`PeerEnd::Closed`].
+    pub fn close(mut self) {
+        if let Some(c) = self.close.take() {
+            let _ = c.send(());
+        }
+    }
+}
+
+/// An answered browser offer.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The SDP answer for the browser (all candidates included: no trickle).
+    pub answer: String,
+    /// The negotiated G.711 law.
+    pub law: Law,
+    /// The glue socket: the relay leg sends the browser's audio here.
+    pub glue: SocketAddr,
+    /// Closes the leg.
+    pub handle: PeerHandle,
+    /// RTP packets from the browser forwarded to the relay so far.
+    pub from_browser: Arc<AtomicU64>,
+}
+
+/// The law to use for an offer: PCMU if its audio m-line lists payload type 0, else PCMA (8), else `None`.
+/// (Browsers use the static numbers for G.711.)
+pub fn offered_law(offer: &str) -> Option<Law> {
+    let m = offer.lines().find(|l| l.starts_with("m=audio "))?;
+    let formats: Vec<&str> = m.split_whitespace().skip(3).collect();
+    if formats.contains(&"0") {
+        Some(Law::Ulaw)
+    } else if formats.contains(&"8") {
+        Some(Law::Alaw)
+    } else {
+        None
+    }
+}
+
+fn codec(law: Law) -> RTCRtpCodecParameters {
+    let (mime, pt) = match law {
+        Law::Ulaw => (
+            rtc::peer_connection::configuration::media_engine::MIME_TYPE_PCMU,
+            0,
+        ),
+        Law::Alaw => (
+            rtc::peer_connection::configuration::media_engine::MIME_TYPE_PCMA,
+            8,
+        ),
+    };
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate: 8000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+    }
+}
+
+enum PeerEvent {
+    Gathered,
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn TrackRemote>),
+}
+
+struct Handler {
+    tx: mpsc::UnboundedSender<PeerEvent>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.tx.send(PeerEvent::Gathered);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.tx.send(PeerEvent::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.tx.send(PeerEvent::Track(track));
+    }
+}
+
+/// Answers a browser's offer and starts the leg's task: RTP goes between the browser and `relay_rtp` (the relay
+/// leg's RTP address) through the glue socket. `on_end` is called once, when the leg is over.
+pub async fn accept(
+    offer: &str,
+    relay_rtp: SocketAddr,
+    opts: &BrowserOptions,
+    on_end: impl FnOnce(PeerEnd) + Send + 'static,
+) -> Result<Accepted, WebRtcError> {
+    if offer.len() > MAX_OFFER {
+        return Err(WebRtcError::TooLarge);
+    }
+    let law = offered_law(offer).ok_or(WebRtcError::NoG711)?;
+    let glue = UdpSocket::bind(SocketAddr::new(opts.bind_ip, 0)).await?;
+    let glue_addr = glue.local_addr()?;
+
+    let mut media = MediaEngine::default();
+    let params = codec(law);
+    media.register_codec(params.clone(), RtpCodecKind::Audio)?;
+    let settings = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_include_loopback_candidate(opts.bind_ip.is_loopback())
+        .build();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let pc: Arc<dyn PeerConnection> = Arc::new(
+        PeerConnectionBuilder::new()
+            .with_media_engine(media)
+            .with_setting_engine(settings)
+            .with_handler(Arc::new(Handler { tx }))
+            .with_udp_addrs(vec![SocketAddr::new(opts.bind_ip, 0)])
+            .build()
+            .await?,
+    );
+    match negotiate(&*pc, offer, law, params, opts, &mut events).await {
+        Ok((answer, track, ssrc, early)) => {
+            let (close, closed) = oneshot::channel();
+            let from_browser = Arc::new(AtomicU64::new(0));
+            let glue = Arc::new(glue);
+            tokio::spawn(run(
+                Glue {
+                    pc,
+                    glue,
+                    relay_rtp,
+                    track,
+                    ssrc,
+                    pt: law.payload_type(),
+                    inactivity: opts.inactivity,
+                    from_browser: from_browser.clone(),
+                },
+                early,
+                events,
+                closed,
+                on_end,
+            ));
+            Ok(Accepted {
+                answer,
+                law,
+                glue: glue_addr,
+                handle: PeerHandle { close: Some(close) },
+                from_browser,
+            })
+        }
+        Err(e) => {
+            let _ = pc.close().await;
+            Err(e)
+        }
+    }
+}
+
+async fn negotiate(
+    pc: &dyn PeerConnection,
+    offer: &str,
+    law: Law,
+    params: RTCRtpCodecParameters,
+    opts: &BrowserOptions,
+    events: &mut mpsc::UnboundedReceiver<PeerEvent>,
+) -> Result<(String, Arc<TrackLocalStaticRTP>, u32, Vec<PeerEvent>), WebRtcError> {
+    let ssrc = rand::random::<u32>();
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "rappel".to_owned(),
+        format!("rappel-{law:?}"),
+        "rappel-audio".to_owned(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: params.rtp_codec,
+            ..Default::default()
+        }],
+    )));
+    pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
+    pc.set_remote_description(RTCSessionDescription::offer(offer.to_owned())?)
+        .await?;
+    let answer = pc.create_answer(None).await?;
+    pc.set_local_description(answer).await?;
+    // No trickle ICE: wait until our (host) candidate is in the local description. Track and state events that
+    // arrive meanwhile are kept for the leg's task.
+    let mut early = Vec::new();
+    let gathered = tokio::time::timeout(opts.gather_timeout, async {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                PeerEvent::Gathered => return true,
+                other => early.push(other),
+            }
+        }
+        false
+    })
+    .await;
+    if gathered != Ok(true) {
+        return Err(WebRtcError::GatherTimeout);
+    }
+    let sdp = pc
+        .local_description()
+        .await
+        .map(|d| d.sdp)
+        .ok_or(WebRtcError::GatherTimeout)?;
+    Ok((sdp, track, ssrc, early))
+}
+
+struct Glue {
+    pc: Arc<dyn PeerConnection>,
+    glue: Arc<UdpSocket>,
+    relay_rtp: SocketAddr,
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    pt: u8,
+    inactivity: Duration,
+    from_browser: Arc<AtomicU64>,
+}
+
+/// Forwards one remote track's RTP to the relay leg until the track ends.
+async fn forward_track(
+    track: Arc<dyn TrackRemote>,
+    glue: Arc<UdpSocket>,
+    relay_rtp: SocketAddr,
+    count: Arc<AtomicU64>,
+) {
+    while let Some(ev) = track.poll().await {
+        match ev {
+            TrackRemoteEvent::OnRtpPacket(p) => {
+                if let Ok(b) = p.marshal() {
+                    if glue.send_to(&b, relay_rtp).await.is_ok() {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+}
+
+async fn run(
+    g: Glue,
+    early: Vec<PeerEvent>,
+    mut events: mpsc::UnboundedReceiver<PeerEvent>,
+    mut closed: oneshot::Receiver<()>,
+    on_end: impl FnOnce(PeerEnd) + Send + 'static,
+) {
+    let mut buf = vec![0u8; 2048];
+    let mut readers = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut seen = 0u64;
+    let mut quiet_since = tokio::time::Instant::now();
+    // Events that arrived while the answer was being made (a track, a state change): handled first.
+    for ev in early {
+        match ev {
+            PeerEvent::Track(t) => {
+                readers.spawn(forward_track(
+                    t,
+                    g.glue.clone(),
+                    g.relay_rtp,
+                    g.from_browser.clone(),
+                ));
+            }
+            PeerEvent::State(RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) => {
+                return finish(g, readers, PeerEnd::Failed, on_end).await;
+            }
+            _ => {}
+        }
+    }
+    let end = loop {
+        tokio::select! {
+            _ = &mut closed => break PeerEnd::Closed,
+            ev = events.recv() => match ev {
+                Some(PeerEvent::Track(t)) => {
+                    readers.spawn(forward_track(t, g.glue.clone(), g.relay_rtp, g.from_browser.clone()));
+                }
+                Some(PeerEvent::State(RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)) => {
+                    break PeerEnd::Failed;
+                }
+                Some(_) => {}
+                None => break PeerEnd::Failed,
+            },
+            r = g.glue.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                // Only the relay leg may feed the browser.
+                if from != g.relay_rtp {
+                    continue;
+                }
+                let Some(mut data) = buf.get(..n) else { continue };
+                if let Ok(mut p) = rtc::rtp::packet::Packet::unmarshal(&mut data) {
+                    p.header.ssrc = g.ssrc;
+                    p.header.payload_type = g.pt;
+                    // Fails until the DTLS handshake bound the track: those frames are dropped.
+                    let _ = g.track.write_rtp(p).await;
+                }
+            }
+            _ = tick.tick() => {
+                let now_seen = g.from_browser.load(Ordering::Relaxed);
+                let now = tokio::time::Instant::now();
+                if now_seen != seen {
+                    seen = now_seen;
+                    quiet_since = now;
+                } else if now.duration_since(quiet_since) >= g.inactivity {
+                    break PeerEnd::Inactive;
+                }
+            }
+        }
+    };
+    finish(g, readers, end, on_end).await;
+}
+
+async fn finish(
+    g: Glue,
+    mut readers: tokio::task::JoinSet<()>,
+    end: PeerEnd,
+    on_end: impl FnOnce(PeerEnd),
+) {
+    if let Err(e) = g.pc.close().await {
+        tracing::debug!(error = %e, "peer connection close");
+    }
+    readers.abort_all();
+    while readers.join_next().await.is_some() {}
+    drop(g);
+    on_end(end);
+}

@@ -1,0 +1,299 @@
+//! The engine's browser leg without a browser: a webrtc-rs peer in the test plays the browser (full ICE,
+//! controlling, DTLS-SRTP, PCMU) against `Engine::browser_call`. The leg hears a prompt, is bridged to a SIP
+//! [`DemoPhone`] (SRTP on one side, RTP on the other, media counted both ways), and ends when the SIP side hangs
+//! up; a second leg whose "browser" stops sending ends by the inactivity timeout (within the timeout plus 1 s: it
+//! is checked every 500 ms).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rappel::call::{EndCause, HangupBy};
+use rappel::demo::{Behaviour, DemoPhone};
+use rappel::media::player::{PlayItem, Playlist};
+use rappel::media::tone::ToneSpec;
+use rappel::net::webrtc::BrowserOptions;
+use rappel::{BridgeOptions, CallOptions, Engine, LegEvent};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Handler {
+    gathered: mpsc::UnboundedSender<()>,
+    connected: mpsc::UnboundedSender<()>,
+    received: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(());
+        }
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if state == RTCPeerConnectionState::Connected {
+            let _ = self.connected.send(());
+        }
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let received = self.received.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = track.poll().await {
+                match ev {
+                    TrackRemoteEvent::OnRtpPacket(_) => {
+                        received.fetch_add(1, Relaxed);
+                    }
+                    TrackRemoteEvent::OnEnded => break,
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+/// The test's "browser": a webrtc-rs offerer sending PCMU.
+struct FakeBrowser {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticRTP>,
+    received: Arc<AtomicU64>,
+    connected: mpsc::UnboundedReceiver<()>,
+    offer: String,
+}
+
+const SSRC: u32 = 0x5eed;
+
+async fn fake_browser() -> FakeBrowser {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().unwrap();
+    let (gtx, mut gathered) = mpsc::unbounded_channel();
+    let (ctx, connected) = mpsc::unbounded_channel();
+    let received = Arc::new(AtomicU64::new(0));
+    let pc: Arc<dyn PeerConnection> = Arc::new(
+        PeerConnectionBuilder::new()
+            .with_media_engine(media)
+            .with_handler(Arc::new(Handler {
+                gathered: gtx,
+                connected: ctx,
+                received: received.clone(),
+            }))
+            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+            .build()
+            .await
+            .unwrap(),
+    );
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "browser".to_owned(),
+        "mic".to_owned(),
+        "mic".to_owned(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(SSRC),
+                ..Default::default()
+            },
+            codec: RTCRtpCodec {
+                mime_type: "audio/PCMU".to_owned(),
+                clock_rate: 8000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![],
+            },
+            ..Default::default()
+        }],
+    )));
+    pc.add_track(track.clone() as Arc<dyn TrackLocal>)
+        .await
+        .unwrap();
+    let offer = pc.create_offer(None).await.unwrap();
+    pc.set_local_description(offer).await.unwrap();
+    tokio::time::timeout(WAIT, gathered.recv())
+        .await
+        .expect("gathering completes");
+    let offer = pc.local_description().await.unwrap().sdp;
+    FakeBrowser {
+        pc,
+        track,
+        received,
+        connected,
+        offer,
+    }
+}
+
+impl FakeBrowser {
+    async fn answer(&mut self, sdp: String) {
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(sdp).unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, self.connected.recv())
+            .await
+            .expect("the browser side connects");
+    }
+
+    /// Sends 20 ms PCMU frames until the returned sender is dropped; counts the frames written.
+    fn talk(&self) -> (tokio::sync::oneshot::Sender<()>, Arc<AtomicU64>) {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let track = self.track.clone();
+        let sent = Arc::new(AtomicU64::new(0));
+        let count = sent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for seq in 0u16.. {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tick.tick() => {}
+                }
+                let p = rtc::rtp::packet::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: 0,
+                        sequence_number: seq,
+                        timestamp: u32::from(seq) * 160,
+                        ssrc: SSRC,
+                        ..Default::default()
+                    },
+                    payload: bytes::Bytes::from(vec![0xffu8; 160]),
+                };
+                if track.write_rtp(p).await.is_ok() {
+                    count.fetch_add(1, Relaxed);
+                }
+            }
+        });
+        (stop, sent)
+    }
+}
+
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn engine() -> Engine {
+    let base = 28000 + (std::process::id() % 20) as u16 * 100;
+    Engine::builder()
+        .rtp_ports(base, base + 99)
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_leg_hears_prompts_is_bridged_to_sip_and_ends_with_it() {
+    let engine = engine().await;
+    let mut browser = fake_browser().await;
+    let opts = BrowserOptions::default();
+    let (mut leg, answer) = engine.browser_call(&browser.offer, &opts).await.unwrap();
+    assert!(answer.contains("a=ice-lite"), "{answer}");
+    assert_eq!(leg.next_event().await, Some(LegEvent::Answered));
+    browser.answer(answer).await;
+    let _talking = browser.talk();
+
+    // A prompt: half a second of tone, then PlayFinished; the browser received it.
+    let clip = ToneSpec {
+        frequencies: vec![660.0],
+        amplitude: 0.2,
+        cadence: vec![Duration::from_millis(500)],
+    }
+    .render();
+    leg.play(Playlist::new().then(PlayItem::Once(clip)))
+        .await
+        .unwrap();
+    assert_eq!(leg.next_event().await, Some(LegEvent::PlayFinished));
+    let heard = browser.received.load(Relaxed);
+    assert!(
+        heard >= 15,
+        "the browser heard {heard} packets of a 25-frame prompt"
+    );
+    assert_eq!(leg.hold().await, Err(rappel::CallError::Unsupported));
+
+    // Bridged to a SIP phone: RTP both ways.
+    let phone = DemoPhone::start(
+        "agent",
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::Answer {
+            ring: Duration::ZERO,
+            talk: None,
+            tone_hz: 523.0,
+        },
+    )
+    .await
+    .unwrap();
+    let mut agent = engine
+        .call(&phone.uri(), CallOptions::default())
+        .await
+        .unwrap();
+    agent.answered().await.unwrap();
+    let mut bridge = engine
+        .bridge(&leg, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    let at_bridge = browser.received.load(Relaxed);
+    until("browser RTP at the SIP phone", || {
+        phone.stats().rtp_received.load(Relaxed) >= 50
+    })
+    .await;
+    until("the phone's RTP at the browser", || {
+        browser.received.load(Relaxed) >= at_bridge + 50
+    })
+    .await;
+
+    // The SIP side hangs up: the bridge hangs up the browser leg (its peer connection closed).
+    agent.hangup().await.unwrap();
+    let cdr = tokio::time::timeout(WAIT, leg.ended())
+        .await
+        .expect("browser leg ends")
+        .expect("record");
+    assert_eq!(
+        (cdr.hangup_by, cdr.end_cause),
+        (HangupBy::Local, EndCause::Normal)
+    );
+    assert!(
+        cdr.media.packets_in >= 50 && cdr.media.packets_out >= 50,
+        "{cdr:?}"
+    );
+    let bcdr = tokio::time::timeout(WAIT, bridge.ended()).await.unwrap();
+    assert!(bcdr.is_some());
+    let _ = browser.pc.close().await;
+
+    // A browser that goes silent (a dead tab) is ended by the inactivity timeout.
+    let mut browser = fake_browser().await;
+    let opts = BrowserOptions {
+        inactivity: Duration::from_secs(2),
+        ..BrowserOptions::default()
+    };
+    let (mut leg, answer) = engine.browser_call(&browser.offer, &opts).await.unwrap();
+    browser.answer(answer).await;
+    let (talking, sent) = browser.talk();
+    until("the browser sent 25 frames", || sent.load(Relaxed) >= 25).await;
+    drop(talking);
+    let t0 = Instant::now();
+    let cdr = tokio::time::timeout(WAIT, leg.ended())
+        .await
+        .expect("silent leg ends")
+        .expect("record");
+    assert_eq!(cdr.end_cause, EndCause::Timeout);
+    assert!(cdr.media.packets_in > 0, "{cdr:?}");
+    eprintln!(
+        "silent browser leg ended {} ms after its last packet (inactivity 2 s)",
+        t0.elapsed().as_millis()
+    );
+    let _ = browser.pc.close().await;
+    tokio::time::timeout(WAIT, engine.shutdown(rappel::ShutdownMode::HangUp))
+        .await
+        .expect("engine stops");
+}
