@@ -186,9 +186,6 @@ impl EngineBuilder {
             dirty: VecDeque::new(),
             shutdown: None,
             ringback: ToneSpec::ringback(Country::Fr).render(),
-            ep_next: None,
-            ep_recheck_at: now,
-            ep_dirty: true,
         };
         tokio::spawn(
             task.run(sockets, rx, relay_events)
@@ -536,14 +533,7 @@ struct Task {
     dirty: VecDeque<u64>,
     shutdown: Option<ShutdownState>,
     ringback: crate::media::player::Clip,
-    /// The endpoint's deadline as last read, when to read it again, and whether it may have changed.
-    ep_next: Option<Instant>,
-    ep_recheck_at: Instant,
-    ep_dirty: bool,
 }
-
-/// How often at most the endpoint's deadline is recomputed (see [`Task::run`]).
-const EP_RECHECK: Duration = Duration::from_millis(20);
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -567,13 +557,9 @@ impl Task {
                 r = sockets.recv() => {
                     let Some(r) = r else { return };
                     self.ep.handle(now(), r.remote, r.transport, r.data);
-                    self.ep_dirty = true;
                 }
                 c = cmds.recv(), if cmds_open => match c {
-                    Some(c) => {
-                        self.command(now(), c);
-                        self.ep_dirty = true;
-                    }
+                    Some(c) => self.command(now(), c),
                     None => {
                         cmds_open = false;
                         let n = now();
@@ -609,19 +595,8 @@ impl Task {
                     }
                 }
             }
-            // The endpoint's poll_timeout scans every transaction: under load, re-read it at most every
-            // EP_RECHECK (its timers are T1-grained: a few ms late is harmless).
-            let n = now();
-            if self.ep_dirty && n >= self.ep_recheck_at {
-                self.ep_next = self.ep.poll_timeout();
-                self.ep_recheck_at = n + EP_RECHECK;
-                self.ep_dirty = false;
-            }
-            let mut next = match (self.ep_dirty, self.ep_next) {
-                (true, Some(t)) => Some(t.min(self.ep_recheck_at)),
-                (true, None) => Some(self.ep_recheck_at),
-                (false, t) => t,
-            };
+            // The endpoint keeps its transactions and calls ordered by deadline: reading it is O(log n).
+            let mut next = self.ep.poll_timeout();
             for t in [
                 self.players.poll_timeout(),
                 self.deadlines.first().map(|d| d.0),
@@ -665,10 +640,8 @@ impl Task {
     }
 
     fn timeout(&mut self, now: Instant) {
-        if self.ep_next.is_some_and(|t| t <= now) {
+        if self.ep.poll_timeout().is_some_and(|t| t <= now) {
             self.ep.handle_timeout(now);
-            self.ep_next = None;
-            self.ep_dirty = true;
         }
         self.players.handle_timeout(now);
         while let Some(&(t, id)) = self.deadlines.first() {
