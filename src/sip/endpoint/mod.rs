@@ -1083,3 +1083,31 @@ impl Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialog_index_forgets_only_the_dropped_calls_keys() {
+        let k = |c: &'static str, t: &'static str| {
+            (
+                Bytes::from_static(c.as_bytes()),
+                Bytes::from_static(t.as_bytes()),
+            )
+        };
+        let mut ix = DialogIndex::default();
+        ix.insert(k("a", "1"), 1);
+        ix.insert(k("b", "1"), 1);
+        ix.insert(k("c", "2"), 2);
+        // A key taken over by another call stays with that call when the first one goes.
+        ix.insert(k("b", "1"), 3);
+        ix.remove_call(1);
+        assert_eq!(ix.get(&k("a", "1")), None);
+        assert_eq!(ix.get(&k("b", "1")), Some(&3));
+        assert_eq!(ix.get(&k("c", "2")), Some(&2));
+        ix.remove_call(3);
+        assert_eq!(ix.get(&k("b", "1")), None);
+        assert_eq!(ix.by_call.len(), 1, "only call 2 has keys left");
+    }
+}
