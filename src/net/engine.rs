@@ -258,9 +258,6 @@ impl EngineBuilder {
             dirty: VecDeque::new(),
             shutdown: None,
             ringback: ToneSpec::ringback(Country::Fr).render(),
-            ep_next: None,
-            ep_recheck_at: now,
-            ep_dirty: true,
         };
         tokio::spawn(
             task.run(sockets, rx, relay_events, resolved_rx)
@@ -773,17 +770,10 @@ struct Task {
     dirty: VecDeque<u64>,
     shutdown: Option<ShutdownState>,
     ringback: crate::media::player::Clip,
-    /// The endpoint's deadline as last read, when to read it again, and whether it may have changed.
-    ep_next: Option<Instant>,
-    ep_recheck_at: Instant,
-    ep_dirty: bool,
 }
 
 /// How long shutdown waits for the registrar to confirm the binding's removal once the calls are over.
 const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
-
-/// How often at most the endpoint's deadline is recomputed (see [`Task::run`]).
-const EP_RECHECK: Duration = Duration::from_millis(20);
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -811,13 +801,9 @@ impl Task {
                 r = sockets.recv() => {
                     let Some(r) = r else { return };
                     self.ep.handle(now(), r.remote, r.transport, r.data);
-                    self.ep_dirty = true;
                 }
                 c = cmds.recv(), if cmds_open => match c {
-                    Some(c) => {
-                        self.command(now(), c);
-                        self.ep_dirty = true;
-                    }
+                    Some(c) => self.command(now(), c),
                     None => {
                         cmds_open = false;
                         let n = now();
@@ -838,7 +824,6 @@ impl Task {
                 },
                 Some(r) = resolved.recv() => {
                     self.resolved(now(), r);
-                    self.ep_dirty = true;
                 }
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
@@ -866,19 +851,8 @@ impl Task {
                     }
                 }
             }
-            // The endpoint's poll_timeout scans every transaction: under load, re-read it at most every
-            // EP_RECHECK (its timers are T1-grained: a few ms late is harmless).
-            let n = now();
-            if self.ep_dirty && n >= self.ep_recheck_at {
-                self.ep_next = self.ep.poll_timeout();
-                self.ep_recheck_at = n + EP_RECHECK;
-                self.ep_dirty = false;
-            }
-            let mut next = match (self.ep_dirty, self.ep_next) {
-                (true, Some(t)) => Some(t.min(self.ep_recheck_at)),
-                (true, None) => Some(self.ep_recheck_at),
-                (false, t) => t,
-            };
+            // The endpoint keeps its transactions and calls ordered by deadline: reading it is O(log n).
+            let mut next = self.ep.poll_timeout();
             for t in [
                 self.players.poll_timeout(),
                 self.dtmf
@@ -928,10 +902,8 @@ impl Task {
     }
 
     fn timeout(&mut self, now: Instant) {
-        if self.ep_next.is_some_and(|t| t <= now) {
+        if self.ep.poll_timeout().is_some_and(|t| t <= now) {
             self.ep.handle_timeout(now);
-            self.ep_next = None;
-            self.ep_dirty = true;
         }
         self.players.handle_timeout(now);
         self.pump_dtmf(now);

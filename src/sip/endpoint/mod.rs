@@ -40,9 +40,9 @@
 //! there at once (RFC 3261 §17.1.4); an initial INVITE then ends with [`TerminationReason::TransportError`], so the
 //! call layer can try the next RFC 3263 target (`crate::net::dns`).
 //!
-//! Files: `mod.rs` holds the types, the transaction plumbing and timers; `incoming.rs` requests from the network;
-//! `responses.rs` responses to our requests; `prack.rs` reliable provisionals; `session.rs` session-timer header
-//! values; `api.rs` the TU-facing calls.
+//! Files: `mod.rs` holds the types, the transaction plumbing and timers; `timers.rs` the deadline-ordered tables
+//! of transactions and calls; `incoming.rs` requests from the network; `responses.rs` responses to our requests;
+//! `prack.rs` reliable provisionals; `session.rs` session-timer header values; `api.rs` the TU-facing calls.
 //!
 //! # Driving it
 //!
@@ -86,8 +86,10 @@ mod incoming;
 mod prack;
 mod responses;
 mod session;
+mod timers;
 
 pub use session::{min_se, Refresher, SessionExpires};
+use timers::{Deadline, TimedMap};
 
 use crate::sip::auth::{Credentials, DigestClient};
 use crate::sip::dialog::{glare_retry_delay, hdr, Dialog};
@@ -454,6 +456,18 @@ struct ServerEntry {
     key: ServerKey,
 }
 
+impl Deadline for ClientEntry {
+    fn deadline(&self) -> Option<Instant> {
+        self.tx.poll_timeout()
+    }
+}
+
+impl Deadline for ServerEntry {
+    fn deadline(&self) -> Option<Instant> {
+        self.tx.poll_timeout()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CancelState {
     None,
@@ -574,6 +588,52 @@ impl Call {
     }
 }
 
+impl Deadline for Call {
+    /// The earliest of the 2xx retransmission, glare retry, CANCEL give-up and linger deadlines.
+    fn deadline(&self) -> Option<Instant> {
+        [
+            self.retrans.as_ref().map(|r| r.next.min(r.give_up)),
+            self.glare_retry.as_ref().map(|g| g.0),
+            self.cancel_deadline,
+            self.expire_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// (Call-ID, local tag) → call, with the reverse mapping so a call's entries go in O(1) when it is dropped.
+#[derive(Debug, Default)]
+struct DialogIndex {
+    by_key: HashMap<(Bytes, Bytes), u64>,
+    by_call: HashMap<u64, Vec<(Bytes, Bytes)>>,
+}
+
+impl DialogIndex {
+    fn insert(&mut self, key: (Bytes, Bytes), call: u64) {
+        if let Some(old) = self.by_key.insert(key.clone(), call) {
+            if let Some(keys) = self.by_call.get_mut(&old) {
+                keys.retain(|k| *k != key);
+            }
+        }
+        self.by_call.entry(call).or_default().push(key);
+    }
+
+    fn get(&self, key: &(Bytes, Bytes)) -> Option<&u64> {
+        self.by_key.get(key)
+    }
+
+    /// Forgets every key of `call`.
+    fn remove_call(&mut self, call: u64) {
+        for key in self.by_call.remove(&call).unwrap_or_default() {
+            if self.by_key.get(&key) == Some(&call) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+}
+
 /// The sans-IO SIP endpoint. See the module docs.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -581,14 +641,14 @@ pub struct Endpoint {
     policy: UaPolicy,
     rng: SmallRng,
     next_id: u64,
-    clients: BTreeMap<TxId, ClientEntry>,
+    clients: TimedMap<ClientEntry>,
     client_index: HashMap<(String, Method), TxId>,
-    servers: BTreeMap<TxId, ServerEntry>,
+    servers: TimedMap<ServerEntry>,
     server_index: HashMap<ServerKey, TxId>,
-    calls: BTreeMap<u64, Call>,
+    calls: TimedMap<Call>,
     regs: BTreeMap<u64, Registration>,
     /// (Call-ID, local tag) → call.
-    dialog_index: HashMap<(Bytes, Bytes), u64>,
+    dialog_index: DialogIndex,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -627,13 +687,13 @@ impl Endpoint {
             rng: SmallRng::seed_from_u64(config.rng_seed),
             config,
             next_id: 1,
-            clients: BTreeMap::new(),
+            clients: TimedMap::new(),
             client_index: HashMap::new(),
-            servers: BTreeMap::new(),
+            servers: TimedMap::new(),
             server_index: HashMap::new(),
-            calls: BTreeMap::new(),
+            calls: TimedMap::new(),
             regs: BTreeMap::new(),
-            dialog_index: HashMap::new(),
+            dialog_index: DialogIndex::default(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -678,31 +738,36 @@ impl Endpoint {
     /// The next message to send. Changes after every `handle*` and API call.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.flush_timers();
         self.outbox.pop_front()
     }
 
     /// The next event for the TU.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
+        self.flush_timers();
         self.events.pop_front()
     }
 
-    /// When [`Self::handle_timeout`] must next be called. Linear in the number of live transactions and calls.
+    /// When [`Self::handle_timeout`] must next be called. Logarithmic in the number of live transactions and
+    /// calls (they are kept ordered by deadline, see `timers.rs`), plus the few touched since the last input.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let c = self.clients.values().filter_map(|e| e.tx.poll_timeout());
-        let s = self.servers.values().filter_map(|e| e.tx.poll_timeout());
-        let k = self.calls.values().flat_map(|c| {
-            [
-                c.retrans.as_ref().map(|r| r.next.min(r.give_up)),
-                c.glare_retry.as_ref().map(|g| g.0),
-                c.cancel_deadline,
-                c.expire_at,
-            ]
-            .into_iter()
-            .flatten()
-        });
-        c.chain(s).chain(k).min()
+        [
+            self.clients.next_deadline(),
+            self.servers.next_deadline(),
+            self.calls.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Re-files the transactions and calls changed since the last call by deadline.
+    fn flush_timers(&mut self) {
+        self.clients.flush();
+        self.servers.flush();
+        self.calls.flush();
     }
 
     /// Number of live calls (including ended ones kept to absorb retransmissions) and transactions, for tests and
@@ -955,36 +1020,26 @@ impl Endpoint {
         }
     }
 
-    /// Call when `now` has reached [`Self::poll_timeout`].
+    /// Call when `now` has reached [`Self::poll_timeout`]. Visits only the transactions and calls that are due:
+    /// client transactions first, then server transactions, then calls, each in creation order.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<TxId> = self
-            .clients
-            .iter()
-            .filter(|(_, e)| e.tx.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(k, _)| *k)
-            .collect();
-        for id in due {
+        for id in self.clients.due(now) {
             if let Some(e) = self.clients.get_mut(&id) {
                 e.tx.handle_timeout(now);
             }
             self.drain_client(now, id);
         }
-        let due: Vec<TxId> = self
-            .servers
-            .iter()
-            .filter(|(_, e)| e.tx.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(k, _)| *k)
-            .collect();
-        for id in due {
+        for id in self.servers.due(now) {
             if let Some(e) = self.servers.get_mut(&id) {
                 e.tx.handle_timeout(now);
             }
             self.drain_server(id);
         }
-        let handles: Vec<u64> = self.calls.keys().copied().collect();
-        for h in handles {
+        // A call's timeout changes no other call's deadlines, so the calls due now are all the calls it acts on.
+        for h in self.calls.due(now) {
             self.call_timeout(now, h);
         }
+        self.flush_timers();
     }
 
     fn call_timeout(&mut self, now: Instant, h: u64) {
@@ -994,7 +1049,7 @@ impl Endpoint {
         };
         if c.expire_at.is_some_and(|t| t <= now) {
             self.calls.remove(&h);
-            self.dialog_index.retain(|_, v| *v != h);
+            self.dialog_index.remove_call(h);
             return;
         }
         // UAS 2xx retransmission (§13.3.1.4).
@@ -1048,5 +1103,33 @@ impl Endpoint {
             }
             self.terminate(now, h, TerminationReason::Cancelled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialog_index_forgets_only_the_dropped_calls_keys() {
+        let k = |c: &'static str, t: &'static str| {
+            (
+                Bytes::from_static(c.as_bytes()),
+                Bytes::from_static(t.as_bytes()),
+            )
+        };
+        let mut ix = DialogIndex::default();
+        ix.insert(k("a", "1"), 1);
+        ix.insert(k("b", "1"), 1);
+        ix.insert(k("c", "2"), 2);
+        // A key taken over by another call stays with that call when the first one goes.
+        ix.insert(k("b", "1"), 3);
+        ix.remove_call(1);
+        assert_eq!(ix.get(&k("a", "1")), None);
+        assert_eq!(ix.get(&k("b", "1")), Some(&3));
+        assert_eq!(ix.get(&k("c", "2")), Some(&2));
+        ix.remove_call(3);
+        assert_eq!(ix.get(&k("b", "1")), None);
+        assert_eq!(ix.by_call.len(), 1, "only call 2 has keys left");
     }
 }
