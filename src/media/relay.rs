@@ -829,7 +829,7 @@ impl Relay {
     /// that timestamp with the next sequence number. From the first packet to the `last` one, audio to the leg
     /// (its source leg or generated frames) is suppressed ([`DropReason::Dtmf`], [`RelayError::EventInProgress`]);
     /// after it, audio resumes re-anchored (new timestamp, marker). A packet without an event in progress starts
-    /// one.
+    /// one. The `last` packet ends the event even when it cannot be sent ([`RelayError::NoDestination`]).
     #[allow(clippy::too_many_arguments)]
     pub fn send_event(
         &mut self,
@@ -847,10 +847,13 @@ impl Relay {
         };
         let tag = self.fresh_tag();
         let l = self.leg_mut(leg).ok_or(RelayError::UnknownLeg)?;
-        let to = l
-            .latched_rtp
-            .or(l.cfg.remote_rtp)
-            .ok_or(RelayError::NoDestination)?;
+        let Some(to) = l.latched_rtp.or(l.cfg.remote_rtp) else {
+            // The event still ends here: left in progress, it would mute the leg's audio for good.
+            if last {
+                l.event = None;
+            }
+            return Err(RelayError::NoDestination);
+        };
         let (tag, seq) = match l.event {
             Some(e) if !first => e,
             _ => (tag, 0),
