@@ -21,6 +21,12 @@
 //! (telephone-event, comfort noise) pass untouched. The decision is one compare of the two legs' laws per
 //! packet, so it follows [`Relay::connect`], transfers and codec changes without extra state.
 //!
+//! # Sending DTMF (RFC 4733)
+//! [`Relay::send_event`] writes telephone-event packets into a leg's outgoing stream: the marker and one
+//! timestamp per event, sequence numbers continuing the stream's. From an event's first packet to its last,
+//! audio to that leg (its source leg's or generated frames) is held back ([`DropReason::Dtmf`]) so that no
+//! audio packet interleaves with the event's; the last packet ends the event even when it cannot be sent.
+//!
 //! # Latching (symmetric RTP, RFC 4961)
 //! A leg is "unlatched" until it receives RTP from an acceptable source: with [`Latching::Sdp`] only the address
 //! from SDP; with [`Latching::Learn`] (peers behind NAT) any source during the learning window that starts at
