@@ -353,3 +353,52 @@ fn route_set_from_record_route_and_target_refresh_from_reinvite_2xx() {
     let ack = sim.packets(|p| p.is_request("ACK"))[0].first_line();
     assert!(ack.starts_with("ACK sip:10.0.0.2:5060 "), "{ack}");
 }
+
+/// One re-INVITE and one UPDATE may be outstanding at once, not two of the same kind; once answered, the next
+/// goes out.
+#[test]
+fn a_second_offer_of_the_same_kind_waits_for_the_first() {
+    use rappel::sip::endpoint::EndpointError;
+    let mut sim = call_pair();
+    let mut invites = auto_answer("v=0 b-ans");
+    sim.b.tu = Some(Box::new(move |now, ep, ev| {
+        if let Event::Request {
+            call,
+            method: Method::Update,
+            ..
+        } = ev
+        {
+            ep.answer_update(now, *call, 200, Bytes::from("v=0 u-ans"))
+                .unwrap();
+        }
+        invites(now, ep, ev);
+    }));
+    let (a, _) = established(&mut sim);
+    let now = sim.now;
+    let ep = &mut sim.a.ep;
+    ep.send_reinvite(now, a, Bytes::from("v=0 r1")).unwrap();
+    assert_eq!(
+        ep.send_reinvite(now, a, Bytes::from("v=0 r2")),
+        Err(EndpointError::RequestPending)
+    );
+    ep.send_update(now, a, Bytes::from("v=0 u1")).unwrap();
+    assert_eq!(
+        ep.send_update_with(now, a, Bytes::new(), Vec::new()),
+        Err(EndpointError::RequestPending)
+    );
+    let answered = |m: Method| {
+        move |s: &Sim<EpNode, EpNode>| {
+            !s.a
+                .find(|e| matches!(e, Event::Response { method, status, .. } if *method == m && *status == StatusCode::OK))
+                .is_empty()
+        }
+    };
+    assert!(sim.run_until(Duration::from_secs(5), answered(Method::Invite)));
+    assert!(sim.run_until(Duration::from_secs(5), answered(Method::Update)));
+    let now = sim.now;
+    sim.a
+        .ep
+        .send_reinvite(now, a, Bytes::from("v=0 r2"))
+        .unwrap();
+    sim.a.ep.send_update(now, a, Bytes::from("v=0 u2")).unwrap();
+}

@@ -241,7 +241,8 @@ pub enum CallError {
     /// The far end did not answer the request.
     #[error("request timed out")]
     Timeout,
-    /// The legs' codecs cannot be joined (and the relay does not transcode them).
+    /// The legs' codecs cannot be joined: they differ and are not both G.711 (the relay transcodes only
+    /// PCMU↔PCMA).
     #[error("incompatible codecs")]
     IncompatibleCodecs,
     /// A leg is already in a bridge, or the same leg was given twice.

@@ -21,6 +21,12 @@
 //! (telephone-event, comfort noise) pass untouched. The decision is one compare of the two legs' laws per
 //! packet, so it follows [`Relay::connect`], transfers and codec changes without extra state.
 //!
+//! # Sending DTMF (RFC 4733)
+//! [`Relay::send_event`] writes telephone-event packets into a leg's outgoing stream: the marker and one
+//! timestamp per event, sequence numbers continuing the stream's. From an event's first packet to its last,
+//! audio to that leg (its source leg's or generated frames) is held back ([`DropReason::Dtmf`]) so that no
+//! audio packet interleaves with the event's; the last packet ends the event even when it cannot be sent.
+//!
 //! # Latching (symmetric RTP, RFC 4961)
 //! A leg is "unlatched" until it receives RTP from an acceptable source: with [`Latching::Sdp`] only the address
 //! from SDP; with [`Latching::Learn`] (peers behind NAT) any source during the learning window that starts at
@@ -830,7 +836,7 @@ impl Relay {
     /// that timestamp with the next sequence number. From the first packet to the `last` one, audio to the leg
     /// (its source leg or generated frames) is suppressed ([`DropReason::Dtmf`], [`RelayError::EventInProgress`]);
     /// after it, audio resumes re-anchored (new timestamp, marker). A packet without an event in progress starts
-    /// one.
+    /// one. The `last` packet ends the event even when it cannot be sent ([`RelayError::NoDestination`]).
     #[allow(clippy::too_many_arguments)]
     pub fn send_event(
         &mut self,
@@ -848,10 +854,13 @@ impl Relay {
         };
         let tag = self.fresh_tag();
         let l = self.leg_mut(leg).ok_or(RelayError::UnknownLeg)?;
-        let to = l
-            .latched_rtp
-            .or(l.cfg.remote_rtp)
-            .ok_or(RelayError::NoDestination)?;
+        let Some(to) = l.latched_rtp.or(l.cfg.remote_rtp) else {
+            // The event still ends here: left in progress, it would mute the leg's audio for good.
+            if last {
+                l.event = None;
+            }
+            return Err(RelayError::NoDestination);
+        };
         let (tag, seq) = match l.event {
             Some(e) if !first => e,
             _ => (tag, 0),

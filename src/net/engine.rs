@@ -625,6 +625,7 @@ impl Leg {
     }
 }
 
+/// `digits` as DTMF digits, or the first character that is not one.
 fn parse_digits(digits: &str) -> Result<Vec<Digit>, CallError> {
     digits
         .chars()
@@ -1746,6 +1747,7 @@ impl Task {
         }
     }
 
+    /// Starts the trunk registration, if the engine has one (resolving the registrar first when needed).
     fn begin_registration(&mut self, now: Instant) {
         if let Some(r) = &mut self.registrar {
             r.begin(

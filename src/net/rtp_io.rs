@@ -57,8 +57,9 @@
 //! is stricter, if anything: it filters before any of our code runs). Set `connect_latched: false` to have every
 //! datagram reach the relay and be counted per leg. RTCP sockets stay unconnected (few packets, and the relay
 //! latches RTCP separately); with rtcp-mux, RTCP on the RTP socket must then come from the latched RTP address
-//! (symmetric RTP/RTCP, RFC 4961), where unconnected the relay accepted it from any port of the same IP. On a connected socket an ICMP error from the peer is reported once to the next
-//! receive; both backends go on draining the socket after it.
+//! (symmetric RTP/RTCP, RFC 4961), where unconnected the relay accepted it from any port of the same IP. On a
+//! connected socket an ICMP error from the peer is reported once to the next receive; both backends go on
+//! draining the socket after it.
 
 use std::future::Future;
 use std::io;

@@ -847,3 +847,30 @@ fn set_remote_unlatches_once_and_the_leg_latches_to_the_new_address() {
         })
     );
 }
+
+#[test]
+fn a_dtmf_event_whose_last_packet_has_no_destination_still_ends() {
+    let Fixture {
+        mut relay,
+        t0,
+        a,
+        b,
+    } = bridged();
+    let mut out = [0u8; 64];
+    relay
+        .send_event(t0, b, 101, [5, 0, 1, 0x90], true, false, &mut out)
+        .unwrap();
+    // B's peer goes away mid-event (a re-INVITE without an address): the end packet cannot be sent.
+    relay.set_remote(b, None, None).unwrap();
+    assert_eq!(
+        relay.send_event(t0, b, 101, [5, 0x80, 3, 0x20], false, true, &mut out),
+        Err(RelayError::NoDestination)
+    );
+    // Once B has an address again, audio from A reaches it: the event is over, not muting B for good.
+    relay.set_remote(b, Some(addr(B)), None).unwrap();
+    let mut p = pkt(0, 1, 160, 0xaaaa, false);
+    assert!(matches!(
+        relay.handle_rtp(t0 + Duration::from_millis(20), a, addr(A), &mut p),
+        Action::Forward { .. }
+    ));
+}

@@ -92,6 +92,7 @@ pub struct RegistrationStatus {
 }
 
 impl RegistrationStatus {
+    /// Not started, nothing counted.
     fn new() -> Self {
         Self {
             state: RegistrationState::Idle,
@@ -301,6 +302,8 @@ impl Registrar {
         }
     }
 
+    /// Starts a fresh agent sending its REGISTER to `next_hop`; if it cannot be sent, the registration stops
+    /// (published as `Unregistered { removed: false }`).
     fn start_agent(&mut self, now: Instant, ep: &mut Endpoint, next_hop: SocketAddr) {
         let req = RegisterRequest {
             registrar: self.config.registrar.clone(),
@@ -368,6 +371,7 @@ impl Registrar {
         true
     }
 
+    /// Forgets the current agent and its registration in the endpoint.
     fn drop_agent(&mut self, ep: &mut Endpoint) {
         if let Some(h) = self.agent.take().and_then(|a| a.handle()) {
             ep.drop_registration(h);
@@ -425,6 +429,7 @@ impl Registrar {
         self.publish_events(evs);
     }
 
+    /// Drains the agent's events.
     fn take_events(&mut self) -> Vec<RegistrationEvent> {
         let mut evs = Vec::new();
         if let Some(a) = &mut self.agent {
@@ -435,6 +440,7 @@ impl Registrar {
         evs
     }
 
+    /// Logs each event and publishes the status after it (the status alone when there is none).
     fn publish_events(&mut self, evs: Vec<RegistrationEvent>) {
         if evs.is_empty() {
             self.publish(None);

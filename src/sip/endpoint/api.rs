@@ -370,20 +370,7 @@ impl Endpoint {
         sdp: Bytes,
         headers: Vec<(HeaderName, Bytes)>,
     ) -> Result<(), EndpointError> {
-        let c = self.call_mut(call)?;
-        if !c.confirmed() {
-            return Err(EndpointError::InvalidState);
-        }
-        if c.reinvite_tx.is_some() || c.glare_retry.is_some() || c.pending_invite.is_some() {
-            return Err(EndpointError::RequestPending);
-        }
-        c.reinvite_headers = headers.clone();
-        let ct = (!sdp.is_empty()).then_some("application/sdp");
-        let id = self.send_in_dialog_with(now, call.0, Method::Invite, ct, sdp, headers)?;
-        if let Some(c) = self.calls.get_mut(&call.0) {
-            c.reinvite_tx = Some(id);
-        }
-        Ok(())
+        self.send_offer(now, call, Method::Invite, sdp, headers)
     }
 
     /// Sends an UPDATE with `sdp` (RFC 3311). The answer arrives as [`Event::Response`] with method UPDATE.
@@ -404,17 +391,45 @@ impl Endpoint {
         sdp: Bytes,
         headers: Vec<(HeaderName, Bytes)>,
     ) -> Result<(), EndpointError> {
+        self.send_offer(now, call, Method::Update, sdp, headers)
+    }
+
+    /// Sends a re-INVITE or an UPDATE (`method`) carrying `sdp` (none if empty) and `headers` in a confirmed
+    /// dialog, refusing with [`EndpointError::RequestPending`] while one of the same kind is outstanding (for
+    /// a re-INVITE also while a 491 retry waits or the peer's INVITE is unanswered), and records the client
+    /// transaction in the call (a re-INVITE's headers too, for a retry after 491 or a challenge).
+    fn send_offer(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        method: Method,
+        sdp: Bytes,
+        headers: Vec<(HeaderName, Bytes)>,
+    ) -> Result<(), EndpointError> {
+        let reinvite = method == Method::Invite;
         let c = self.call_mut(call)?;
         if !c.confirmed() {
             return Err(EndpointError::InvalidState);
         }
-        if c.update_tx.is_some() {
+        let pending = if reinvite {
+            c.reinvite_tx.is_some() || c.glare_retry.is_some() || c.pending_invite.is_some()
+        } else {
+            c.update_tx.is_some()
+        };
+        if pending {
             return Err(EndpointError::RequestPending);
         }
+        if reinvite {
+            c.reinvite_headers = headers.clone();
+        }
         let ct = (!sdp.is_empty()).then_some("application/sdp");
-        let id = self.send_in_dialog_with(now, call.0, Method::Update, ct, sdp, headers)?;
+        let id = self.send_in_dialog_with(now, call.0, method, ct, sdp, headers)?;
         if let Some(c) = self.calls.get_mut(&call.0) {
-            c.update_tx = Some(id);
+            if reinvite {
+                c.reinvite_tx = Some(id);
+            } else {
+                c.update_tx = Some(id);
+            }
         }
         Ok(())
     }
@@ -514,12 +529,7 @@ impl Endpoint {
         }
         let mut payload = None;
         self.respond(now, id, code, Some(&local_tag), |r| {
-            for (n, v) in headers {
-                r.headers.push(n, v);
-            }
-            if !sdp.is_empty() {
-                r.set_body("application/sdp", sdp);
-            }
+            fill_answer(r, headers, sdp);
             payload = Some(r.to_bytes());
         });
         if st.is_success() {
@@ -605,14 +615,17 @@ impl Endpoint {
             .take()
             .ok_or(EndpointError::NoPendingRequest)?;
         let tag = c.local_tag.clone();
-        self.respond(now, id, code, Some(&tag), |r| {
-            for (n, v) in headers {
-                r.headers.push(n, v);
-            }
-            if !sdp.is_empty() {
-                r.set_body("application/sdp", sdp);
-            }
-        });
+        self.respond(now, id, code, Some(&tag), |r| fill_answer(r, headers, sdp));
         Ok(())
+    }
+}
+
+/// Adds `headers` and, unless empty, `sdp` as the body to a response answering an INVITE or UPDATE.
+fn fill_answer(r: &mut Response, headers: Vec<(HeaderName, Bytes)>, sdp: Bytes) {
+    for (n, v) in headers {
+        r.headers.push(n, v);
+    }
+    if !sdp.is_empty() {
+        r.set_body("application/sdp", sdp);
     }
 }

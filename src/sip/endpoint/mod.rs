@@ -183,7 +183,6 @@ impl EndpointConfig {
         self.rng_seed = s;
         self
     }
-    /// Accept incoming INVITEs (see the field).
     /// Sets [`Self::tu_glare_retry`].
     pub fn tu_glare_retry(&mut self, v: bool) -> &mut Self {
         self.tu_glare_retry = v;
