@@ -643,6 +643,62 @@ async fn send_dtmf_as_rfc4733_events() {
     assert_eq!(peer.finish_within(WAIT).await, 0, "no INFO, then BYE");
 }
 
+/// A leg takes at most `MAX_PENDING_DTMF` (64) digits pending: a call beyond fails with `DtmfQueueFull` and
+/// sends nothing; the queue stays usable.
+#[tokio::test]
+async fn send_dtmf_queue_is_capped() {
+    use rappel::net::engine::MAX_PENDING_DTMF;
+    use rappel::CallError;
+    let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tpl = std::fs::read_to_string(Sipp::scenario("call_peer_rfc4733.xml.in")).unwrap();
+    let xml = tpl.replace("@RTP_PORT@", &rtp.local_addr().unwrap().port().to_string());
+    let sf = dir.path().join("peer.xml");
+    std::fs::write(&sf, xml).unwrap();
+    let peer = start(sf.to_str().unwrap(), &[]).keep(dir);
+    let e = engine().await;
+    let mut leg = e
+        .call(&peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    assert_eq!(MAX_PENDING_DTMF, 64);
+    let full = |pending| {
+        Err(CallError::DtmfQueueFull {
+            pending,
+            limit: MAX_PENDING_DTMF,
+        })
+    };
+    // One call beyond the cap on its own, in-band or as INFO.
+    assert_eq!(leg.send_dtmf(&"1".repeat(65)).await, full(0));
+    assert_eq!(leg.send_dtmf_info(&"1".repeat(65)).await, full(0));
+    // Two calls sent in order (join polls the first first): the second would make 2 + 63 pending.
+    let threes = "3".repeat(63);
+    let (a, b) = within(async { tokio::join!(leg.send_dtmf("12"), leg.send_dtmf(&threes)) }).await;
+    assert_eq!(a, Ok(()));
+    assert_eq!(b, full(2));
+    // The queue stays usable: two calls queue behind each other.
+    let (a, b) = within(async { tokio::join!(leg.send_dtmf("4"), leg.send_dtmf("5")) }).await;
+    assert_eq!((a, b), (Ok(()), Ok(())));
+    // Keys 1, 2, 4, 5 went out (2 start + 3 end packets each); no packet of a refused call.
+    let mut events = Vec::new();
+    let mut buf = [0u8; 1500];
+    while events.len() < 20 {
+        let n = within(rtp.recv(&mut buf)).await.unwrap();
+        events.push(buf[12.min(n)]);
+    }
+    assert_eq!(
+        events,
+        [1u8, 2, 4, 5]
+            .iter()
+            .flat_map(|&k| [k; 5])
+            .collect::<Vec<_>>()
+    );
+    leg.hangup().await.unwrap();
+    within(leg.ended()).await.unwrap();
+    assert_eq!(peer.finish_within(WAIT).await, 0, "no INFO, then BYE");
+}
+
 /// The From display name goes on the wire quoted, with `"` and `\` escaped (the SIPp peer checks the header).
 #[tokio::test]
 async fn from_display_name_is_quoted_and_escaped() {
@@ -869,21 +925,33 @@ async fn bridge_recording_visitor_left_agent_right() {
     };
     let (v_pcm, a_pcm) = (decode(&v_audio), decode(&a_audio));
     let found = |ch: &[i16], src: &[i16]| {
+        // From the run after the one where the channel's audio starts: that run begins with silence (the
+        // side's first packet lands anywhere in it), and one sample of silence followed by a packet that
+        // starts on the tone's own zero (the 1000 Hz tone is zero every 4th sample, packets start on a
+        // multiple of 160) passes the filter below without being a run of the file.
+        let onset = ch.iter().position(|&x| x != 0).unwrap_or(ch.len()) / 160 + 1;
         // Runs with audio throughout: no three zeros in a row (the tones touch zero only at single samples).
         ch.chunks_exact(160)
+            .skip(onset)
             .filter(|c| c.windows(3).all(|w| w.iter().any(|&x| x != 0)))
             .take(50)
             .filter(|c| src.windows(160).any(|w| w == *c))
             .count()
     };
-    // Not all 50: about one run in six, one 20 ms run near the start of the agent's channel (the second
-    // run of the file) matches no window of the file: its first sample and the following 159 come from two
-    // packets that are not contiguous in the file. The cause (the player's stream at its start, or the
-    // relay's timestamp re-basing when the bridge connects, which the tap sees after rewriting) was not
-    // pinned down.
+    // All 50. Counting from the channel's start, about one test run in six had failed on one run near the
+    // start of the agent's channel, which looked like a one-sample seam between two packets. Not reproduced
+    // here in 26 runs (the agent's first packet landed 33-69 samples in; its SIPp starts streaming as the
+    // bridge connects, so that offset clusters), and every run after the onset matched in all of them; the
+    // likely cause is the onset run itself when the first packet lands one sample in, which the filter
+    // admits although it is no run of the file:
+    let edge: Vec<i16> = std::iter::once(0)
+        .chain(a_pcm[..159].iter().copied())
+        .collect();
+    assert!(edge.windows(3).all(|w| w.iter().any(|&x| x != 0)));
+    assert!(!a_pcm.windows(160).any(|w| w == edge));
     let (l, r) = (found(&left, &v_pcm), found(&right, &a_pcm));
-    assert!(l >= 45, "left runs are the visitor's file: {l} of 50");
-    assert!(r >= 45, "right runs are the agent's file: {r} of 50");
+    assert_eq!(l, 50, "left runs are the visitor's file");
+    assert_eq!(r, 50, "right runs are the agent's file");
     assert_eq!(found(&left, &a_pcm), 0);
     within(agent.ended()).await.unwrap();
     within(visitor.ended()).await.unwrap();

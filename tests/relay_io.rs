@@ -236,7 +236,7 @@ fn rtcp_mux_over_loopback_io_uring() {
 
 /// Wait for the relay event `want` on leg `leg`, skipping others.
 fn wait_event(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<rappel::net::rtp_io::DriverEvent>,
+    events: &mut rappel::net::rtp_io::DriverEvents,
     want: impl Fn(&rappel::media::relay::Event) -> bool,
 ) {
     use rappel::net::rtp_io::DriverEvent;
@@ -331,4 +331,113 @@ fn connected_leg_relatches_epoll() {
 #[test]
 fn connected_leg_relatches_io_uring() {
     connected_leg_relatches(Backend::IoUring, 43600);
+}
+
+/// A peer floods RFC 4733 packets while nobody reads the driver's events: the queue stays bounded (each key
+/// press is passed on as its start and first end packet, new presses beyond the room are dropped and counted),
+/// the state event (latched) is not lost, and digits are reported again once the reader resumes. Synchronised
+/// on the driver's counters, not on time.
+#[test]
+fn telephone_event_flood_leaves_the_event_queue_bounded() {
+    use rappel::media::dtmf::{Digit, DtmfReceiver};
+    use rappel::media::relay::Event;
+    use rappel::net::rtp_io::{DriverEvent, DriverEvents, DTMF_CAPACITY, STATE_CAPACITY};
+    let cfg = DriverConfig {
+        relay: RelayConfig {
+            port_min: 43800,
+            port_max: 43899,
+            ..Default::default()
+        },
+        backend: Backend::Epoll,
+        ..Default::default()
+    };
+    let (driver, mut events) = RelayDriver::spawn(cfg).unwrap();
+    let ea = endpoint();
+    let mut c = LegConfig::g711(Some(ea.local_addr().unwrap()));
+    c.telephone_event_pt = Some(101);
+    let la = driver.add_leg(c).wait().unwrap().unwrap();
+    // One press: 7 packets of growing duration, then 3 end packets, all with the press's timestamp.
+    let mut seq = 0u16;
+    let mut press = |ts: u32, key: u8| {
+        for i in 0..10u16 {
+            let mut p = [0u8; 16];
+            write_header(p.first_chunk_mut().unwrap(), i == 0, 101, seq, ts, 0xd7);
+            seq = seq.wrapping_add(1);
+            let end = if i >= 7 { 0x80 } else { 0 };
+            p[12] = key;
+            p[13] = end | 10;
+            p[14..16].copy_from_slice(&(160 * (i.min(7) + 1)).to_be_bytes());
+            ea.send_to(&p, la.rtp).unwrap();
+        }
+    };
+    // Waits until the driver received `n` packets in all (they are small: the socket buffer holds a batch).
+    let handled = |n: u64| loop {
+        if driver.stats().wait().unwrap().packets_in >= n {
+            return;
+        }
+        std::thread::yield_now();
+    };
+    let presses = 4 * DTMF_CAPACITY as u32;
+    for k in 0..presses {
+        press(k * 2000, (k % 10) as u8);
+        if k % 8 == 7 {
+            handled(u64::from(k + 1) * 10);
+        }
+    }
+    handled(u64::from(presses) * 10);
+    // Bounded: the latched event plus a full telephone-event queue.
+    assert_eq!(events.len(), 1 + DTMF_CAPACITY);
+    assert!(events.len() <= STATE_CAPACITY + DTMF_CAPACITY);
+    let s = driver.stats().wait().unwrap().events;
+    let total = u64::from(presses) * 10;
+    assert_eq!(
+        s.dtmf_coalesced + s.dtmf_dropped + DTMF_CAPACITY as u64,
+        total,
+        "{s:?}"
+    );
+    assert_eq!(s.dtmf_coalesced, (DTMF_CAPACITY as u64 / 2) * 8, "{s:?}");
+    // The reader resumes: the state event first, then the presses that fit, each reported once.
+    let mut dec = DtmfReceiver::new(8000);
+    let mut read = |events: &mut DriverEvents| {
+        let mut digits = Vec::new();
+        let mut states = Vec::new();
+        while let Some(DriverEvent::Relay(e)) = events.try_recv() {
+            match e {
+                Event::TelephoneEvent {
+                    timestamp, payload, ..
+                } => {
+                    dec.handle_packet(timestamp, &payload).unwrap();
+                    while let Some(ev) = dec.poll_event() {
+                        digits.push(ev.digit);
+                    }
+                }
+                other => states.push(other),
+            }
+        }
+        (digits, states)
+    };
+    let (digits, states) = read(&mut events);
+    assert!(
+        matches!(states[..], [Event::Latched { leg, .. }] if leg == la.id),
+        "{states:?}"
+    );
+    assert_eq!(digits.len(), DTMF_CAPACITY / 2);
+    assert_eq!(&digits[..3], &[Digit::D0, Digit::D1, Digit::D2]);
+    // A new press after the flood goes through.
+    press(presses * 2000, 11);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.push(events.blocking_recv().expect("driver alive"));
+    }
+    for e in got {
+        let DriverEvent::Relay(Event::TelephoneEvent {
+            timestamp, payload, ..
+        }) = e
+        else {
+            panic!("{e:?}");
+        };
+        dec.handle_packet(timestamp, &payload).unwrap();
+    }
+    assert_eq!(dec.poll_event().map(|e| e.digit), Some(Digit::Hash));
+    driver.shutdown().unwrap();
 }

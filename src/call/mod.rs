@@ -263,4 +263,13 @@ pub enum CallError {
     /// Not possible on this kind of leg (hold or a re-offer on a browser leg, which has no SIP dialog).
     #[error("not supported on this leg")]
     Unsupported,
+    /// The leg already has `pending` DTMF digits to send and the call would take it beyond `limit`
+    /// ([`crate::net::engine::MAX_PENDING_DTMF`]); nothing of the call was sent.
+    #[error("DTMF queue full: {pending} digits pending, limit {limit}")]
+    DtmfQueueFull {
+        /// Digits pending on the leg (being sent or queued).
+        pending: usize,
+        /// The most a leg may have pending.
+        limit: usize,
+    },
 }

@@ -601,7 +601,9 @@ impl Leg {
     /// packet every 50 ms, three end packets, 100 ms between keys; the leg's audio pauses during each event)
     /// and this returns once the last packet is sent; calls made meanwhile queue behind. Otherwise they go as
     /// SIP INFO, as [`Self::send_dtmf_info`]. Errors: [`CallError::InvalidDigit`] (nothing sent),
-    /// [`CallError::NotAnswered`], [`CallError::Ended`] (the call ended before all were sent).
+    /// [`CallError::DtmfQueueFull`] (more than [`MAX_PENDING_DTMF`] digits would be pending on the leg; nothing
+    /// of this call is sent), [`CallError::NotAnswered`], [`CallError::Ended`] (the call ended before all were
+    /// sent).
     pub async fn send_dtmf(&self, digits: &str) -> Result<(), CallError> {
         let d = parse_digits(digits)?;
         self.engine.ask(|r| Cmd::Dtmf(self.id.0, d, false, r)).await
@@ -741,6 +743,9 @@ struct DtmfJob {
     pt: u8,
     reply: Reply<()>,
     queue: VecDeque<(Vec<Digit>, Reply<()>)>,
+    /// Digits of the call being sent plus those queued (each call counting at least one), at most
+    /// [`MAX_PENDING_DTMF`].
+    pending: usize,
 }
 
 struct ShutdownState {
@@ -773,6 +778,11 @@ struct Task {
     ringback: crate::media::player::Clip,
 }
 
+/// DTMF digits a leg may have pending (being sent or queued, calls of [`Leg::send_dtmf`] not yet answered);
+/// a call that would go beyond fails with [`CallError::DtmfQueueFull`]. Also the most digits one call may send
+/// as SIP INFO. A call of no digits counts as one.
+pub const MAX_PENDING_DTMF: usize = 64;
+
 /// How long shutdown waits for the registrar to confirm the binding's removal once the calls are over.
 const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
 
@@ -785,7 +795,7 @@ impl Task {
         mut self,
         mut sockets: SipSockets,
         mut cmds: mpsc::UnboundedReceiver<Cmd>,
-        mut relay_events: mpsc::UnboundedReceiver<DriverEvent>,
+        mut relay_events: crate::net::rtp_io::DriverEvents,
         mut resolved: mpsc::UnboundedReceiver<Resolved>,
     ) {
         self.begin_registration(now());
@@ -1083,6 +1093,15 @@ impl Task {
                 }
             }
             Cmd::Dtmf(id, digits, info, reply) => {
+                let weight = digits.len().max(1);
+                let pending = self.dtmf.get(&id).map_or(0, |j| j.pending);
+                if pending + weight > MAX_PENDING_DTMF {
+                    let _ = reply.send(Err(CallError::DtmfQueueFull {
+                        pending,
+                        limit: MAX_PENDING_DTMF,
+                    }));
+                    return;
+                }
                 let leg = self
                     .legs
                     .get(&id)
@@ -1094,7 +1113,10 @@ impl Task {
                     .filter(|_| !info);
                 if let (Some(pt), Some(_)) = (te, call) {
                     match self.dtmf.get_mut(&id) {
-                        Some(job) => job.queue.push_back((digits, reply)),
+                        Some(job) => {
+                            job.pending += weight;
+                            job.queue.push_back((digits, reply));
+                        }
                         None => {
                             let opts = DtmfSendOptions::default();
                             let sender = DtmfSender::new(now, &digits, opts);
@@ -1105,6 +1127,7 @@ impl Task {
                                     pt,
                                     reply,
                                     queue: VecDeque::new(),
+                                    pending: weight,
                                 },
                             );
                             self.pump_dtmf(now);
@@ -1275,6 +1298,8 @@ impl Task {
             if let Some((digits, reply)) = queue.pop_front() {
                 let opts = DtmfSendOptions::default();
                 let sender = DtmfSender::new(now + opts.gap, &digits, opts);
+                let pending =
+                    queue.iter().map(|(d, _)| d.len().max(1)).sum::<usize>() + digits.len().max(1);
                 self.dtmf.insert(
                     id,
                     DtmfJob {
@@ -1282,6 +1307,7 @@ impl Task {
                         pt: job.pt,
                         reply,
                         queue,
+                        pending,
                     },
                 );
             }

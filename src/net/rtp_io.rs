@@ -38,6 +38,12 @@
 //! a writer thread does the file I/O (see [`crate::net::record_io`]). Packets generated towards a leg (music,
 //! announcements) are not recorded: a recording holds what the parties said.
 //!
+//! # Events
+//! Relay events reach the engine through [`DriverEvents`]: two bounded queues the relay thread fills with
+//! `try_send`, never blocking (module `events`): state events (latched, inactive, BYE) are never lost (they wait
+//! in a backlog when their queue is full), per-packet telephone events are coalesced to each key press's start
+//! and end, and dropped (counted in [`DriverStats`]) when their queue is full.
+//!
 //! Generated media and RTCP reports (a few per second per leg) are sent with a direct `sendmmsg` in both
 //! backends. Leg sockets set Don't Fragment (IPv4), which spares the kernel an IP ID hash per datagram.
 //!
@@ -74,7 +80,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thiserror::Error;
-use tokio::sync::{mpsc as tmpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::media::relay::{
     Action, Event, LegConfig, LegId, LegStats, Relay, RelayConfig, RelayError, Source,
@@ -82,6 +88,11 @@ use crate::media::relay::{
 use crate::net::record_io::RecordTap;
 use crate::net::sys::{self, Batch, Epoll};
 use crate::net::uring::{Cqe, Target, Uring};
+
+mod events;
+
+use events::EventSender;
+pub use events::{DriverEvents, EventCounters, DTMF_CAPACITY, STATE_CAPACITY};
 
 /// Which kernel interface the driver thread uses for the leg sockets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -198,6 +209,8 @@ pub struct DriverStats {
     /// `io_uring_enter` calls (io_uring backend only; `recv_calls`/`send_calls` count the epoll backend's
     /// `recvmmsg`/`sendmmsg` and the synchronous sends of generated media and RTCP).
     pub enters: u64,
+    /// Events coalesced, dropped or deferred on their way to [`DriverEvents`].
+    pub events: EventCounters,
 }
 
 /// A control call run on the relay; it returns the sending of its answer, which the driver runs only after acting
@@ -268,10 +281,10 @@ impl std::fmt::Debug for CommandBox {
 }
 
 impl RelayDriver {
-    /// Start the driver thread. Events arrive on the returned receiver.
-    pub fn spawn(cfg: DriverConfig) -> io::Result<(Self, tmpsc::UnboundedReceiver<DriverEvent>)> {
+    /// Start the driver thread. Events arrive on the returned receiver (bounded: read it; see the module docs).
+    pub fn spawn(cfg: DriverConfig) -> io::Result<(Self, DriverEvents)> {
         let (tx, rx) = mpsc::channel();
-        let (ev_tx, ev_rx) = tmpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = events::channel();
         let (waker, wake_rx) = UnixDatagram::pair()?;
         waker.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
@@ -452,7 +465,7 @@ struct State {
     cfg: DriverConfig,
     relay: Relay,
     rx: mpsc::Receiver<CommandBox>,
-    events: tmpsc::UnboundedSender<DriverEvent>,
+    events: EventSender,
     wake: UnixDatagram,
     io: Io,
     legs: Vec<Option<LegSockets>>,
@@ -469,7 +482,7 @@ impl State {
     fn new(
         cfg: DriverConfig,
         rx: mpsc::Receiver<CommandBox>,
-        events: tmpsc::UnboundedSender<DriverEvent>,
+        events: EventSender,
         wake: UnixDatagram,
     ) -> io::Result<Self> {
         let io = match cfg.backend {
@@ -719,6 +732,7 @@ impl State {
                             *slot = None;
                         }
                     }
+                    self.events.forget(id);
                     let _ = reply.send(self.relay.remove_leg(id).map_err(DriverError::from));
                 }
                 Command::Generated {
@@ -750,6 +764,7 @@ impl State {
                 }
                 Command::Stats(reply) => {
                     self.stats.thread_cpu = sys::thread_cpu_time();
+                    self.stats.events = self.events.counters();
                     if let Io::Uring(u) = &self.io {
                         self.stats.enters = u.enters();
                     }
@@ -1020,15 +1035,17 @@ impl State {
         self.relay_events();
     }
 
-    /// Pass the relay's events on; (dis)connect RTP sockets as legs latch and unlatch.
+    /// Pass the relay's events on (state events that waited for room first); (dis)connect RTP sockets as
+    /// legs latch and unlatch.
     fn relay_events(&mut self) {
+        self.events.flush();
         while let Some(e) = self.relay.poll_event() {
             match e {
                 Event::Latched { leg, addr } => self.set_peer(leg, Some(addr)),
                 Event::Unlatched { leg } => self.set_peer(leg, None),
                 _ => {}
             }
-            let _ = self.events.send(DriverEvent::Relay(e));
+            self.events.send(e);
         }
     }
 
