@@ -304,29 +304,42 @@ pub(super) fn wall_clock() -> DateTime<Utc> {
     DateTime::<Utc>::from(std::time::SystemTime::now())
 }
 
-async fn submit(AxState(state): AxState<WebState>, req: Request) -> Response {
+/// What every JSON POST from the page goes through first: the body cap (declared, then read), the rate limit
+/// per client address, then the JSON itself. Gives the body and the client's address key, or the response that
+/// refuses the request (counted in the rejections). `what` names the request in the log.
+pub(super) async fn admit_json<T: serde::de::DeserializeOwned>(
+    state: &WebState,
+    req: Request,
+    limit: usize,
+    what: &str,
+) -> Result<(T, IpAddr), Response> {
     let conn = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let (parts, body) = req.into_parts();
-    let headers = parts.headers;
     let inner = &state.inner;
     let rejected = |r: Reject| inner.rejections.count(r);
-    let limit = inner.config.max_body_bytes;
-    let declared = headers
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         rejected(Reject::TooLarge);
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        ));
     }
     let Ok(bytes) = to_bytes(body, limit).await else {
         rejected(Reject::TooLarge);
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        ));
     };
-    let ip = client_key(client_ip(&state, &headers, conn));
+    let ip = client_key(client_ip(state, &parts.headers, conn));
     let now = Instant::now();
     let ip_check = inner
         .limits
@@ -337,18 +350,35 @@ async fn submit(AxState(state): AxState<WebState>, req: Request) -> Response {
         Ok(Ok(())) => {}
         Ok(Err(retry)) => {
             rejected(Reject::RateIp);
-            tracing::info!(%ip, "callback refused: rate limit per address");
-            return too_many(retry, "Too many requests, please try again later.");
+            tracing::info!(%ip, "{what} refused: rate limit per address");
+            return Err(too_many(
+                retry,
+                "Too many requests, please try again later.",
+            ));
         }
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        Err(_) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")),
     }
-    let b: SubmitBody = match serde_json::from_slice(&bytes) {
-        Ok(b) => b,
+    match serde_json::from_slice(&bytes) {
+        Ok(b) => Ok((b, ip)),
         Err(e) => {
             rejected(Reject::Malformed);
-            return error(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}"));
+            Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("malformed JSON: {e}"),
+            ))
         }
+    }
+}
+
+async fn submit(AxState(state): AxState<WebState>, req: Request) -> Response {
+    let inner = &state.inner;
+    let rejected = |r: Reject| inner.rejections.count(r);
+    let limit = inner.config.max_body_bytes;
+    let (b, _ip): (SubmitBody, IpAddr) = match admit_json(&state, req, limit, "callback").await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
+    let now = Instant::now();
     let wall = wall_clock();
     if let Some(t) = &inner.tokens {
         if let Err(e) = t.verify(b.token.as_deref().unwrap_or(""), wall.timestamp()) {

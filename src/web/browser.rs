@@ -10,19 +10,16 @@
 //! `POST /api/webrtc/{id}/hangup` is the visitor hanging up in the page: the browser leg is hung up as a phone
 //! visitor's BYE would end it, so a conversation ends `completed` (a cancel would record it as cancelled).
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::body::to_bytes;
-use axum::extract::{ConnectInfo, Path, Request, State as AxState};
+use axum::extract::{Path, Request, State as AxState};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::abuse::client_key;
-use super::api::{api_error, client_ip, error, non_empty, too_many, wall_clock, Reject};
+use super::api::{admit_json, api_error, error, non_empty, wall_clock, Reject};
 use super::{ApiError, WebState};
 use crate::callback::calls::{is_browser_target, BrowserLegs};
 use crate::callback::NewRequest;
@@ -62,37 +59,15 @@ pub(super) async fn call(AxState(state): AxState<WebState>, req: Request) -> Res
             "calls from the browser are not enabled",
         );
     };
-    let conn = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let (parts, body) = req.into_parts();
     let inner = &state.inner;
     let rejected = |r: Reject| inner.rejections.count(r);
     // The offer is larger than a phone form: its own cap.
-    let limit = MAX_OFFER + 2048;
-    let Ok(bytes) = to_bytes(body, limit).await else {
-        rejected(Reject::TooLarge);
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-    };
-    let ip = client_key(client_ip(&state, &parts.headers, conn));
+    let (b, ip): (CallBody, _) =
+        match admit_json(&state, req, MAX_OFFER + 2048, "browser call").await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
     let now = Instant::now();
-    match inner.limits.lock().map(|mut l| l.ip.check(&ip, now)) {
-        Ok(Ok(())) => {}
-        Ok(Err(retry)) => {
-            rejected(Reject::RateIp);
-            tracing::info!(%ip, "browser call refused: rate limit per address");
-            return too_many(retry, "Too many requests, please try again later.");
-        }
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
-    }
-    let b: CallBody = match serde_json::from_slice(&bytes) {
-        Ok(b) => b,
-        Err(e) => {
-            rejected(Reject::Malformed);
-            return error(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}"));
-        }
-    };
     if let Some(t) = &inner.tokens {
         if let Err(e) = t.verify(b.token.as_deref().unwrap_or(""), wall_clock().timestamp()) {
             rejected(Reject::Token);
