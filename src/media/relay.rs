@@ -232,9 +232,6 @@ pub struct Transmit {
     pub via: LegId,
     /// Bytes written at the start of the buffer.
     pub len: usize,
-    /// The destination leg is flagged for recording (informational: the driver records what parties send,
-    /// not generated media).
-    pub record: bool,
     /// An RTCP report for a leg using rtcp-mux: send it from `via`'s RTP socket, not its RTCP socket.
     pub rtcp_mux: bool,
 }
@@ -823,7 +820,6 @@ impl Relay {
             to,
             via: leg,
             len,
-            record: l.cfg.record,
             rtcp_mux: false,
         })
     }
@@ -880,7 +876,6 @@ impl Relay {
             to,
             via: leg,
             len: LEN,
-            record: false,
             rtcp_mux: false,
         })
     }
@@ -976,7 +971,6 @@ impl Relay {
                 to,
                 via: id,
                 len,
-                record: false,
                 rtcp_mux: mux,
             });
         }
