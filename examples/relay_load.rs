@@ -659,13 +659,18 @@ fn main() {
         mem_before = rss_bytes("self");
         for b in 0..a.bridges {
             // The machine is shared: another process may hold a run of ports in our range, so retry (each
-            // attempt moves on to further port pairs).
+            // attempt moves on to further port pairs). A run started right after another still finds the
+            // previous process's sockets bound for a moment (its io_uring is torn down by a kernel worker after
+            // the exit), so keep trying for a few seconds before giving up.
             let add = |addr: SocketAddr| {
                 let mut last = None;
-                for _ in 0..8 {
+                for attempt in 0..80 {
                     match d.add_leg(LegConfig::g711(Some(addr))).wait().unwrap() {
                         Ok(l) => return l,
                         Err(e) => last = Some(e),
+                    }
+                    if attempt >= 8 {
+                        std::thread::sleep(Duration::from_millis(50));
                     }
                 }
                 panic!("add leg: {last:?}");
