@@ -290,12 +290,58 @@ fn writer_thread_finalises_the_file_when_the_taps_go() {
     assert!(pcm[..3200].chunks(2).all(|f| f == [l, r]));
 }
 
-/// A recording to a file that cannot be created fails at once, typed.
+/// A recording to a file that cannot be created is reported, typed, by its end handle; the taps stay harmless.
 #[test]
 fn recording_to_a_missing_directory_fails() {
     use rappel::net::record_io::{start, RecordError};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("missing").join("r.wav");
-    let err = start(&path, Instant::now()).unwrap_err();
+    let t0 = Instant::now();
+    let (visitor, agent, done) = start(&path, t0).unwrap();
+    visitor.push(t0, &rtp_packet(0, 0, 0, &[0x20; 160]));
+    drop((visitor, agent));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = rt.block_on(done.finished()).unwrap_err();
     assert!(matches!(err, RecordError::Io { path: p, .. } if p == path));
+    assert!(!path.exists());
+}
+
+/// Many recordings at once share one writer thread, and each is finalised with its own packets.
+#[test]
+fn concurrent_recordings_share_one_writer_thread() {
+    use rappel::net::record_io::start;
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let mut running = Vec::new();
+    for n in 0..20u16 {
+        let path = dir.path().join(format!("r{n}.wav"));
+        let (visitor, agent, done) = start(&path, t0).unwrap();
+        // Recording n carries n + 1 packets per side.
+        for k in 0..=n {
+            let ts = u32::from(k) * 160;
+            let at = t0 + MS(20 * u32::from(k));
+            visitor.push(at, &rtp_packet(0, k, ts, &[0x20; 160]));
+            agent.push(at, &rtp_packet(0, k, ts, &[0xa0; 160]));
+        }
+        running.push((path, visitor, agent, done));
+    }
+    let writers = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "rappel-rec")
+        .count();
+    assert_eq!(writers, 1, "one writer thread for 20 recordings");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for (n, (path, visitor, agent, done)) in running.into_iter().enumerate() {
+        drop((visitor, agent));
+        let report = rt.block_on(done.finished()).unwrap();
+        assert_eq!(report.path, path);
+        assert_eq!((report.packets, report.dropped), (2 * (n as u64 + 1), 0));
+        let wav = Wav::read_from(std::fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(wav.to_pcm().len() as u64, 2 * report.frames);
+    }
 }

@@ -1435,8 +1435,8 @@ impl Task {
                     br.opts.hold_music.is_some(),
                 ));
                 if let Some(path) = br.opts.record.clone() {
-                    // Creates the file here (a local create, not worth a blocking task); the writer thread
-                    // does the rest of the file I/O.
+                    // The shared writer thread creates the file and does all of its I/O; this only fails
+                    // if that thread cannot be started (a file error comes with the recording's end).
                     br.recording = Some(match record_io::start(&path, now) {
                         Ok((va, vb, done)) => Ok(BridgeRecording {
                             taps: [va, vb],

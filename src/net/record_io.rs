@@ -12,17 +12,23 @@
 //! wake it (no futex call on the relay thread).
 //!
 //! # Writer
-//! One thread per recording ([`start`]) owns the file and a [`Recorder`], which aligns the two sides on one
-//! timeline (by arrival of each side's first packet, then by RTP timestamp; gaps are silence). When every
-//! tap of the recording is gone (the engine removes them from the relay when the bridge ends), the thread
-//! writes up to that moment, finalises the WAV header and reports a [`RecordingReport`].
+//! One writer thread per process serves every recording ([`start`] starts it on first use, and again if it
+//! ever died): a thousand recorded bridges cost one thread waking every [`TICK`], not a thousand. It creates
+//! each file (so the caller, the engine's task, never waits on the file system) and owns a [`Recorder`] per
+//! recording, which aligns the two sides on one timeline (by arrival of each side's first packet, then by RTP
+//! timestamp; gaps are silence). When every tap of a recording is gone (the engine removes them from the
+//! relay when the bridge ends), the writer writes up to that moment, finalises the WAV header and reports a
+//! [`RecordingReport`]. With no recording running the thread sleeps until the next one starts.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::{
+    channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError,
+    TrySendError,
+};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -36,7 +42,7 @@ use crate::media::wav::WavError;
 pub const MAX_PACKET: usize = 512;
 /// Frames in a recording's ring (both sides): 2.5 s of 20 ms packets from two legs.
 pub const RING_FRAMES: usize = 256;
-/// How often the writer thread drains the ring and writes.
+/// How often the writer thread drains the rings and writes.
 pub const TICK: Duration = Duration::from_millis(40);
 
 /// One packet on its way from the relay thread to the writer.
@@ -212,61 +218,185 @@ pub fn taps(capacity: usize) -> (RecordTap, RecordTap, FrameReceiver) {
     (tap(Side::Visitor), tap(Side::Agent), FrameReceiver { rx })
 }
 
-/// Starts a recording to `path` (created or truncated) at `now`: the visitor on the left channel, the agent
-/// on the right. Returns the two taps to install on the relay's legs ([`crate::net::rtp_io::RelayDriver::set_tap`])
-/// and the handle that reports the end. The file is created before this returns.
+/// Starts a recording to `path` (created or truncated by the writer thread) at `now`: the visitor on the left
+/// channel, the agent on the right. Returns the two taps to install on the relay's legs
+/// ([`crate::net::rtp_io::RelayDriver::set_tap`]) and the handle that reports the end. A file that cannot be
+/// created is reported by [`Recording::finished`] ([`RecordError::Io`]); packets pushed meanwhile are counted
+/// as dropped. Fails at once only if the writer thread cannot be started.
 pub fn start(path: &Path, now: Instant) -> Result<(RecordTap, RecordTap, Recording), RecordError> {
-    let io_err = |source| RecordError::Io {
+    let (visitor, agent, rx) = taps(RING_FRAMES);
+    let (done, done_rx) = oneshot::channel();
+    let open = Open {
+        path: path.to_owned(),
+        now,
+        rx,
+        dropped: visitor.dropped.clone(),
+        done,
+    };
+    submit(open).map_err(|source| RecordError::Io {
         path: path.to_owned(),
         source,
-    };
-    let file = File::create(path).map_err(io_err)?;
-    let recorder =
-        Recorder::new(BufWriter::new(file), now, Law::Ulaw, Law::Ulaw).map_err(|source| {
-            RecordError::Wav {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
-    let (visitor, agent, rx) = taps(RING_FRAMES);
-    let (done_tx, done_rx) = oneshot::channel();
-    let owned = path.to_owned();
-    let counter = visitor.dropped.clone();
-    std::thread::Builder::new()
-        .name("rappel-rec".into())
-        .spawn(move || {
-            let r = write_loop(recorder, rx, &owned, &counter);
-            let _ = done_tx.send(r);
-        })
-        .map_err(io_err)?;
+    })?;
     Ok((visitor, agent, Recording { rx: done_rx }))
 }
 
-fn write_loop(
-    mut rec: Recorder<BufWriter<File>>,
+/// A recording handed to the writer thread.
+struct Open {
+    path: PathBuf,
+    now: Instant,
     rx: FrameReceiver,
-    path: &Path,
-    dropped: &AtomicU64,
-) -> Result<RecordingReport, RecordError> {
+    dropped: Arc<AtomicU64>,
+    done: oneshot::Sender<Result<RecordingReport, RecordError>>,
+}
+
+/// A recording the writer thread is running.
+struct Active {
+    rec: Recorder<BufWriter<File>>,
+    rx: FrameReceiver,
+    path: PathBuf,
+    packets: u64,
+    dropped: Arc<AtomicU64>,
+    done: oneshot::Sender<Result<RecordingReport, RecordError>>,
+}
+
+/// The writer thread's control channel (`None` until the first recording).
+static WRITER: Mutex<Option<Sender<Open>>> = Mutex::new(None);
+
+/// Hands `open` to the writer thread, starting it if there is none (or it died).
+fn submit(open: Open) -> io::Result<()> {
+    let mut writer = WRITER.lock().unwrap_or_else(|p| p.into_inner());
+    let open = match writer.as_ref() {
+        Some(tx) => match tx.send(open) {
+            Ok(()) => return Ok(()),
+            Err(back) => back.0,
+        },
+        None => open,
+    };
+    let (tx, rx) = channel();
+    std::thread::Builder::new()
+        .name("rappel-rec".into())
+        .spawn(move || write_loop(rx))?;
+    // The thread holds `rx` until the process ends: this send cannot fail.
+    let _ = tx.send(open);
+    *writer = Some(tx);
+    Ok(())
+}
+
+fn write_loop(ctl: Receiver<Open>) {
+    let mut active: Vec<Active> = Vec::new();
+    let mut next_tick = Instant::now() + TICK;
+    loop {
+        let cmd = if active.is_empty() {
+            match ctl.recv() {
+                Ok(open) => Some(open),
+                Err(_) => return,
+            }
+        } else {
+            match ctl.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(open) => Some(open),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(next_tick.saturating_duration_since(Instant::now()));
+                    None
+                }
+            }
+        };
+        if let Some(open) = cmd {
+            if active.is_empty() {
+                next_tick = Instant::now() + TICK;
+            }
+            if let Some(a) = open_recording(open) {
+                active.push(a);
+            }
+            continue;
+        }
+        let now = Instant::now();
+        next_tick = now + TICK;
+        let mut i = 0;
+        while let Some(a) = active.get_mut(i) {
+            match step(a, now) {
+                Ok(false) => i += 1,
+                Ok(true) => finish(active.swap_remove(i), now, None),
+                Err(e) => finish(active.swap_remove(i), now, Some(e)),
+            }
+        }
+    }
+}
+
+/// Creates the file and its recorder; a failure is reported to the recording's owner.
+fn open_recording(open: Open) -> Option<Active> {
+    let Open {
+        path,
+        now,
+        rx,
+        dropped,
+        done,
+    } = open;
+    let rec = File::create(&path)
+        .map_err(|source| RecordError::Io {
+            path: path.clone(),
+            source,
+        })
+        .and_then(|file| {
+            Recorder::new(BufWriter::new(file), now, Law::Ulaw, Law::Ulaw).map_err(|source| {
+                RecordError::Wav {
+                    path: path.clone(),
+                    source,
+                }
+            })
+        });
+    match rec {
+        Ok(rec) => Some(Active {
+            rec,
+            rx,
+            path,
+            packets: 0,
+            dropped,
+            done,
+        }),
+        Err(e) => {
+            let _ = done.send(Err(e));
+            None
+        }
+    }
+}
+
+/// Drains one recording's ring and writes up to `now`: `Ok(true)` when every tap is gone.
+fn step(a: &mut Active, now: Instant) -> Result<bool, WavError> {
+    let d = a.rx.drain(&mut a.rec)?;
+    a.packets += d.packets;
+    if !d.closed {
+        a.rec.advance(now)?;
+    }
+    Ok(d.closed)
+}
+
+/// Finalises a recording whose taps are gone (or that failed with `failed`) and reports it.
+fn finish(a: Active, now: Instant, failed: Option<WavError>) {
+    let Active {
+        rec,
+        path,
+        packets,
+        dropped,
+        done,
+        ..
+    } = a;
     let wav_err = |source| RecordError::Wav {
-        path: path.to_owned(),
+        path: path.clone(),
         source,
     };
-    let mut packets = 0u64;
-    loop {
-        std::thread::sleep(TICK);
-        let d = rx.drain(&mut rec).map_err(wav_err)?;
-        packets += d.packets;
-        if d.closed {
-            // `finish_at` flushes the buffered writer (WavWriter::finish).
-            let (_, frames) = rec.finish_at(Instant::now()).map_err(wav_err)?;
-            return Ok(RecordingReport {
-                path: path.to_owned(),
+    let report = match failed {
+        Some(e) => Err(wav_err(e)),
+        // `finish_at` flushes the buffered writer (WavWriter::finish).
+        None => rec
+            .finish_at(now)
+            .map_err(wav_err)
+            .map(|(_, frames)| RecordingReport {
+                path: path.clone(),
                 frames,
                 packets,
                 dropped: dropped.load(Ordering::Relaxed),
-            });
-        }
-        rec.advance(Instant::now()).map_err(wav_err)?;
-    }
+            }),
+    };
+    let _ = done.send(report);
 }
