@@ -67,10 +67,10 @@ fn bridges_two_endpoints(backend: Backend, port_min: u16) {
             ..Default::default()
         },
         backend,
-        // Unconnected sockets: every bleed packet reaches the relay, which counts it (see the connected test).
-        connect_latched: false,
         ..Default::default()
     };
+    // Connected twins (the default) or not, every bleed packet reaches the relay, which counts it.
+    assert!(cfg.connect_latched);
     let (driver, mut events) = RelayDriver::spawn(cfg).unwrap();
     let running = driver.stats().wait().unwrap().backend;
     if running != backend {
@@ -248,9 +248,34 @@ fn wait_event(
     }
 }
 
-/// With `connect_latched` (the default) a latched leg's socket is connected to its peer: the kernel drops other
-/// sources (the relay no longer sees, or counts, them), and a new remote address (re-INVITE) disconnects it so
-/// the leg can latch to the new peer.
+/// UDP sockets bound to local port `port` (IPv4, from `/proc/net/udp`): the remote address of each, `None`
+/// when unconnected.
+fn sockets_on_port(port: u16) -> Vec<Option<SocketAddr>> {
+    let addr = |hex: &str| -> Option<SocketAddr> {
+        let (ip, port) = hex.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        Some(SocketAddr::from((
+            std::net::Ipv4Addr::from(u32::from_be(ip)),
+            port,
+        )))
+    };
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            let (local, remote) = (addr(f.next()?)?, addr(f.next()?)?);
+            (local.port() == port).then_some((remote.port() != 0).then_some(remote))
+        })
+        .collect()
+}
+
+/// With `connect_latched` (the default) a latched leg gets a twin RTP socket on the same port, connected to its
+/// peer: the peer's datagrams and the sends to it go through the twin, other sources still reach the relay on
+/// the leg's unconnected socket and are counted; a new remote address (re-INVITE) closes the twin so the leg can
+/// latch to the new peer, and the port stays exclusive throughout.
 fn connected_leg_relatches(backend: Backend, port_min: u16) {
     use rappel::media::relay::Event;
     let cfg = DriverConfig {
@@ -286,7 +311,19 @@ fn connected_leg_relatches(backend: Backend, port_min: u16) {
         &mut events,
         |e| matches!(e, Event::Latched { leg, addr } if *leg == la.id && *addr == a_addr),
     );
-    // Another source: dropped by the kernel, so B's next packet is A's.
+    let mut on_port = sockets_on_port(la.rtp.port());
+    on_port.sort();
+    assert_eq!(
+        on_port,
+        [None, Some(a_addr)],
+        "the leg's socket and its twin"
+    );
+    assert_eq!(
+        UdpSocket::bind(la.rtp).unwrap_err().kind(),
+        std::io::ErrorKind::AddrInUse,
+        "the port stays exclusive"
+    );
+    // Another source: dropped and counted by the relay, so B's next packet is A's.
     for i in 0..5 {
         ex.send_to(&packet(100 + i, 0xbad), la.rtp).unwrap();
     }
@@ -295,8 +332,8 @@ fn connected_leg_relatches(backend: Backend, port_min: u16) {
     let sa = driver.leg_stats(la.id).wait().unwrap().unwrap();
     assert_eq!(
         (sa.packets_in, sa.dropped(DropReason::WrongSource)),
-        (2, 0),
-        "other sources never reach the relay once connected"
+        (2, 5),
+        "other sources reach the relay and are counted while connected"
     );
 
     // Re-INVITE: the peer moves to X. The socket must be disconnected or X could never latch.
@@ -311,10 +348,15 @@ fn connected_leg_relatches(backend: Backend, port_min: u16) {
         &mut events,
         |e| matches!(e, Event::Latched { leg, addr } if *leg == la.id && *addr == x_addr),
     );
-    // Now connected to X: A's packets are dropped in the kernel.
+    // Now connected to X: A's packets are dropped (and counted).
     ea.send_to(&packet(4, 0xa), la.rtp).unwrap();
     ex.send_to(&packet(5, 0xc), la.rtp).unwrap();
     assert_eq!(tag(recv_n(&eb, 1)), 5);
+    let sa = driver.leg_stats(la.id).wait().unwrap().unwrap();
+    assert_eq!(sa.dropped(DropReason::WrongSource), 6);
+    let mut on_port = sockets_on_port(la.rtp.port());
+    on_port.sort();
+    assert_eq!(on_port, [None, Some(x_addr)], "the old twin is closed");
     // And B's packets go to X now, through the connected socket.
     eb.send_to(&packet(6, 0xb), lb.rtp).unwrap();
     let got = recv_n(&ex, 1);

@@ -248,7 +248,7 @@ pub enum Event {
         addr: SocketAddr,
     },
     /// The leg's RTP latch was cleared ([`Relay::set_remote`]): it will latch again to the next acceptable
-    /// source. (A driver that `connect()`ed the leg's socket to the latched address must disconnect it.)
+    /// source. (A driver that `connect()`ed a socket to the latched address must close or disconnect it.)
     Unlatched {
         /// The leg.
         leg: LegId,

@@ -47,25 +47,23 @@
 //! Generated media and RTCP reports (a few per second per leg) are sent with a direct `sendmmsg` in both
 //! backends. Leg sockets set Don't Fragment (IPv4), which spares the kernel an IP ID hash per datagram.
 //!
-//! # Connected leg sockets ([`DriverConfig::connect_latched`], on by default)
-//! When a leg latches ([`Event::Latched`]) the driver `connect()`s its RTP socket to the latched address, and
-//! sends to that address name no destination: the kernel reuses the socket's cached route instead of a route
-//! lookup per datagram, and finds the socket by its full 4-tuple on receive. Measured with `relay_load` at
-//! 2,000 bridges: 2.5–6.5 % less relay CPU per packet (BENCHMARKS.md). [`Event::Unlatched`] (the peer's
-//! address changed, e.g. re-INVITE) dissolves the association before the next round's receives, so the leg can
-//! latch to its new peer. The driver passes both events on only after acting on them, and a control call
-//! ([`RelayDriver::with_relay`], e.g. `set_remote`) answers only after the socket was disconnected.
-//!
-//! The cost is visibility: a connected socket only takes its peer's datagrams, so once latched the kernel drops
-//! RTP from other sources (RTP bleed) itself, answering with ICMP port unreachable and counting it only in the
-//! host-wide `Udp NoPorts` counter; the leg's [`DropReason::WrongSource`](crate::media::relay::DropReason)
-//! counter then only counts what arrived before the socket was connected. Strictness is unchanged (the kernel
-//! is stricter, if anything: it filters before any of our code runs). Set `connect_latched: false` to have every
-//! datagram reach the relay and be counted per leg. RTCP sockets stay unconnected (few packets, and the relay
-//! latches RTCP separately); with rtcp-mux, RTCP on the RTP socket must then come from the latched RTP address
-//! (symmetric RTP/RTCP, RFC 4961), where unconnected the relay accepted it from any port of the same IP. On a
-//! connected socket an ICMP error from the peer is reported once to the next receive; both backends go on
-//! draining the socket after it.
+//! # Connected twin sockets ([`DriverConfig::connect_latched`], on by default)
+//! When a leg latches ([`Event::Latched`]) the driver opens a second RTP socket on the leg's port, `connect()`ed
+//! to the latched address (its *twin*), and sends to that address through it with no destination: the kernel
+//! reuses the twin's cached route instead of a route lookup per datagram, and finds it by its full 4-tuple on
+//! receive. Measured with `relay_load` at 2,000 bridges: 2.5–6.5 % less relay CPU per packet than sending every
+//! datagram from an unconnected socket (BENCHMARKS.md). The leg's own socket stays unconnected: the kernel gives
+//! it every datagram that is *not* from the peer, so RTP from other sources (RTP bleed) still reaches the relay
+//! and is dropped and counted per leg ([`DropReason::WrongSource`](crate::media::relay::DropReason)), and with
+//! rtcp-mux RTCP from another port of the peer is accepted as before. Two sockets on one port need
+//! `SO_REUSEADDR`, set only around the twin's `bind` and cleared right after (`sys::connected_twin`): the port
+//! stays exclusive to its leg. Under io_uring the twin takes the leg's registered-file slot, as it carries the
+//! traffic. [`Event::Unlatched`] (the peer's address changed, e.g. re-INVITE) closes the twin before the next
+//! round's receives, so the leg can latch to its new peer; the driver passes both events on only after acting on
+//! them, and a control call ([`RelayDriver::with_relay`], e.g. `set_remote`) answers only after the twin was
+//! closed. The cost is one more descriptor per latched leg. On a connected socket an ICMP error from the peer
+//! is reported once to the next receive; both backends go on draining the socket after it. Set
+//! `connect_latched: false` to relay through the leg's socket alone.
 
 use std::future::Future;
 use std::io;
@@ -126,9 +124,9 @@ pub struct DriverConfig {
     /// 2 KiB and 1.5 KiB each. Every buffer is cycled through, so fewer stay warmer in cache; too few for a
     /// round's packets only costs a re-arm. Default 1024.
     pub uring_buffers: u16,
-    /// `connect()` a leg's RTP socket to its peer once the leg latches (default true); see the module docs.
-    /// Off, every send names its destination and the relay itself counts packets from other sources
-    /// ([`DropReason::WrongSource`](crate::media::relay::DropReason::WrongSource)).
+    /// Open a twin RTP socket `connect()`ed to a leg's peer once the leg latches (default true); see the module
+    /// docs. Off, every send names its destination. Either way packets from other sources reach the relay and
+    /// are counted ([`DropReason::WrongSource`](crate::media::relay::DropReason::WrongSource)).
     pub connect_latched: bool,
 }
 
@@ -214,7 +212,7 @@ pub struct DriverStats {
 }
 
 /// A control call run on the relay; it returns the sending of its answer, which the driver runs only after acting
-/// on the relay's events (so that, e.g., a leg's socket is disconnected by the time `set_remote` answers).
+/// on the relay's events (so that, e.g., a leg's twin socket is closed by the time `set_remote` answers).
 type RelayFn = Box<dyn FnOnce(&mut Relay, Instant) -> Box<dyn FnOnce() + Send> + Send>;
 
 enum Command {
@@ -426,23 +424,34 @@ struct LegSockets {
     rtcp: UdpSocket,
     /// Distinguishes this leg's io_uring completions from those of an earlier leg in the same slot.
     tag: u32,
-    /// How io_uring SQEs name the RTP socket (registered-file slot = leg index when the table has room).
+    /// How io_uring SQEs name the RTP socket (registered-file slot = leg index when the table has room, unless
+    /// the connected twin holds it).
     rtp_target: Target,
     /// Where packets received on this leg go for recording, if it is recorded.
     tap: Option<RecordTap>,
-    /// The address the RTP socket is `connect()`ed to (the latched peer), if any.
-    peer: Option<SocketAddr>,
+    /// Once latched (with [`DriverConfig::connect_latched`]): a second RTP socket on the same port, connected
+    /// to the peer (see the module docs).
+    twin: Option<Twin>,
+}
+
+/// A leg's connected RTP socket.
+struct Twin {
+    sock: UdpSocket,
+    /// The latched peer it is connected to.
+    peer: SocketAddr,
+    /// How io_uring SQEs name it.
+    target: Target,
 }
 
 impl LegSockets {
-    /// Destination to give a send through this leg's RTP socket: none when `to` is the connected peer (the
-    /// kernel then uses the socket's cached route).
+    /// The socket to send to `to` from, as a descriptor and as SQEs name it, and the destination to give: the
+    /// connected twin with none when `to` is its peer (the kernel then uses its cached route), else the
+    /// leg's RTP socket with `to`.
     #[inline]
-    fn dest(&self, to: SocketAddr) -> Option<SocketAddr> {
-        if self.peer == Some(to) {
-            None
-        } else {
-            Some(to)
+    fn out(&self, to: SocketAddr) -> (RawFd, Target, Option<SocketAddr>) {
+        match &self.twin {
+            Some(t) if t.peer == to => (t.sock.as_raw_fd(), t.target, None),
+            _ => (self.rtp.as_raw_fd(), self.rtp_target, Some(to)),
         }
     }
 }
@@ -451,9 +460,19 @@ const WAKE: u64 = u64::MAX;
 /// The wake-up socket's token under io_uring (bit 63 is reserved there).
 const UWAKE: u64 = (1 << 63) - 2;
 
-/// io_uring token of a leg socket: tag (31 bits), slot index (31 bits), RTCP bit.
-fn uring_token(tag: u32, index: usize, rtcp: bool) -> u64 {
-    (u64::from(tag & 0x7fff_ffff) << 32) | (((index as u64) & 0x7fff_ffff) << 1) | u64::from(rtcp)
+/// Which of a leg's sockets a token names (its low two bits).
+const RTP: u64 = 0;
+const RTCP: u64 = 1;
+const TWIN: u64 = 2;
+
+/// Epoll token of a leg socket: slot index, kind.
+fn epoll_token(index: usize, kind: u64) -> u64 {
+    ((index as u64) << 2) | kind
+}
+
+/// io_uring token of a leg socket: tag (31 bits), slot index (30 bits), kind (2 bits).
+fn uring_token(tag: u32, index: usize, kind: u64) -> u64 {
+    (u64::from(tag & 0x7fff_ffff) << 32) | (((index as u64) & 0x3fff_ffff) << 2) | (kind & 3)
 }
 
 enum Io {
@@ -641,11 +660,20 @@ impl State {
                 }
                 continue;
             }
-            let index = ((c.token & 0xffff_ffff) >> 1) as usize;
-            let rtcp = c.token & 1 == 1;
+            let index = ((c.token & 0xffff_ffff) >> 2) as usize;
+            let kind = c.token & 3;
+            let rtcp = kind == RTCP;
             let tag = (c.token >> 32) as u32;
             let leg = match self.legs.get(index) {
-                Some(Some(l)) if l.tag == tag => Some((l.id, l.rtp_target, l.rtcp.as_raw_fd())),
+                Some(Some(l)) if l.tag == tag => {
+                    // Where this receive is re-armed if its multishot ended (none: a twin already gone).
+                    let rearm = match kind {
+                        RTCP => Some(Target::Fd(l.rtcp.as_raw_fd())),
+                        TWIN => l.twin.as_ref().map(|t| t.target),
+                        _ => Some(l.rtp_target),
+                    };
+                    Some((l.id, rearm))
+                }
                 _ => None,
             };
             if u.free_slots() == 0 {
@@ -656,7 +684,7 @@ impl State {
                 reaped.send_failed += r.send_failed;
             }
             let taken = u.take(&c);
-            let Some((id, rtp_target, rtcp_fd)) = leg else {
+            let Some((id, rearm)) = leg else {
                 // A completion of a removed leg (its buffer went back to the ring in `take`).
                 if let Some((slot, ..)) = taken {
                     u.release(slot);
@@ -665,14 +693,9 @@ impl State {
             };
             if !c.more() && c.result != -libc::ECANCELED {
                 // Multishot ended (e.g. no free buffer for a moment): arm it again.
-                u.arm_recv(
-                    if rtcp {
-                        Target::Fd(rtcp_fd)
-                    } else {
-                        rtp_target
-                    },
-                    c.token,
-                );
+                if let Some(target) = rearm {
+                    u.arm_recv(target, c.token);
+                }
             }
             let Some((slot, len, from)) = taken else {
                 continue;
@@ -695,7 +718,10 @@ impl State {
                         }
                     }
                     match self.legs.get(via.index()) {
-                        Some(Some(out)) => u.send(slot, out.rtp_target, len, out.dest(to)),
+                        Some(Some(out)) => {
+                            let (_, target, dest) = out.out(to);
+                            u.send(slot, target, len, dest);
+                        }
                         _ => u.release(slot),
                     }
                 }
@@ -723,9 +749,15 @@ impl State {
                         if let Some(l) = slot.as_ref().filter(|l| l.id == id) {
                             if let Io::Uring(u) = &mut self.io {
                                 // The ring holds the sockets open until their receives are cancelled.
-                                u.cancel(uring_token(l.tag, id.index(), false));
-                                u.cancel(uring_token(l.tag, id.index(), true));
-                                if let Target::Fixed(i) = l.rtp_target {
+                                for kind in [RTP, RTCP, TWIN] {
+                                    u.cancel(uring_token(l.tag, id.index(), kind));
+                                }
+                                let fixed = [Some(l.rtp_target), l.twin.as_ref().map(|t| t.target)];
+                                if let Some(Target::Fixed(i)) = fixed
+                                    .into_iter()
+                                    .flatten()
+                                    .find(|t| matches!(t, Target::Fixed(_)))
+                                {
                                     u.unfix(i);
                                 }
                             }
@@ -822,19 +854,18 @@ impl State {
         self.next_tag = self.next_tag.wrapping_add(1) & 0x7fff_ffff;
         match &mut self.io {
             Io::Epoll(epoll) => {
-                let token = (id.index() as u64) << 1;
-                epoll.add(rtp.as_raw_fd(), token)?;
-                epoll.add(rtcp.as_raw_fd(), token | 1)?;
+                epoll.add(rtp.as_raw_fd(), epoll_token(id.index(), RTP))?;
+                epoll.add(rtcp.as_raw_fd(), epoll_token(id.index(), RTCP))?;
             }
             Io::Uring(u) => {
                 let slot = u32::try_from(id.index()).unwrap_or(u32::MAX);
                 if u.fix(slot, rtp.as_raw_fd()) {
                     rtp_target = Target::Fixed(slot);
                 }
-                u.arm_recv(rtp_target, uring_token(tag, id.index(), false));
+                u.arm_recv(rtp_target, uring_token(tag, id.index(), RTP));
                 u.arm_recv(
                     Target::Fd(rtcp.as_raw_fd()),
-                    uring_token(tag, id.index(), true),
+                    uring_token(tag, id.index(), RTCP),
                 );
             }
         }
@@ -853,7 +884,7 @@ impl State {
                 rtcp,
                 tag,
                 rtp_target,
-                peer: None,
+                twin: None,
                 tap: None,
             });
         }
@@ -888,7 +919,10 @@ impl State {
             .legs
             .get(leg.index())
             .and_then(|l| l.as_ref())
-            .map(|l| (l.rtp.as_raw_fd(), l.dest(t.to)))
+            .map(|l| {
+                let (fd, _, dest) = l.out(t.to);
+                (fd, dest)
+            })
         else {
             return;
         };
@@ -907,12 +941,13 @@ impl State {
             if token == WAKE {
                 continue;
             }
-            let index = (token >> 1) as usize;
+            let index = (token >> 2) as usize;
             let Some(Some(leg)) = self.legs.get(index) else {
                 continue;
             };
             let id = leg.id;
-            if token & 1 == 1 {
+            let kind = token & 3;
+            if kind == RTCP {
                 let fd = leg.rtcp.as_raw_fd();
                 if used == self.batch.slots() {
                     // RTCP needs one free slot: edge-triggered sockets must be drained when reported.
@@ -922,7 +957,11 @@ impl State {
                 self.rtcp_in(now, id, fd, used);
                 continue;
             }
-            let fd = leg.rtp.as_raw_fd();
+            let fd = match (kind, &leg.twin) {
+                (TWIN, Some(t)) => t.sock.as_raw_fd(),
+                (TWIN, None) => continue,
+                _ => leg.rtp.as_raw_fd(),
+            };
             let mut refused = false;
             loop {
                 if used == self.batch.slots() {
@@ -972,8 +1011,9 @@ impl State {
             let Some(Some(out)) = self.legs.get(via.index()) else {
                 return;
             };
-            self.send_fds.push(out.rtp.as_raw_fd());
-            self.send_items.push((slot, len, out.dest(to)));
+            let (fd, _, dest) = out.out(to);
+            self.send_fds.push(fd);
+            self.send_items.push((slot, len, dest));
         }
     }
 
@@ -1024,7 +1064,8 @@ impl State {
             };
             if let Some(Some(l)) = self.legs.get(t.via.index()) {
                 let (fd, to) = if t.rtcp_mux {
-                    (l.rtp.as_raw_fd(), l.dest(t.to))
+                    let (fd, _, dest) = l.out(t.to);
+                    (fd, dest)
                 } else {
                     (l.rtcp.as_raw_fd(), Some(t.to))
                 };
@@ -1049,29 +1090,68 @@ impl State {
         }
     }
 
-    /// `connect()` leg `id`'s RTP socket to `peer`, or dissolve its association (`None`). A socket that cannot be
-    /// (dis)connected is left as it is: sends keep naming their destination.
+    /// Give leg `id` a twin socket connected to `peer`, or close its twin (`None`). A twin that cannot be made
+    /// is left out: the leg then sends and receives on its RTP socket alone, naming each destination.
     fn set_peer(&mut self, id: LegId, peer: Option<SocketAddr>) {
         let Some(Some(l)) = self.legs.get_mut(id.index()) else {
             return;
         };
-        if l.id != id || l.peer == peer {
+        if l.id != id || l.twin.as_ref().map(|t| t.peer) == peer {
             return;
         }
-        match peer {
-            Some(addr) if self.cfg.connect_latched => {
-                if l.rtp.connect(addr).is_ok() {
-                    l.peer = Some(addr);
+        // Close the twin of an earlier peer first.
+        if let Some(old) = l.twin.take() {
+            match &mut self.io {
+                Io::Uring(u) => {
+                    // The ring keeps the socket open (still taking the old peer's datagrams, which arrive as
+                    // the leg's RTP) until its receive is cancelled.
+                    u.cancel(uring_token(l.tag, id.index(), TWIN));
+                    if let Target::Fixed(i) = old.target {
+                        if u.fix(i, l.rtp.as_raw_fd()) {
+                            l.rtp_target = Target::Fixed(i);
+                        } else {
+                            u.unfix(i);
+                        }
+                    }
                 }
+                // Closing the descriptor takes it out of the epoll set.
+                Io::Epoll(_) => {}
             }
-            Some(_) => {}
-            None => {
-                // Until this succeeds the socket would only take the old peer's datagrams; if it fails, keep the
-                // (stale) association rather than pretend it is gone.
-                if sys::disconnect(l.rtp.as_raw_fd()).is_ok() {
-                    l.peer = None;
+        }
+        let Some(addr) = peer.filter(|_| self.cfg.connect_latched) else {
+            return;
+        };
+        let sock = match sys::connected_twin(&l.rtp, addr) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(leg = id.index(), error = %e, "no connected twin socket");
+                return;
+            }
+        };
+        let mut target = Target::Fd(sock.as_raw_fd());
+        match &mut self.io {
+            Io::Uring(u) => {
+                // The twin carries the leg's traffic: it takes the registered-file slot. The RTP socket's armed
+                // receive keeps the file it was issued with; a re-arm names the descriptor.
+                if let Target::Fixed(i) = l.rtp_target {
+                    if u.fix(i, sock.as_raw_fd()) {
+                        target = Target::Fixed(i);
+                        l.rtp_target = Target::Fd(l.rtp.as_raw_fd());
+                    }
+                }
+                u.arm_recv(target, uring_token(l.tag, id.index(), TWIN));
+            }
+            Io::Epoll(epoll) => {
+                if let Err(e) = epoll.add(sock.as_raw_fd(), epoll_token(id.index(), TWIN)) {
+                    tracing::debug!(leg = id.index(), error = %e, "twin socket not polled");
+                    return;
                 }
             }
         }
+        l.twin = Some(Twin {
+            sock,
+            peer: addr,
+            target,
+        });
     }
 }

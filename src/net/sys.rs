@@ -7,6 +7,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
+use std::net::UdpSocket;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -357,18 +358,76 @@ pub(crate) fn set_dont_fragment(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Dissolve a UDP socket's association (`connect` with `AF_UNSPEC`): it accepts datagrams from any source again
-/// and needs a destination per send.
-pub(crate) fn disconnect(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain data, all-zero valid.
-    let mut a: libc::sockaddr = unsafe { zeroed() };
-    a.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-    // SAFETY: `a` lives across the call and its size is passed.
-    let r = unsafe { libc::connect(fd, &a, size_of::<libc::sockaddr>() as libc::socklen_t) };
+fn set_reuse_addr(fd: RawFd, on: bool) -> io::Result<()> {
+    let v: libc::c_int = on.into();
+    // SAFETY: `v` lives across the call and its size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A second UDP socket on `catch_all`'s local address, `connect()`ed to `peer`, non-blocking, close-on-exec.
+///
+/// The kernel delivers a datagram to the socket whose binding matches it best: the twin (a full 4-tuple
+/// match) takes `peer`'s datagrams, `catch_all` everything else. Binding a second socket to a port needs
+/// `SO_REUSEADDR` on both; it is set only for the twin's `bind` and cleared again on both right after, so the
+/// port stays exclusive: any later `bind` to it, by this process or another, fails with `AddrInUse` as before.
+pub(crate) fn connected_twin(catch_all: &UdpSocket, peer: SocketAddr) -> io::Result<UdpSocket> {
+    let local = catch_all.local_addr()?;
+    let family = match local {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain call; the descriptor is owned by `OwnedFd` at once.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let twin = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    set_reuse_addr(twin.as_raw_fd(), true)?;
+    set_reuse_addr(catch_all.as_raw_fd(), true)?;
+    // SAFETY: plain data, all-zero valid.
+    let mut name: libc::sockaddr_in6 = unsafe { zeroed() };
+    let len = to_sockaddr(local, &mut name);
+    // SAFETY: `name` lives across the call and `len` is its used size.
+    let bound = unsafe {
+        libc::bind(
+            twin.as_raw_fd(),
+            (&name as *const libc::sockaddr_in6).cast(),
+            len,
+        )
+    };
+    let bound = if bound < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    let cleared =
+        set_reuse_addr(catch_all.as_raw_fd(), false).and(set_reuse_addr(twin.as_raw_fd(), false));
+    bound?;
+    cleared?;
+    if local.is_ipv4() {
+        set_dont_fragment(twin.as_raw_fd())?;
+    }
+    twin.connect(peer)?;
+    Ok(twin)
 }
 
 /// Pin the calling thread to one CPU.
