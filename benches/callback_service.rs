@@ -62,6 +62,51 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    // A burst: BURST visitors submit at once (a TV spot, a mailing); time until every one is answered (each
+    // answer comes after its request is stored), then all are cancelled outside the timing.
+    const BURST: u64 = 200;
+    let mut g = c.benchmark_group("service_burst_200_submits");
+    g.sample_size(10);
+    for (name, svc) in &stores {
+        let mut base = 1_000_000u64;
+        g.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    base += BURST;
+                    let t0 = std::time::Instant::now();
+                    let ids = rt.block_on(async {
+                        let subs = (0..BURST).map(|k| {
+                            let svc = svc.clone();
+                            tokio::spawn(async move {
+                                svc.submit(NewRequest {
+                                    phone: format!("+1{:010}", base + k),
+                                    ..NewRequest::default()
+                                })
+                                .await
+                                .expect("submit")
+                                .id
+                            })
+                        });
+                        let subs: Vec<_> = subs.collect();
+                        let mut ids = Vec::with_capacity(subs.len());
+                        for s in subs {
+                            ids.push(s.await.expect("join"));
+                        }
+                        ids
+                    });
+                    total += t0.elapsed();
+                    rt.block_on(async {
+                        for id in ids {
+                            svc.cancel(id).await.expect("cancel");
+                        }
+                    });
+                }
+                total
+            })
+        });
+    }
+    g.finish();
     for (_, svc) in stores {
         rt.block_on(svc.shutdown());
     }
