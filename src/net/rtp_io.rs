@@ -128,6 +128,10 @@ pub struct DriverConfig {
     /// docs. Off, every send names its destination. Either way packets from other sources reach the relay and
     /// are counted ([`DropReason::WrongSource`](crate::media::relay::DropReason::WrongSource)).
     pub connect_latched: bool,
+    /// Raise the process's soft limit on open descriptors to its hard limit (at most 1,048,576) when the
+    /// driver starts (default true). Each leg holds two sockets, three once latched with a twin; the common
+    /// default soft limit of 1,024 would stop the relay near 150 bridges. A failure is logged, not fatal.
+    pub raise_nofile: bool,
 }
 
 impl Default for DriverConfig {
@@ -141,6 +145,7 @@ impl Default for DriverConfig {
             backend: Backend::default(),
             uring_buffers: 1024,
             connect_latched: true,
+            raise_nofile: true,
         }
     }
 }
@@ -281,6 +286,13 @@ impl std::fmt::Debug for CommandBox {
 impl RelayDriver {
     /// Start the driver thread. Events arrive on the returned receiver (bounded: read it; see the module docs).
     pub fn spawn(cfg: DriverConfig) -> io::Result<(Self, DriverEvents)> {
+        if cfg.raise_nofile {
+            // Before the io_uring is set up: its registered-file table is sized from this limit.
+            match sys::raise_nofile_limit(1 << 20) {
+                Ok(n) => tracing::debug!(limit = n, "open descriptor limit"),
+                Err(e) => tracing::warn!(error = %e, "could not raise the open descriptor limit"),
+            }
+        }
         let (tx, rx) = mpsc::channel();
         let (ev_tx, ev_rx) = events::channel();
         let (waker, wake_rx) = UnixDatagram::pair()?;

@@ -430,6 +430,28 @@ pub(crate) fn connected_twin(catch_all: &UdpSocket, peer: SocketAddr) -> io::Res
     Ok(twin)
 }
 
+/// Raise the soft limit on open descriptors to the hard limit (at most `cap`), for the whole process. Returns
+/// the soft limit now in force. Each relay leg holds two or three sockets; the usual soft limit of 1,024 would
+/// stop a relay near 150 bridges.
+pub(crate) fn raise_nofile_limit(cap: u64) -> io::Result<u64> {
+    // SAFETY: plain data, all-zero valid; getrlimit writes into it.
+    let mut r: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `r` lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let want = r.rlim_max.min(cap);
+    if r.rlim_cur >= want {
+        return Ok(r.rlim_cur);
+    }
+    r.rlim_cur = want;
+    // SAFETY: `r` lives across the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(want)
+}
+
 /// Pin the calling thread to one CPU.
 pub(crate) fn pin_current_thread(core: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against its size; pid 0 = calling thread.
