@@ -160,8 +160,12 @@ impl App {
         let mut builder = Engine::builder()
             .sip_bind(vec![config.sip.listen])
             .rtp_ip(config.sip.listen.ip())
+            .rtp_public_ip(config.media.public_ip)
             .rtp_ports(min, max)
             .outbound_proxy_uri(config.trunk.outbound_proxy.clone());
+        if let Some(addr) = config.sip.public_addr {
+            builder = builder.public_addr(addr);
+        }
         if let Some(ns) = &config.sip.nameservers {
             builder = builder.nameservers(ns.clone());
         }

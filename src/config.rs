@@ -7,7 +7,8 @@
 //!
 //! ```toml
 //! [sip]
-//! listen = "127.0.0.1:5060"      # UDP and TCP
+//! listen = "127.0.0.1:5060"      # UDP and TCP; "0.0.0.0:5060" for every interface
+//! # public_addr = "203.0.113.7:5060"  # put in Via and Contact when behind one-to-one NAT (a cloud VM)
 //! # nameservers = ["192.0.2.53:53"] # DNS servers for host names (default: /etc/resolv.conf)
 //! [trunk]
 //! uri = "sip:127.0.0.1:5070"     # visitor +33612345678 is called at sip:+33612345678@127.0.0.1:5070
@@ -23,6 +24,7 @@
 //! skills = ["sales"]
 //! [media]
 //! rtp_ports = "20000-20999"
+//! # public_ip = "203.0.113.7"    # put in SDP (c=) when behind NAT; needed when sip.listen is 0.0.0.0
 //! [http]
 //! listen = "127.0.0.1:8080"
 //! admin_token = "change-me"
@@ -38,7 +40,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -120,6 +122,11 @@ pub enum Problem {
     NoAgents,
     /// Two agents have the same name.
     DuplicateName(String),
+    /// A specific address was expected, not `0.0.0.0` or `::`.
+    Unspecified,
+    /// Needed because `sip.listen` is an unspecified address (every interface): Via, Contact and SDP must name
+    /// one.
+    NeededForWildcardListen,
 }
 
 impl fmt::Display for Problem {
@@ -144,6 +151,11 @@ impl fmt::Display for Problem {
             }
             Problem::NoAgents => write!(f, "expected at least one [[agents]] entry"),
             Problem::DuplicateName(n) => write!(f, "agent name {n:?} is used twice"),
+            Problem::Unspecified => write!(f, "expected a specific address, not 0.0.0.0 or ::"),
+            Problem::NeededForWildcardListen => write!(
+                f,
+                "required when sip.listen is 0.0.0.0 or :: (the address to advertise)"
+            ),
         }
     }
 }
@@ -185,6 +197,8 @@ pub struct SipConfig {
     pub listen: SocketAddr,
     /// DNS servers asked for the host names of the trunk, proxy and agents (default: the system's).
     pub nameservers: Option<Vec<SocketAddr>>,
+    /// The address put in Via and Contact instead of `listen` (the public address behind one-to-one NAT).
+    pub public_addr: Option<SocketAddr>,
 }
 
 impl Default for SipConfig {
@@ -192,6 +206,7 @@ impl Default for SipConfig {
         SipConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
             nameservers: None,
+            public_addr: None,
         }
     }
 }
@@ -275,6 +290,9 @@ pub struct MediaConfig {
     /// Record each visitor–agent bridge to `<record_dir>/<request id>.wav` (stereo: visitor left, agent
     /// right). Unset (the default): no recordings.
     pub record_dir: Option<PathBuf>,
+    /// The IP put in SDP for our RTP (RTP binds to `sip.listen`'s IP): the public IP behind one-to-one NAT.
+    /// Required when `sip.listen` is an unspecified address (`0.0.0.0`, `::`).
+    pub public_ip: Option<IpAddr>,
 }
 
 impl Default for MediaConfig {
@@ -284,6 +302,7 @@ impl Default for MediaConfig {
             announcement: None,
             hold_music: None,
             record_dir: None,
+            public_ip: None,
         }
     }
 }
@@ -525,6 +544,24 @@ impl Config {
         }
         if self.sip.nameservers.as_ref().is_some_and(|n| n.is_empty()) {
             return Err(invalid("sip.nameservers", Problem::Empty));
+        }
+        match self.sip.public_addr {
+            Some(a) if a.ip().is_unspecified() => {
+                return Err(invalid("sip.public_addr", Problem::Unspecified))
+            }
+            None if self.sip.listen.ip().is_unspecified() => {
+                return Err(invalid("sip.public_addr", Problem::NeededForWildcardListen))
+            }
+            _ => {}
+        }
+        match self.media.public_ip {
+            Some(ip) if ip.is_unspecified() => {
+                return Err(invalid("media.public_ip", Problem::Unspecified))
+            }
+            None if self.sip.listen.ip().is_unspecified() => {
+                return Err(invalid("media.public_ip", Problem::NeededForWildcardListen))
+            }
+            _ => {}
         }
         if self.agents.is_empty() {
             return Err(invalid("agents", Problem::NoAgents));

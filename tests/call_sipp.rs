@@ -39,6 +39,11 @@ fn player(talk_ms: u32) -> Sipp {
 
 /// A peer playing the raw PCMU `audio` in a loop, BYE after `talk_ms`.
 fn player_of(audio_bytes: &[u8], talk_ms: u32) -> Sipp {
+    player_checking(audio_bytes, talk_ms, None)
+}
+
+/// [`player_of`], also requiring the INVITE's SDP body to match `sdp_regex` (the scenario fails otherwise).
+fn player_checking(audio_bytes: &[u8], talk_ms: u32, sdp_regex: Option<&str>) -> Sipp {
     let dir = tempfile::tempdir().expect("tempdir");
     let audio = dir.path().join("tone.pcmu");
     std::fs::write(&audio, audio_bytes).expect("write audio");
@@ -47,9 +52,19 @@ fn player_of(audio_bytes: &[u8], talk_ms: u32) -> Sipp {
         env!("CARGO_MANIFEST_DIR")
     ))
     .expect("template");
-    let xml = tpl
+    let mut xml = tpl
         .replace("@AUDIO@", audio.to_str().expect("utf-8 path"))
         .replace("@TALK_MS@", &talk_ms.to_string());
+    if let Some(re) = sdp_regex {
+        let from = r#"<ereg regexp=".*" search_in="hdr" header="From:" assign_to="remote_from"/>"#;
+        let check = format!(
+            r#"{from}<ereg regexp="{re}" search_in="body" check_it="true" assign_to="sdp_check"/>"#
+        );
+        xml = xml.replace(from, &check).replace(
+            "</scenario>",
+            r#"<Reference variables="sdp_check"/></scenario>"#,
+        );
+    }
     let sf = dir.path().join("peer.xml");
     std::fs::write(&sf, xml).expect("write scenario");
     let sf = sf.to_str().expect("utf-8 path").to_owned();
@@ -1058,4 +1073,49 @@ async fn bridge_recording_follows_a_transfer_on_the_agent_side() {
     within(agent2.ended()).await.unwrap();
     within(visitor.ended()).await.unwrap();
     assert_eq!(v_peer.finish_within(WAIT).await, 0);
+}
+
+/// Behind one-to-one NAT: RTP bound to every interface, SDP naming the public IP (here 127.0.0.2, another
+/// loopback address). The peer's scenario requires `c=IN IP4 127.0.0.2` in the offer, and its RTP, sent there,
+/// reaches the leg.
+#[tokio::test]
+async fn sdp_names_the_public_ip_and_media_arrives_there() {
+    let player = player_checking(&tone_pcmu(), 1500, Some(PUBLIC_C_LINE));
+    let e = Engine::builder()
+        .rtp_ip([0, 0, 0, 0].into())
+        .rtp_public_ip(Some([127, 0, 0, 2].into()))
+        .rtp_ports(41_000, 41_999)
+        .start()
+        .await
+        .expect("engine");
+    let mut leg = e
+        .call(&player.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    assert_eq!(cdr.hangup_by, HangupBy::Remote);
+    assert!(
+        cdr.media.packets_in >= 50,
+        "RTP reached us: {:?}",
+        cdr.media
+    );
+    assert_eq!(
+        player.finish_within(WAIT).await,
+        0,
+        "the offer named the public IP"
+    );
+}
+
+/// The c= line [`sdp_names_the_public_ip_and_media_arrives_there`] requires.
+const PUBLIC_C_LINE: &str = r"c=IN IP4 127\.0\.0\.2";
+
+/// RTP bound to every interface with no public IP to advertise is refused at start (`c=0.0.0.0` means hold).
+#[tokio::test]
+async fn wildcard_rtp_without_a_public_ip_is_refused() {
+    let err = Engine::builder()
+        .rtp_ip([0, 0, 0, 0].into())
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }

@@ -372,3 +372,31 @@ fn record_dir_reaches_the_service() {
         Some(std::path::Path::new("/var/rec"))
     );
 }
+
+/// Behind one-to-one NAT: the public SIP address and media IP are read; listening on every interface needs both,
+/// and neither may itself be a wildcard.
+#[test]
+fn public_addresses_behind_nat() {
+    let nat = MINIMAL.to_owned()
+        + "[sip]\nlisten = \"0.0.0.0:5060\"\npublic_addr = \"203.0.113.7:5060\"\n"
+        + "[media]\npublic_ip = \"203.0.113.7\"\n";
+    let c = Config::parse(&nat).expect("valid");
+    assert_eq!(c.sip.public_addr, Some("203.0.113.7:5060".parse().unwrap()));
+    assert_eq!(c.media.public_ip, Some("203.0.113.7".parse().unwrap()));
+    assert!(c.validate().is_ok());
+    let no_media_ip = nat.replace("public_ip = \"203.0.113.7\"\n", "");
+    let e = err(&no_media_ip);
+    assert!(
+        e.contains("media.public_ip") && e.contains("0.0.0.0"),
+        "{e}"
+    );
+    let e = err(&nat.replace("public_addr = \"203.0.113.7:5060\"\n", ""));
+    assert!(e.contains("sip.public_addr"), "{e}");
+    let e = err(&nat.replace("public_ip = \"203.0.113.7\"", "public_ip = \"0.0.0.0\""));
+    assert!(
+        e.contains("media.public_ip") && e.contains("specific address"),
+        "{e}"
+    );
+    let e = err(&nat.replace("public_ip = \"203.0.113.7\"", "public_ip = \"not an ip\""));
+    assert!(e.contains("media.public_ip"), "{e}");
+}

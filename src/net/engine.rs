@@ -53,6 +53,7 @@ pub struct EngineBuilder {
     tcp: bool,
     public_addr: Option<SocketAddr>,
     rtp_ip: IpAddr,
+    rtp_public_ip: Option<IpAddr>,
     rtp_ports: (u16, u16),
     timers: TimerConfig,
     user_agent: Option<String>,
@@ -78,6 +79,7 @@ impl EngineBuilder {
             tcp: false,
             public_addr: None,
             rtp_ip: IpAddr::from([127, 0, 0, 1]),
+            rtp_public_ip: None,
             rtp_ports: (30000, 39999),
             timers: TimerConfig::default(),
             user_agent: Some(concat!("rappel/", env!("CARGO_PKG_VERSION")).to_owned()),
@@ -104,9 +106,17 @@ impl EngineBuilder {
         self.public_addr = Some(addr);
         self
     }
-    /// Where RTP sockets bind (and the address put in SDP).
+    /// Where RTP sockets bind (and the address put in SDP unless [`Self::rtp_public_ip`] is set). An
+    /// unspecified address (`0.0.0.0`, `::`) binds every interface and needs a public IP to advertise.
     pub fn rtp_ip(mut self, ip: IpAddr) -> Self {
         self.rtp_ip = ip;
+        self
+    }
+    /// The address put in SDP (`c=`) for our RTP, when it differs from where the sockets bind: a host
+    /// behind one-to-one NAT (a cloud VM's public IP), or sockets bound to every interface. FreeSWITCH calls it
+    /// `ext-rtp-ip`, Asterisk `external_media_address`.
+    pub fn rtp_public_ip(mut self, ip: Option<IpAddr>) -> Self {
+        self.rtp_public_ip = ip;
         self
     }
     /// The RTP port range (inclusive; two ports per leg).
@@ -164,8 +174,20 @@ impl EngineBuilder {
     }
 
     /// Binds the SIP sockets, starts the relay thread and the engine task (on the current tokio runtime).
-    /// Errors: a socket that cannot be bound, an outbound proxy URI that does not parse (`InvalidInput`).
+    /// Errors: a socket that cannot be bound, an outbound proxy URI that does not parse, RTP bound to an
+    /// unspecified address with no [`Self::rtp_public_ip`] (`InvalidInput`).
     pub async fn start(self) -> io::Result<Engine> {
+        let sdp_ip = self.rtp_public_ip.unwrap_or(self.rtp_ip);
+        if sdp_ip.is_unspecified() {
+            // `c=0.0.0.0` would read as hold (RFC 2543) to the peer.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "RTP bound to {}: set a public IP to put in SDP",
+                    self.rtp_ip
+                ),
+            ));
+        }
         if let Some(Proxy::Uri(u)) = &self.outbound_proxy {
             if trunk::hop_for(self.outbound_proxy.as_ref(), "") == Hop::Invalid {
                 return Err(io::Error::new(
@@ -255,6 +277,7 @@ impl EngineBuilder {
             resolved_tx,
             registrar,
             from: self.from,
+            sdp_ip,
             dirty: VecDeque::new(),
             shutdown: None,
             ringback: ToneSpec::ringback(Country::Fr).render(),
@@ -755,6 +778,8 @@ struct ShutdownState {
 }
 
 struct Task {
+    /// The IP our SDP offers and answers give for RTP (the public one behind NAT).
+    sdp_ip: IpAddr,
     ep: Endpoint,
     relay: Arc<RelayDriver>,
     players: PlayerSet,
@@ -1002,7 +1027,7 @@ impl Task {
                 let setup = LegSetup {
                     id,
                     target: target.clone(),
-                    local_rtp: info.rtp,
+                    local_rtp: SocketAddr::new(self.sdp_ip, info.rtp.port()),
                     codecs: opts.codecs.clone(),
                     ring_timeout: opts.ring_timeout,
                     session_timer: opts.session_timer,
