@@ -3,6 +3,10 @@
 //! [`DemoPhone`] (SRTP on one side, RTP on the other, media counted both ways), and ends when the SIP side hangs
 //! up; a second leg whose "browser" stops sending ends by the inactivity timeout (within the timeout plus 1 s: it
 //! is checked every 500 ms).
+//!
+//! DTMF: the "browser" offers telephone-event/8000 on payload type 110 and sends RFC 4733 events for `1#`; the
+//! engine reports them as typed [`LegEvent::Dtmf`] on the browser leg, and the bridged SIP phone receives them
+//! with its own telephone-event payload type (101). Digits sent on the browser leg reach the browser on 110.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -16,7 +20,8 @@ use rappel::net::webrtc::BrowserOptions;
 use rappel::{BridgeOptions, CallOptions, Engine, LegEvent};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
 };
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -33,7 +38,11 @@ struct Handler {
     gathered: mpsc::UnboundedSender<()>,
     connected: mpsc::UnboundedSender<()>,
     received: Arc<AtomicU64>,
+    events: Arc<AtomicU64>,
 }
+
+/// The fake browser's telephone-event payload type (Chromium uses 126; anything but the SIP side's 101).
+const TE: u8 = 110;
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
@@ -49,11 +58,15 @@ impl PeerConnectionEventHandler for Handler {
     }
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let received = self.received.clone();
+        let events = self.events.clone();
         tokio::spawn(async move {
             while let Some(ev) = track.poll().await {
                 match ev {
-                    TrackRemoteEvent::OnRtpPacket(_) => {
+                    TrackRemoteEvent::OnRtpPacket(p) => {
                         received.fetch_add(1, Relaxed);
+                        if p.header.payload_type == TE {
+                            events.fetch_add(1, Relaxed);
+                        }
                     }
                     TrackRemoteEvent::OnEnded => break,
                     _ => {}
@@ -68,18 +81,37 @@ struct FakeBrowser {
     pc: Arc<dyn PeerConnection>,
     track: Arc<TrackLocalStaticRTP>,
     received: Arc<AtomicU64>,
+    /// RFC 4733 packets received (payload type [`TE`]).
+    events: Arc<AtomicU64>,
     connected: mpsc::UnboundedReceiver<()>,
     offer: String,
 }
 
 const SSRC: u32 = 0x5eed;
 
+fn codec(mime: &str, pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate: 8000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+    }
+}
+
 async fn fake_browser() -> FakeBrowser {
     let mut media = MediaEngine::default();
     media.register_default_codecs().unwrap();
+    media
+        .register_codec(codec("audio/telephone-event", TE), RtpCodecKind::Audio)
+        .unwrap();
     let (gtx, mut gathered) = mpsc::unbounded_channel();
     let (ctx, connected) = mpsc::unbounded_channel();
     let received = Arc::new(AtomicU64::new(0));
+    let events = Arc::new(AtomicU64::new(0));
     let pc: Arc<dyn PeerConnection> = Arc::new(
         PeerConnectionBuilder::new()
             .with_media_engine(media)
@@ -87,6 +119,7 @@ async fn fake_browser() -> FakeBrowser {
                 gathered: gtx,
                 connected: ctx,
                 received: received.clone(),
+                events: events.clone(),
             }))
             .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
             .build()
@@ -116,6 +149,15 @@ async fn fake_browser() -> FakeBrowser {
     pc.add_track(track.clone() as Arc<dyn TrackLocal>)
         .await
         .unwrap();
+    // Offer PCMU and telephone-event, as a browser whose codecs the widget restricted.
+    for t in pc.get_transceivers().await {
+        t.set_codec_preferences(vec![
+            codec("audio/PCMU", 0),
+            codec("audio/telephone-event", TE),
+        ])
+        .await
+        .unwrap();
+    }
     let offer = pc.create_offer(None).await.unwrap();
     pc.set_local_description(offer).await.unwrap();
     tokio::time::timeout(WAIT, gathered.recv())
@@ -126,6 +168,7 @@ async fn fake_browser() -> FakeBrowser {
         pc,
         track,
         received,
+        events,
         connected,
         offer,
     }
@@ -172,6 +215,36 @@ impl FakeBrowser {
             }
         });
         (stop, sent)
+    }
+}
+
+impl FakeBrowser {
+    /// Sends `digits` as RFC 4733 events (as a browser's `insertDTMF`: three updates of 20 ms, the end packet
+    /// three times), on the audio stream's SSRC, with payload type [`TE`]; sequence numbers from `seq`.
+    async fn send_digits(&self, digits: &[u8], mut seq: u16) {
+        for (k, &event) in digits.iter().enumerate() {
+            let ts = 1_000_000 + k as u32 * 8000;
+            for (i, end) in [(1u16, false), (2, false), (3, true), (3, true), (3, true)] {
+                let duration = i * 160;
+                let mut payload = vec![event, if end { 0x80 | 10 } else { 10 }];
+                payload.extend_from_slice(&duration.to_be_bytes());
+                let p = rtc::rtp::packet::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: TE,
+                        marker: i == 1 && !end,
+                        sequence_number: seq,
+                        timestamp: ts,
+                        ssrc: SSRC,
+                        ..Default::default()
+                    },
+                    payload: bytes::Bytes::from(payload),
+                };
+                seq = seq.wrapping_add(1);
+                self.track.write_rtp(p).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 }
 
@@ -292,6 +365,98 @@ async fn browser_leg_hears_prompts_is_bridged_to_sip_and_ends_with_it() {
         "silent browser leg ended {} ms after its last packet (inactivity 2 s)",
         t0.elapsed().as_millis()
     );
+    let _ = browser.pc.close().await;
+    tokio::time::timeout(WAIT, engine.shutdown(rappel::ShutdownMode::HangUp))
+        .await
+        .expect("engine stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_from_the_browser_is_reported_and_relayed_to_sip_in_its_payload_type() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let engine = engine().await;
+    let mut browser = fake_browser().await;
+    assert!(
+        browser
+            .offer
+            .contains(&format!("a=rtpmap:{TE} telephone-event/8000")),
+        "{}",
+        browser.offer
+    );
+    let (mut leg, answer) = engine
+        .browser_call(&browser.offer, &BrowserOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        answer.contains(&format!("a=rtpmap:{TE} telephone-event/8000")),
+        "telephone-event answered: {answer}"
+    );
+    assert_eq!(leg.next_event().await, Some(LegEvent::Answered));
+    browser.answer(answer).await;
+    let phone = DemoPhone::start(
+        "agent",
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour::Answer {
+            ring: Duration::ZERO,
+            talk: None,
+            tone_hz: 523.0,
+        },
+    )
+    .await
+    .unwrap();
+    let mut agent = engine
+        .call(&phone.uri(), CallOptions::default())
+        .await
+        .unwrap();
+    agent.answered().await.unwrap();
+    let _bridge = engine
+        .bridge(&leg, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    // Some audio first: the relay latches on the glue socket.
+    let (talking, sent) = browser.talk();
+    until("the browser sent 10 frames", || sent.load(Relaxed) >= 10).await;
+    drop(talking);
+    // The events continue the stream's sequence numbers (SRTP's replay window follows them).
+    let next = u16::try_from(sent.load(Relaxed)).unwrap() + 50;
+    browser.send_digits(&[1, 11], next).await;
+
+    let mut digits = String::new();
+    while digits.len() < 2 {
+        match tokio::time::timeout(WAIT, leg.next_event())
+            .await
+            .expect("DTMF events")
+        {
+            Some(LegEvent::Dtmf { digit, .. }) => digits.push(digit.to_char()),
+            Some(LegEvent::Ended { .. }) | None => panic!("the leg ended; digits {digits:?}"),
+            Some(_) => {}
+        }
+    }
+    assert_eq!(digits, "1#");
+    until("the phone decoded both digits", || {
+        phone.stats().digits() == "1#"
+    })
+    .await;
+    let packets = phone.stats().dtmf_packets.load(Relaxed);
+    assert!(
+        packets >= 6,
+        "RFC 4733 packets with PT 101 at the phone: {packets}"
+    );
+
+    // The other way: digits sent on the browser leg reach the browser with its payload type.
+    leg.send_dtmf("5").await.unwrap();
+    until("RFC 4733 at the browser", || {
+        browser.events.load(Relaxed) >= 3
+    })
+    .await;
+
+    drop(agent);
+    tokio::time::timeout(WAIT, leg.ended())
+        .await
+        .expect("browser leg ends");
     let _ = browser.pc.close().await;
     tokio::time::timeout(WAIT, engine.shutdown(rappel::ShutdownMode::HangUp))
         .await

@@ -320,6 +320,8 @@ enum Cmd {
         /// Where the relay leg sends the peer's audio.
         remote: SocketAddr,
         law: Law,
+        /// The peer's telephone-event payload type (RFC 4733 DTMF), if negotiated.
+        telephone_event: Option<u8>,
         /// Ends the call (instead of a BYE).
         closer: Closer,
         events: mpsc::UnboundedSender<LegEvent>,
@@ -407,7 +409,9 @@ impl Engine {
     /// Answers a browser's WebRTC offer (`offer_sdp`, SDP text) and returns the leg, already answered
     /// ([`LegEvent::Answered`] is its first event), with the SDP answer for the browser. The leg works like a SIP
     /// leg with [`Self::bridge`], [`Leg::play`] and [`Leg::hangup`] (which closes the peer connection); hold is
-    /// refused. It ends by itself when the browser closes or fails, or sends no RTP for
+    /// refused. When the offer has telephone-event/8000, DTMF works as on a SIP leg: the browser's key presses
+    /// (`insertDTMF`) come as [`LegEvent::Dtmf`] and are relayed to a bridged leg in its payload type, and
+    /// [`Leg::send_dtmf`] sends RFC 4733 to the browser. It ends by itself when the browser closes or fails, or sends no RTP for
     /// [`BrowserOptions::inactivity`](crate::net::webrtc::BrowserOptions::inactivity). See [`crate::net::webrtc`].
     ///
     /// Cancel-safe: the work runs in its own task, so dropping the future (an HTTP client that went away) leaves
@@ -474,6 +478,7 @@ impl Engine {
             info,
             remote: accepted.glue,
             law: accepted.law,
+            telephone_event: accepted.telephone_event,
             closer: Box::new(move || handle.close()),
             events: etx,
             reply,
@@ -1111,7 +1116,9 @@ impl Task {
                     .and_then(|l| l.core.negotiated())
                     .and_then(|n| n.telephone_event_pt)
                     .filter(|_| !info);
-                if let (Some(pt), Some(_)) = (te, call) {
+                // A browser leg has no SIP call but sends RFC 4733 all the same.
+                let media_up = call.is_some() || leg.is_some_and(|l| l.core.is_elsewhere());
+                if let (Some(pt), true) = (te, media_up) {
                     match self.dtmf.get_mut(&id) {
                         Some(job) => {
                             job.pending += weight;
@@ -1175,10 +1182,19 @@ impl Task {
                 info,
                 remote,
                 law,
+                telephone_event,
                 closer,
                 events,
                 reply,
-            } => self.elsewhere(now, id, info, remote, law, closer, events, reply),
+            } => self.elsewhere(
+                now,
+                id,
+                info,
+                (remote, law, telephone_event),
+                closer,
+                events,
+                reply,
+            ),
             Cmd::ElsewhereEnded(id, cause, by) => {
                 if let Some(l) = self.legs.get_mut(&id) {
                     l.closer = None;
@@ -1189,15 +1205,15 @@ impl Task {
         }
     }
 
-    /// Adds an answered leg set up outside SIP (see [`LegCore::answered_elsewhere`]).
+    /// Adds an answered leg set up outside SIP (see [`LegCore::answered_elsewhere`]): its peer's address, law
+    /// and telephone-event payload type in `media`.
     #[allow(clippy::too_many_arguments)]
     fn elsewhere(
         &mut self,
         now: Instant,
         id: u64,
         info: LegInfo,
-        remote: SocketAddr,
-        law: Law,
+        media: (SocketAddr, Law, Option<u8>),
         closer: Closer,
         events: mpsc::UnboundedSender<LegEvent>,
         reply: Reply<()>,
@@ -1208,9 +1224,13 @@ impl Task {
             closer();
             return;
         }
+        let (remote, law, te) = media;
         let rid = info.id;
+        // With telephone-event set, the relay reports the peer's RFC 4733 packets (typed DTMF, as a SIP leg's)
+        // and maps their payload type to a bridged partner's.
         fire(self.relay.with_relay(move |r, _| {
             let _ = r.set_remote(rid, Some(remote), None);
+            let _ = r.set_telephone_event_pt(rid, te);
         }));
         let codec = match law {
             Law::Ulaw => crate::sdp::Codec::pcmu(),
@@ -1222,8 +1242,8 @@ impl Task {
             remote_rtcp: remote,
             codec: codec.clone(),
             recv_pt: codec.pt,
-            telephone_event_pt: None,
-            telephone_event_recv_pt: None,
+            telephone_event_pt: te,
+            telephone_event_recv_pt: te,
             direction: crate::sdp::Direction::SendRecv,
             ptime: 20,
             rtcp_mux: true,

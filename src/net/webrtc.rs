@@ -2,7 +2,8 @@
 //!
 //! A visitor can call from the browser: the page sends an SDP offer, [`accept`] answers it with a webrtc-rs
 //! `PeerConnection` (ICE-lite, DTLS-SRTP, one audio track, PCMU or PCMA only: Opus is left out because the relay
-//! transcodes only between the G.711 laws, and every browser offers G.711). SRTP ends here. Towards the rest of rappel the peer
+//! transcodes only between the G.711 laws, and every browser offers G.711; plus telephone-event/8000 when the
+//! offer has it, for DTMF from `RTCDTMFSender.insertDTMF`). SRTP ends here. Towards the rest of rappel the peer
 //! is a plain RTP endpoint: one UDP socket on [`BrowserOptions::bind_ip`] (the *glue socket*) exchanges clear
 //! RTP with a normal relay leg, whose remote address is the glue socket. So the relay, the players (greeting, hold music) and bridges
 //! treat a browser leg like a SIP leg; only signalling differs (no SIP dialog: the engine closes the peer
@@ -10,9 +11,10 @@
 //!
 //! One tokio task per browser leg ([`accept`] spawns it) owns the peer connection and the glue socket:
 //! - browser → relay: the remote track's RTP packets (decrypted by webrtc-rs) are re-serialised and sent from
-//!   the glue socket to the relay leg;
+//!   the glue socket to the relay leg, telephone-event packets included (same SSRC, their own payload type:
+//!   the relay leg knows it as [`Accepted::telephone_event`] and decodes them as it does a SIP peer's);
 //! - relay → browser: datagrams from the relay leg's address are parsed and written to the local track (with
-//!   the track's SSRC);
+//!   the track's SSRC; the audio payload type, or the telephone-event one for RFC 4733 packets);
 //! - the end: the owner drops or fires its [`PeerHandle`] (hang-up from our side), the connection fails or
 //!   closes (ICE consent lost, DTLS alert), or no RTP came from the browser for
 //!   [`BrowserOptions::inactivity`] (a dead tab). The task then closes the peer connection (webrtc-rs stops
@@ -135,6 +137,8 @@ pub struct Accepted {
     pub handle: PeerHandle,
     /// RTP packets from the browser forwarded to the relay so far.
     pub from_browser: Arc<AtomicU64>,
+    /// The telephone-event/8000 payload type both sides use (RFC 4733 DTMF), when the offer had it.
+    pub telephone_event: Option<u8>,
 }
 
 /// The law to use for an offer: PCMU if its audio m-line lists payload type 0, else PCMA (8), else `None`.
@@ -148,6 +152,50 @@ pub fn offered_law(offer: &str) -> Option<Law> {
         Some(Law::Alaw)
     } else {
         None
+    }
+}
+
+/// The payload type of telephone-event/8000 in the offer's audio m-line, if it offers it (browsers also offer
+/// telephone-event/48000 with Opus: that one is not used, the audio is G.711 at 8 kHz).
+pub fn offered_telephone_event(offer: &str) -> Option<u8> {
+    let mut in_audio = false;
+    let mut formats: Vec<&str> = Vec::new();
+    for line in offer.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            if in_audio {
+                break;
+            }
+            in_audio = m.starts_with("audio ");
+            formats = m.split_whitespace().skip(3).collect();
+            continue;
+        }
+        if !in_audio {
+            continue;
+        }
+        let Some((pt, enc)) = line
+            .strip_prefix("a=rtpmap:")
+            .and_then(|r| r.split_once(' '))
+        else {
+            continue;
+        };
+        if enc.trim().eq_ignore_ascii_case("telephone-event/8000") && formats.contains(&pt) {
+            return pt.parse().ok();
+        }
+    }
+    None
+}
+
+fn telephone_event_codec(pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: rtc::peer_connection::configuration::media_engine::MIME_TYPE_TELEPHONE_EVENT
+                .to_owned(),
+            clock_rate: 8000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
     }
 }
 
@@ -219,6 +267,10 @@ pub async fn accept(
     let mut media = MediaEngine::default();
     let params = codec(law);
     media.register_codec(params.clone(), RtpCodecKind::Audio)?;
+    let te = offered_telephone_event(offer);
+    if let Some(pt) = te {
+        media.register_codec(telephone_event_codec(pt), RtpCodecKind::Audio)?;
+    }
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_include_loopback_candidate(opts.bind_ip.is_loopback())
@@ -233,8 +285,10 @@ pub async fn accept(
             .build()
             .await?,
     );
-    match negotiate(&*pc, offer, law, params, opts, &mut events).await {
+    match negotiate(&*pc, offer, law, (params, te), opts, &mut events).await {
         Ok((answer, track, ssrc, early)) => {
+            // What the answer kept (webrtc-rs answers with the offer's payload type when it matches).
+            let te = te.filter(|pt| answer_has_telephone_event(&answer, *pt));
             let (close, closed) = oneshot::channel();
             let from_browser = Arc::new(AtomicU64::new(0));
             let glue = Arc::new(glue);
@@ -246,6 +300,7 @@ pub async fn accept(
                     track,
                     ssrc,
                     pt: law.payload_type(),
+                    te,
                     inactivity: opts.inactivity,
                     from_browser: from_browser.clone(),
                 },
@@ -260,6 +315,7 @@ pub async fn accept(
                 glue: glue_addr,
                 handle: PeerHandle { close: Some(close) },
                 from_browser,
+                telephone_event: te,
             })
         }
         Err(e) => {
@@ -269,11 +325,19 @@ pub async fn accept(
     }
 }
 
+fn answer_has_telephone_event(answer: &str, pt: u8) -> bool {
+    let want = format!("a=rtpmap:{pt} ");
+    answer.lines().any(|l| {
+        l.strip_prefix(want.as_str())
+            .is_some_and(|enc| enc.trim().eq_ignore_ascii_case("telephone-event/8000"))
+    })
+}
+
 async fn negotiate(
     pc: &dyn PeerConnection,
     offer: &str,
     law: Law,
-    params: RTCRtpCodecParameters,
+    (params, te): (RTCRtpCodecParameters, Option<u8>),
     opts: &BrowserOptions,
     events: &mut mpsc::UnboundedReceiver<PeerEvent>,
 ) -> Result<(String, Arc<TrackLocalStaticRTP>, u32, Vec<PeerEvent>), WebRtcError> {
@@ -288,11 +352,18 @@ async fn negotiate(
                 ssrc: Some(ssrc),
                 ..Default::default()
             },
-            codec: params.rtp_codec,
+            codec: params.rtp_codec.clone(),
             ..Default::default()
         }],
     )));
     pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
+    if let Some(pt) = te {
+        // A track's transceiver offers and sends only the track's codec: add telephone-event.
+        for t in pc.get_transceivers().await {
+            t.set_codec_preferences(vec![params.clone(), telephone_event_codec(pt)])
+                .await?;
+        }
+    }
     pc.set_remote_description(RTCSessionDescription::offer(offer.to_owned())?)
         .await?;
     let answer = pc.create_answer(None).await?;
@@ -328,6 +399,8 @@ struct Glue {
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     pt: u8,
+    /// The telephone-event payload type, when negotiated: such packets keep it on their way to the browser.
+    te: Option<u8>,
     inactivity: Duration,
     from_browser: Arc<AtomicU64>,
 }
@@ -405,7 +478,9 @@ async fn run(
                 let Some(mut data) = buf.get(..n) else { continue };
                 if let Ok(mut p) = rtc::rtp::packet::Packet::unmarshal(&mut data) {
                     p.header.ssrc = g.ssrc;
-                    p.header.payload_type = g.pt;
+                    if g.te != Some(p.header.payload_type) {
+                        p.header.payload_type = g.pt;
+                    }
                     // Fails until the DTLS handshake bound the track: those frames are dropped.
                     let _ = g.track.write_rtp(p).await;
                 }
@@ -438,4 +513,32 @@ async fn finish(
     while readers.join_next().await.is_some() {}
     drop(g);
     on_end(end);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0 8 110 126\r\n\
+        a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+        a=rtpmap:110 telephone-event/48000\r\na=rtpmap:126 telephone-event/8000\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 127\r\na=rtpmap:127 telephone-event/8000\r\n";
+
+    #[test]
+    fn telephone_event_at_8000_in_the_audio_line_is_found() {
+        assert_eq!(offered_telephone_event(OFFER), Some(126));
+        assert_eq!(offered_law(OFFER), Some(Law::Ulaw));
+        // Listed in an rtpmap but not in the m-line's formats, or only at 48 kHz: not offered.
+        let not_listed = OFFER.replace(" 110 126\r\n", " 110\r\n");
+        assert_eq!(offered_telephone_event(&not_listed), None);
+        assert_eq!(offered_telephone_event("m=audio 9 RTP/AVP 0\r\n"), None);
+        assert!(answer_has_telephone_event(
+            "a=rtpmap:126 telephone-event/8000\r\n",
+            126
+        ));
+        assert!(!answer_has_telephone_event(
+            "a=rtpmap:126 telephone-event/8000\r\n",
+            101
+        ));
+    }
 }
