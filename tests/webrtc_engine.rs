@@ -7,6 +7,8 @@
 //! DTMF: the "browser" offers telephone-event/8000 on payload type 110 and sends RFC 4733 events for `1#`; the
 //! engine reports them as typed [`LegEvent::Dtmf`] on the browser leg, and the bridged SIP phone receives them
 //! with its own telephone-event payload type (101). Digits sent on the browser leg reach the browser on 110.
+//!
+//! Cancel: a browser leg parked for a request that is cancelled before dialling it is released at once.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -37,6 +39,8 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Handler {
     gathered: mpsc::UnboundedSender<()>,
     connected: mpsc::UnboundedSender<()>,
+    /// Every connection state after `connected`.
+    later: mpsc::UnboundedSender<RTCPeerConnectionState>,
     received: Arc<AtomicU64>,
     events: Arc<AtomicU64>,
 }
@@ -54,6 +58,8 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         if state == RTCPeerConnectionState::Connected {
             let _ = self.connected.send(());
+        } else {
+            let _ = self.later.send(state);
         }
     }
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -84,6 +90,8 @@ struct FakeBrowser {
     /// RFC 4733 packets received (payload type [`TE`]).
     events: Arc<AtomicU64>,
     connected: mpsc::UnboundedReceiver<()>,
+    /// Connection states other than `connected`, in order.
+    later: mpsc::UnboundedReceiver<RTCPeerConnectionState>,
     offer: String,
 }
 
@@ -110,6 +118,7 @@ async fn fake_browser() -> FakeBrowser {
         .unwrap();
     let (gtx, mut gathered) = mpsc::unbounded_channel();
     let (ctx, connected) = mpsc::unbounded_channel();
+    let (ltx, later) = mpsc::unbounded_channel();
     let received = Arc::new(AtomicU64::new(0));
     let events = Arc::new(AtomicU64::new(0));
     let pc: Arc<dyn PeerConnection> = Arc::new(
@@ -118,6 +127,7 @@ async fn fake_browser() -> FakeBrowser {
             .with_handler(Arc::new(Handler {
                 gathered: gtx,
                 connected: ctx,
+                later: ltx,
                 received: received.clone(),
                 events: events.clone(),
             }))
@@ -170,6 +180,7 @@ async fn fake_browser() -> FakeBrowser {
         received,
         events,
         connected,
+        later,
         offer,
     }
 }
@@ -256,6 +267,28 @@ async fn until(what: &str, f: impl Fn() -> bool) {
     }
 }
 
+/// UDP sockets open in this process: socket fds whose inode is in `/proc/self/net/udp{,6}`.
+fn udp_sockets() -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/self/net/udp", "/proc/self/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                inodes.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|l| inodes.contains(&l.to_string_lossy().into_owned()))
+            .count()
+    })
+}
+
+/// The tests of this file one at a time (one counts the process's sockets).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn engine() -> Engine {
     let base = 28000 + (std::process::id() % 20) as u16 * 100;
     Engine::builder()
@@ -267,6 +300,7 @@ async fn engine() -> Engine {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_leg_hears_prompts_is_bridged_to_sip_and_ends_with_it() {
+    let _serial = SERIAL.lock().await;
     let engine = engine().await;
     let mut browser = fake_browser().await;
     let opts = BrowserOptions::default();
@@ -373,6 +407,7 @@ async fn browser_leg_hears_prompts_is_bridged_to_sip_and_ends_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtmf_from_the_browser_is_reported_and_relayed_to_sip_in_its_payload_type() {
+    let _serial = SERIAL.lock().await;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -458,6 +493,88 @@ async fn dtmf_from_the_browser_is_reported_and_relayed_to_sip_in_its_payload_typ
         .await
         .expect("browser leg ends");
     let _ = browser.pc.close().await;
+    tokio::time::timeout(WAIT, engine.shutdown(rappel::ShutdownMode::HangUp))
+        .await
+        .expect("engine stops");
+}
+
+/// A request from the browser cancelled before it dialled its parked leg: the leg is released at once (its
+/// sockets closed: peer connection, glue, relay leg; the browser sees its connection end), not at the parking
+/// TTL of one hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_request_releases_its_parked_browser_leg_at_once() {
+    let _serial = SERIAL.lock().await;
+    use rappel::callback::calls::EngineCalls;
+    use rappel::callback::service::{CallbackService, ServiceConfig, SystemClock};
+    use rappel::callback::store::MemoryStore;
+    use rappel::callback::NewRequest;
+
+    let engine = engine().await;
+    let calls = EngineCalls::new(engine.clone(), CallOptions::default(), None);
+    let legs = calls.browser_legs();
+    // The request is for ten minutes from now: it waits and does not dial its visitor before the cancel.
+    let svc = CallbackService::start(
+        ServiceConfig::default(),
+        MemoryStore::new(),
+        calls,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let mut browser = fake_browser().await;
+    let sockets = udp_sockets();
+    let (leg, answer) = engine
+        .browser_call(&browser.offer, &BrowserOptions::default())
+        .await
+        .unwrap();
+    browser.answer(answer).await;
+    let _talking = browser.talk();
+    let key = legs.park(leg, Instant::now()).unwrap();
+    let during = udp_sockets();
+    // The peer connection's socket, the glue socket, the relay leg's RTP and RTCP sockets.
+    assert!(during >= sockets + 4, "{sockets} -> {during}");
+    let sub = svc
+        .submit(NewRequest {
+            phone: key.clone(),
+            wished: Some(rappel::callback::WishedTime::At(
+                chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+                    + chrono::Duration::minutes(10),
+            )),
+            ..NewRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(legs.len(), 1);
+    assert!(svc.cancel(sub.id).await.unwrap());
+    until("the parked leg released", || legs.is_empty()).await;
+    assert!(legs.take(&key).is_none());
+    let t0 = Instant::now();
+    until(
+        "the leg's sockets closed (peer connection, glue, relay)",
+        || udp_sockets() <= sockets,
+    )
+    .await;
+    let state = tokio::time::timeout(WAIT, async {
+        loop {
+            match browser.later.recv().await {
+                Some(
+                    s @ (RTCPeerConnectionState::Closed
+                    | RTCPeerConnectionState::Failed
+                    | RTCPeerConnectionState::Disconnected),
+                ) => return Some(s),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the browser sees its peer connection end");
+    eprintln!(
+        "cancelled browser request: browser peer connection {state:?} {} ms after the leg was released",
+        t0.elapsed().as_millis()
+    );
+    let _ = browser.pc.close().await;
+    svc.shutdown().await;
     tokio::time::timeout(WAIT, engine.shutdown(rappel::ShutdownMode::HangUp))
         .await
         .expect("engine stops");
