@@ -615,7 +615,11 @@ impl Leg {
     }
 
     /// Sends DTMF digits as SIP INFO `application/dtmf-relay`, one request per digit (`Duration=250`), whatever
-    /// the SDP negotiated. Errors as [`Self::send_dtmf`].
+    /// the SDP negotiated. The requests go one at a time (the next after the previous one's final response, so
+    /// a UDP retransmission cannot overtake a later digit); calls made meanwhile queue behind, and this returns
+    /// once the call's last INFO is answered. Errors as [`Self::send_dtmf`], plus [`CallError::Rejected`] /
+    /// [`CallError::Timeout`] when the peer refused or did not answer one of them (the others are sent all the
+    /// same), and [`CallError::Unsupported`] on a browser leg.
     pub async fn send_dtmf_info(&self, digits: &str) -> Result<(), CallError> {
         let d = parse_digits(digits)?;
         self.engine.ask(|r| Cmd::Dtmf(self.id.0, d, true, r)).await
@@ -783,10 +787,10 @@ struct Task {
     ringback: crate::media::player::Clip,
 }
 
-/// DTMF digits a leg may have pending (being sent or queued, calls of [`Leg::send_dtmf`] not yet answered);
-/// a call that would go beyond fails with [`CallError::DtmfQueueFull`]. Also the most digits one call may send
-/// as SIP INFO. A call of no digits counts as one.
-pub const MAX_PENDING_DTMF: usize = 64;
+/// DTMF digits a leg may have pending (being sent or queued, calls of [`Leg::send_dtmf`] and
+/// [`Leg::send_dtmf_info`] not yet answered, RFC 4733 and INFO together); a call that would go beyond fails with
+/// [`CallError::DtmfQueueFull`]. A call of no digits counts as one.
+pub use crate::call::leg::MAX_PENDING_DTMF;
 
 /// How long shutdown waits for the registrar to confirm the binding's removal once the calls are over.
 const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
@@ -1099,7 +1103,8 @@ impl Task {
             }
             Cmd::Dtmf(id, digits, info, reply) => {
                 let weight = digits.len().max(1);
-                let pending = self.dtmf.get(&id).map_or(0, |j| j.pending);
+                let pending = self.dtmf.get(&id).map_or(0, |j| j.pending)
+                    + self.legs.get(&id).map_or(0, |l| l.core.dtmf_info_pending());
                 if pending + weight > MAX_PENDING_DTMF {
                     let _ = reply.send(Err(CallError::DtmfQueueFull {
                         pending,
@@ -1142,16 +1147,20 @@ impl Task {
                     }
                     return;
                 }
-                let r = match call {
-                    Some(c) => digits.iter().try_for_each(|d| {
-                        let body = format!("Signal={}\r\nDuration=250\r\n", d.to_char());
-                        self.ep
-                            .send_info(now, c, "application/dtmf-relay", Bytes::from(body))
-                            .map_err(|_| CallError::NotAnswered)
-                    }),
-                    None => Err(CallError::NotAnswered),
+                // SIP INFO: the leg sends one request at a time, in order (see `LegCore::send_dtmf_info`).
+                let Some(l) = self.legs.get_mut(&id) else {
+                    let _ = reply.send(Err(CallError::Ended));
+                    return;
                 };
-                let _ = reply.send(r);
+                match l.core.send_dtmf_info(&digits) {
+                    Ok(()) => {
+                        l.waiters.push_back((Op::DtmfInfo, reply));
+                        self.dirty.push_back(id);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Cmd::Bridge {
                 id,
@@ -1900,6 +1909,15 @@ impl Task {
                     } else if let Some(close) = self.legs.get_mut(&id).and_then(|l| l.closer.take())
                     {
                         close();
+                    }
+                }
+                LegCommand::Info { content_type, body } => {
+                    let sent =
+                        call.is_some_and(|c| self.ep.send_info(now, c, content_type, body).is_ok());
+                    if !sent {
+                        if let Some(l) = self.legs.get_mut(&id) {
+                            l.core.info_not_sent();
+                        }
                     }
                 }
                 LegCommand::Reinvite(b) | LegCommand::Update(b) if call.is_none() => {
