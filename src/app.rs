@@ -191,10 +191,7 @@ impl App {
         state.enable_browser_calls(crate::web::BrowserGateway {
             engine: engine.clone(),
             legs: browser_legs,
-            options: crate::net::webrtc::BrowserOptions {
-                bind_ip: config.sip.listen.ip(),
-                ..Default::default()
-            },
+            options: config.browser_options(),
         });
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await

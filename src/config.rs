@@ -25,6 +25,7 @@
 //! [media]
 //! rtp_ports = "20000-20999"
 //! # public_ip = "203.0.113.7"    # put in SDP (c=) when behind NAT; needed when sip.listen is 0.0.0.0
+//! # browser_inactivity_s = 10   # a call from the browser ends after this long without its audio (a dead tab)
 //! [http]
 //! listen = "127.0.0.1:8080"
 //! admin_token = "change-me"
@@ -290,9 +291,13 @@ pub struct MediaConfig {
     /// Record each visitor–agent bridge to `<record_dir>/<request id>.wav` (stereo: visitor left, agent
     /// right). Unset (the default): no recordings.
     pub record_dir: Option<PathBuf>,
-    /// The IP put in SDP for our RTP (RTP binds to `sip.listen`'s IP): the public IP behind one-to-one NAT.
-    /// Required when `sip.listen` is an unspecified address (`0.0.0.0`, `::`).
+    /// The IP put in SDP for our RTP (RTP binds to `sip.listen`'s IP), and in the browser leg's ICE host
+    /// candidates: the public IP behind one-to-one NAT. Required when `sip.listen` is an unspecified address
+    /// (`0.0.0.0`, `::`).
     pub public_ip: Option<IpAddr>,
+    /// A call from the browser ends when no audio came from the page for this many seconds: a closed, crashed
+    /// or frozen tab (default 10, at least 1). Browsers send RTP continuously, silence included.
+    pub browser_inactivity_s: u64,
 }
 
 impl Default for MediaConfig {
@@ -303,6 +308,7 @@ impl Default for MediaConfig {
             hold_music: None,
             record_dir: None,
             public_ip: None,
+            browser_inactivity_s: 10,
         }
     }
 }
@@ -590,6 +596,9 @@ impl Config {
         if self.media.port_range().is_none() {
             return Err(invalid("media.rtp_ports", Problem::PortRange));
         }
+        if self.media.browser_inactivity_s < 1 {
+            return Err(invalid("media.browser_inactivity_s", Problem::AtLeast(1)));
+        }
         let h = &self.http;
         if h.admin_token
             .as_deref()
@@ -712,6 +721,18 @@ impl Config {
     /// replaced by the visitor's E.164 number).
     pub fn visitor_uri(&self) -> String {
         format!("sip:{{number}}@{}", self.trunk_host())
+    }
+
+    /// Settings of calls from the browser: the peer connection binds the SIP listener's IP, and
+    /// `[media] browser_inactivity_s` is the inactivity timeout.
+    #[cfg(feature = "webrtc")]
+    pub fn browser_options(&self) -> crate::net::webrtc::BrowserOptions {
+        crate::net::webrtc::BrowserOptions {
+            bind_ip: self.sip.listen.ip(),
+            inactivity: Duration::from_secs(self.media.browser_inactivity_s),
+            public_ip: self.media.public_ip,
+            ..Default::default()
+        }
     }
 
     /// The callback service's configuration (timings, agents, trunk); prompts, recovery and webhook keep their

@@ -8,6 +8,7 @@
 //! This is a demo and test peer, not part of the media hot path: one tokio task per phone and one 20 ms interval
 //! for all of its calls.
 
+use crate::media::dtmf::DtmfReceiver;
 use crate::media::g711::Law;
 use crate::media::tone::ToneSpec;
 use crate::net::sip::{SipClient, SipDriver};
@@ -68,6 +69,20 @@ pub struct PhoneStats {
     pub rtp_sent: AtomicU64,
     /// RTP packets received.
     pub rtp_received: AtomicU64,
+    /// RFC 4733 telephone-event packets received with the payload type this phone negotiated (packets with
+    /// another payload type are counted in `rtp_received` only).
+    pub dtmf_packets: AtomicU64,
+    /// The DTMF digits those packets carried, one per key press, in order.
+    pub dtmf_digits: std::sync::Mutex<String>,
+}
+
+impl PhoneStats {
+    /// The DTMF digits received so far (RFC 4733, the negotiated payload type).
+    pub fn digits(&self) -> String {
+        self.dtmf_digits
+            .lock()
+            .map_or_else(|_| String::new(), |d| d.clone())
+    }
 }
 
 /// A running demo phone. Dropping it stops the phone (its calls end without BYE).
@@ -89,6 +104,8 @@ struct PhoneCall {
     rtp: Arc<UdpSocket>,
     remote: Option<SocketAddr>,
     law: Law,
+    /// The telephone-event payload type the caller sends with (the one in our answer).
+    te: Option<u8>,
     ssrc: u32,
     seq: u16,
     ts: u32,
@@ -180,10 +197,14 @@ async fn run(driver: SipDriver, behaviour: Behaviour, stats: Arc<PhoneStats>) {
                                 }
                                 let rx = pc.rtp.clone();
                                 let st = stats.clone();
+                                let te = pc.te;
                                 pc.reader = tokio::spawn(async move {
                                     let mut buf = [0u8; 2048];
-                                    while rx.recv_from(&mut buf).await.is_ok() {
+                                    let mut dtmf = DtmfReceiver::new(8000);
+                                    while let Ok((n, _)) = rx.recv_from(&mut buf).await {
                                         st.rtp_received.fetch_add(1, Ordering::Relaxed);
+                                        let pkt = buf.get(..n).unwrap_or_default();
+                                        count_dtmf(&st, &mut dtmf, te, pkt);
                                     }
                                 });
                                 calls.insert(call, pc);
@@ -265,6 +286,31 @@ async fn run(driver: SipDriver, behaviour: Behaviour, stats: Arc<PhoneStats>) {
     }
 }
 
+/// Decodes an RFC 4733 packet with the negotiated payload type into `stats` (digits once per key press).
+fn count_dtmf(stats: &PhoneStats, rx: &mut DtmfReceiver, te: Option<u8>, pkt: &[u8]) {
+    let ts = pkt.get(4..8).and_then(|t| <[u8; 4]>::try_from(t).ok());
+    let (Some(te), Some(b1), Some(ts), Some(payload)) = (te, pkt.get(1), ts, pkt.get(12..16))
+    else {
+        return;
+    };
+    if b1 & 0x7f != te {
+        return;
+    }
+    stats.dtmf_packets.fetch_add(1, Ordering::Relaxed);
+    let ts = u32::from_be_bytes(ts);
+    if rx.handle_packet(ts, payload).is_err() {
+        return;
+    }
+    while let Some(ev) = rx.poll_event() {
+        if let Ok(mut d) = stats.dtmf_digits.lock() {
+            // Bounded: a demo peer keeps the first 256 digits.
+            if d.len() < 256 {
+                d.push(ev.digit.to_char());
+            }
+        }
+    }
+}
+
 /// The caller's RTP address from an offer (first audio stream).
 fn offer_remote(offer: &Sdp) -> Option<SocketAddr> {
     let (i, m) = offer.media.iter().enumerate().find(|(_, m)| m.port != 0)?;
@@ -318,6 +364,7 @@ async fn incoming(
         rtp,
         remote: Some(negotiated.remote_rtp),
         law,
+        te: negotiated.telephone_event_recv_pt,
         ssrc: 0x5eed_0000 ^ session_id as u32,
         seq: 1,
         ts: 0,

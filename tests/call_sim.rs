@@ -1,5 +1,5 @@
 //! The call leg state machine over the sans-IO endpoint, in simulated time: RFC 4028 session-timer refresh and
-//! expiry, 422 retry, glare during hold, ring timeout. No sockets, no clock: a scripted or endpoint far end on the
+//! expiry, 422 retry, glare during hold, ring timeout, DTMF INFO sent one at a time. No sockets, no clock: a scripted or endpoint far end on the
 //! simulated wire of `tests/common`.
 
 mod common;
@@ -126,6 +126,12 @@ impl LegNode {
                         .ep
                         .answer_update(now, call.unwrap(), code, body)
                         .unwrap(),
+                    LegCommand::Info { content_type, body } => {
+                        let sent = self.ep.send_info(now, call.unwrap(), content_type, body);
+                        if sent.is_err() {
+                            self.leg.info_not_sent();
+                        }
+                    }
                     LegCommand::Done { op, result } => self.done.push((now, op, result)),
                     _ => {} // relay commands: no relay here
                 }
@@ -640,4 +646,126 @@ fn reoffer_after_491_bumps_the_version() {
     let body = String::from_utf8_lossy(&invites[2].1.body).into_owned();
     assert!(body.contains("a=sendonly"), "{body}");
     assert!(sim.a.leg.is_held());
+}
+
+/// DTMF as SIP INFO goes one request at a time: the first INFO's first transmission is lost, and the second
+/// INFO is not sent before the first's 200 (so its retransmission cannot arrive after the second and be refused
+/// with 500 for its lower CSeq). A refused INFO fails its own call only; the queue is capped.
+#[test]
+fn dtmf_info_waits_for_the_previous_final_response() {
+    use rappel::call::leg::MAX_PENDING_DTMF;
+    use rappel::media::dtmf::Digit;
+    use rappel::CallError;
+    let t0 = Instant::now();
+    let peer = ScriptNode::new(addr_b(), |req: &Request| match req.method {
+        Method::Invite => {
+            let mut r = reply(req, 200, "p");
+            r.set_body("application/sdp", Bytes::from_static(PEER_SDP.as_bytes()));
+            vec![Message::Response(r)]
+        }
+        Method::Info => {
+            // A peer that cannot play 9.
+            let nine = String::from_utf8_lossy(&req.body).contains("Signal=9");
+            vec![Message::Response(reply(
+                req,
+                if nine { 500 } else { 200 },
+                "p",
+            ))]
+        }
+        Method::Bye => vec![Message::Response(reply(req, 200, "p"))],
+        _ => Vec::new(),
+    });
+    let mut sim = Sim::new(LegNode::new(t0, None, None), peer);
+    sim.start = t0;
+    sim.now = t0;
+    // The first INFO's first transmission is lost (Timer E retransmits it after T1 = 500 ms).
+    sim.drop = common::drop_nth(|p| p.is_request("INFO"), 1);
+    let digits =
+        |s: &str| -> Vec<Digit> { s.chars().map(|c| Digit::from_char(c).unwrap()).collect() };
+    assert_eq!(
+        sim.a.leg.send_dtmf_info(&digits("1")),
+        Err(CallError::NotAnswered)
+    );
+    start(&mut sim);
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.a.leg.phase()
+        == Phase::Answered));
+    let now = sim.now;
+    // Two calls: "1#" then "9" (refused) then "2".
+    sim.a.leg.send_dtmf_info(&digits("1#")).unwrap();
+    sim.a.leg.send_dtmf_info(&digits("9")).unwrap();
+    sim.a.leg.send_dtmf_info(&digits("2")).unwrap();
+    assert_eq!(sim.a.leg.dtmf_info_pending(), 4);
+    // Over the cap: nothing of the call is queued.
+    assert_eq!(
+        sim.a.leg.send_dtmf_info(&digits(&"3".repeat(61))),
+        Err(CallError::DtmfQueueFull {
+            pending: 4,
+            limit: MAX_PENDING_DTMF
+        })
+    );
+    sim.a.pump(now);
+    assert!(sim.run_until(Duration::from_secs(10), |s| s.a.done.len() == 3));
+    let results: Vec<_> = sim.a.done.iter().map(|d| (d.1, d.2.clone())).collect();
+    assert_eq!(
+        results,
+        [
+            (Op::DtmfInfo, Ok(())),
+            (Op::DtmfInfo, Err(CallError::Rejected { status: 500 })),
+            (Op::DtmfInfo, Ok(())),
+        ]
+    );
+    assert_eq!(sim.a.leg.dtmf_info_pending(), 0);
+
+    // On the wire: each INFO (first transmissions; the lost one retransmitted) is sent only after the previous
+    // INFO's final response was delivered to us.
+    let infos: Vec<&common::Packet> = sim.packets(|p| p.is_request("INFO"));
+    let finals: Vec<&common::Packet> =
+        sim.packets(|p| p.status().is_some_and(|s| s >= 200) && p.cseq_method() == "INFO");
+    let signal = |p: &common::Packet| {
+        let body = String::from_utf8_lossy(p.message().body()).into_owned();
+        body.lines().next().unwrap_or_default().to_owned()
+    };
+    let sent: Vec<(u64, String, bool)> = infos
+        .iter()
+        .map(|p| ((p.sent - t0).as_millis() as u64, signal(p), p.dropped))
+        .collect();
+    assert_eq!(
+        sent.iter().map(|x| x.1.as_str()).collect::<Vec<_>>(),
+        ["Signal=1", "Signal=1", "Signal=#", "Signal=9", "Signal=2"],
+        "{sent:?}"
+    );
+    assert!(
+        sent[0].2 && !sent[1].2,
+        "first copy lost, retransmitted: {sent:?}"
+    );
+    assert!(
+        sent[1].0 - sent[0].0 >= 500,
+        "Timer E retransmission after T1: {sent:?}"
+    );
+    assert_eq!(finals.len(), 4, "one final response per INFO");
+    for i in 0..3 {
+        let answered = finals[i].sent + sim.latency;
+        let next = infos[i + 2].sent;
+        assert!(
+            next >= answered,
+            "INFO {} sent at {:?} before the final response to the previous one reached us at {:?}",
+            signal(infos[i + 2]),
+            next - t0,
+            answered - t0
+        );
+    }
+    let cseqs: Vec<u32> = infos
+        .iter()
+        .map(|p| {
+            let m = p.message();
+            let v = m.headers().get(&HeaderName::CSeq).unwrap().clone();
+            String::from_utf8_lossy(&v)
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(cseqs.windows(2).all(|w| w[0] <= w[1]), "{cseqs:?}");
 }

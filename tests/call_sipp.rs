@@ -597,6 +597,33 @@ async fn send_dtmf_as_sip_info() {
     );
 }
 
+/// INFO DTMF goes one request at a time: the peer answers the first INFO 400 ms late, and the second arrives only
+/// after that 200 (SIPp refuses a request it does not expect during its pause).
+#[tokio::test]
+async fn send_dtmf_info_waits_for_each_final_response() {
+    let peer = uas("call_peer_info_slow.xml", &[]);
+    let e = engine().await;
+    let mut leg = e
+        .call(&peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(leg.answered()).await.unwrap();
+    let t0 = std::time::Instant::now();
+    within(leg.send_dtmf_info("5#")).await.unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "returned once both INFOs were answered: {took:?}"
+    );
+    leg.hangup().await.unwrap();
+    within(leg.ended()).await.unwrap();
+    assert_eq!(
+        peer.finish_within(WAIT).await,
+        0,
+        "SIPp got INFO Signal=5, (400 ms) INFO Signal=#, BYE"
+    );
+}
+
 /// A peer that negotiated telephone-event (as PT 100) gets DTMF in-band: RFC 4733 packets on its SDP address,
 /// read here by the test's own UDP socket.
 #[tokio::test]

@@ -145,6 +145,10 @@ fn out_of_range_values_name_the_key_and_the_bound() {
             "media.rtp_ports: expected a port range",
         ),
         (
+            "[media]\nbrowser_inactivity_s = 0\n",
+            "media.browser_inactivity_s: expected an integer ≥ 1",
+        ),
+        (
             "[security]\nallowed_countries = [\"France\"]\n",
             "security.allowed_countries[0]: expected a two-letter",
         ),
@@ -399,4 +403,23 @@ fn public_addresses_behind_nat() {
     );
     let e = err(&nat.replace("public_ip = \"203.0.113.7\"", "public_ip = \"not an ip\""));
     assert!(e.contains("media.public_ip"), "{e}");
+}
+
+#[cfg(feature = "webrtc")]
+#[test]
+fn browser_inactivity_reaches_the_browser_legs() {
+    let c = Config::parse(MINIMAL).expect("valid");
+    assert_eq!(c.media.browser_inactivity_s, 10);
+    assert_eq!(c.browser_options().inactivity, Duration::from_secs(10));
+    let c = Config::parse(&format!(
+        "{MINIMAL}[sip]\nlisten = \"127.0.0.2:5060\"\n[media]\nbrowser_inactivity_s = 45\n"
+    ))
+    .expect("valid");
+    let o = c.browser_options();
+    assert_eq!(o.inactivity, Duration::from_secs(45));
+    assert_eq!(o.bind_ip.to_string(), "127.0.0.2");
+    let e = err(&format!(
+        "{MINIMAL}[media]\nbrowser_inactivity_s = \"ten\"\n"
+    ));
+    assert!(e.starts_with("media.browser_inactivity_s"), "{e}");
 }

@@ -6,8 +6,8 @@
 //! One test, in order (one Chromium, one application):
 //! 1. hang-up from the browser: the call connects; the agent receives RTP from the browser (≥ 100 packets after
 //!    `connected`, more than any prompt sent to it); the browser's `getStats()` inbound-rtp `packetsReceived`
-//!    grows (the agent's tone); the codec is G.711; the widget's hang-up ends both legs and the request
-//!    completes;
+//!    grows (the agent's tone); the codec is G.711; the widget's keypad buttons `1` and `#` reach the agent as
+//!    RFC 4733 DTMF (its own payload type); the widget's hang-up ends both legs and the request completes;
 //! 2. hang-up from the agent (a phone that rings 2 s, while the browser hears the greeting and hold music, and
 //!    sends BYE after 4 s): the request completes and the widget closes its peer connection;
 //! 3. ten calls in a row: open fds (`/proc/self/fd`), tokio's alive tasks and RSS (`/proc/self/statm`) before and
@@ -254,6 +254,16 @@ async fn browser_calls_reach_the_agent_and_end_from_either_side() {
     assert!(!codecs.contains("opus"), "{codecs}");
     assert!(s["sent"].as_u64().unwrap_or(0) > 0, "{s}");
     cdp.screenshot("webrtc_browser_connected.png").await;
+    cdp.eval(
+        "(() => { for (const d of ['1', '#']) {
+                    document.querySelector(`[data-rappel=\"dtmf\"][data-digit=\"${d}\"]`).click(); }
+                  return true; })()",
+    )
+    .await;
+    until("the keypad's digits at the agent", || {
+        alice.stats().digits() == "1#"
+    })
+    .await;
     hang_up(&mut cdp).await;
     until("the agent's leg ended", || {
         alice.stats().ended.load(Relaxed) == 1

@@ -24,6 +24,13 @@
 //! comes back as [`LegCommand::Done`]. A re-INVITE from the peer is answered at once; when it makes our side
 //! `recvonly`/`inactive` (or uses `c=0.0.0.0`), the peer is holding us: [`LegEvent::RemoteHold`].
 //!
+//! # DTMF as SIP INFO
+//! [`LegCore::send_dtmf_info`] queues digits for `application/dtmf-relay` INFO requests and sends them one at a
+//! time: the next INFO only after the previous one's final response (or its timeout). Several INFOs in flight at
+//! once can arrive out of order over UDP (a retransmission of the first after the second), and a peer refuses a
+//! lower CSeq with 500. Each call's outcome comes as [`LegCommand::Done`] with [`Op::DtmfInfo`] once its last
+//! digit was answered; the queue is capped at [`MAX_PENDING_DTMF`] digits ([`CallError::DtmfQueueFull`]).
+//!
 //! # Legs that are not SIP calls
 //! A browser (WebRTC) leg has no SIP dialog but is otherwise a leg like any other (relay, players, bridges).
 //! [`LegCore::answered_elsewhere`] creates it answered; [`LegCore::hangup`] then asks for [`LegCommand::Bye`]
@@ -33,6 +40,7 @@
 
 use super::cdr::{CdrTimes, EndCause, HangupBy};
 use super::{CallError, LegEvent};
+use crate::media::dtmf::Digit;
 use crate::sdp::{Codec, Direction, LocalSession, Negotiated, Sdp};
 use crate::sip::endpoint::{CallHandle, Event, TerminationReason};
 use crate::sip::message::{HeaderName, Headers, Method};
@@ -40,6 +48,10 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// DTMF digits a leg may have pending (being sent or queued, calls not yet answered); a call that would go
+/// beyond fails with [`CallError::DtmfQueueFull`]. A call of no digits counts as one.
+pub const MAX_PENDING_DTMF: usize = 64;
 
 /// At most this many 422 retries.
 const MAX_422_RETRIES: u32 = 2;
@@ -104,6 +116,9 @@ pub enum Op {
     Unhold,
     /// [`LegCore::reoffer`] (e.g. codec alignment for a bridge).
     Reoffer,
+    /// [`LegCore::send_dtmf_info`]: one call's digits were all sent and answered (the first refusal or timeout
+    /// among them is the result).
+    DtmfInfo,
 }
 
 /// What the leg asks of the endpoint and the relay.
@@ -129,6 +144,14 @@ pub enum LegCommand {
     Reinvite(Bytes),
     /// Send an UPDATE with this SDP.
     Update(Bytes),
+    /// Send an in-dialog INFO (DTMF as `application/dtmf-relay`); its final response goes to
+    /// [`LegCore::handle_sip`] (or [`LegCore::info_not_sent`] when it could not be sent). Never two at once.
+    Info {
+        /// The Content-Type.
+        content_type: &'static str,
+        /// The body (`Signal=5\r\nDuration=250\r\n`).
+        body: Bytes,
+    },
     /// Answer the peer's re-INVITE.
     AnswerReinvite {
         /// Status.
@@ -177,6 +200,14 @@ pub enum Phase {
     Answered,
     /// Ended: no more events.
     Ended,
+}
+
+/// One entry of the INFO DTMF queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InfoItem {
+    Digit(Digit),
+    /// The end of one [`LegCore::send_dtmf_info`] call: report it.
+    End,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +260,12 @@ pub struct LegCore {
     events: VecDeque<LegEvent>,
     /// Not a SIP call (see the module docs).
     elsewhere: bool,
+    /// DTMF digits waiting to go as INFO, with the end of each call.
+    info_queue: VecDeque<InfoItem>,
+    /// An INFO is sent and not yet answered.
+    info_in_flight: bool,
+    /// The first failure among the current call's INFOs.
+    info_error: Option<CallError>,
 }
 
 impl LegCore {
@@ -264,6 +301,9 @@ impl LegCore {
             commands: VecDeque::new(),
             events: VecDeque::new(),
             elsewhere: false,
+            info_queue: VecDeque::new(),
+            info_in_flight: false,
+            info_error: None,
         }
     }
 
@@ -491,6 +531,90 @@ impl LegCore {
         self.reinvite(codecs, dir, Pending::Op(Op::Reoffer))
     }
 
+    /// Queues `digits` to send as SIP INFO `application/dtmf-relay` (`Duration=250`), one request per digit and
+    /// one request at a time (see the module docs); the outcome comes as [`LegCommand::Done`] with
+    /// [`Op::DtmfInfo`]. Errors: [`CallError::Unsupported`] (no SIP dialog), [`CallError::NotAnswered`],
+    /// [`CallError::DtmfQueueFull`] (nothing of this call is queued).
+    pub fn send_dtmf_info(&mut self, digits: &[Digit]) -> Result<(), CallError> {
+        if self.elsewhere {
+            return Err(CallError::Unsupported);
+        }
+        if self.phase != Phase::Answered {
+            return Err(CallError::NotAnswered);
+        }
+        let pending = self.dtmf_info_pending();
+        if pending.saturating_add(digits.len().max(1)) > MAX_PENDING_DTMF {
+            return Err(CallError::DtmfQueueFull {
+                pending,
+                limit: MAX_PENDING_DTMF,
+            });
+        }
+        self.info_queue
+            .extend(digits.iter().map(|d| InfoItem::Digit(*d)));
+        self.info_queue.push_back(InfoItem::End);
+        self.pump_info();
+        Ok(())
+    }
+
+    /// DTMF digits waiting to go as INFO or being sent (a queued call of no digits counts as one).
+    pub fn dtmf_info_pending(&self) -> usize {
+        let mut n = usize::from(self.info_in_flight);
+        let mut digits_in_call = 0usize;
+        for item in &self.info_queue {
+            match item {
+                InfoItem::Digit(_) => digits_in_call += 1,
+                InfoItem::End => {
+                    n += digits_in_call.max(1);
+                    digits_in_call = 0;
+                }
+            }
+        }
+        n
+    }
+
+    /// The INFO of the last [`LegCommand::Info`] could not be sent (the endpoint refused it): counted as a
+    /// failure of its call, and the next digit goes.
+    pub fn info_not_sent(&mut self) {
+        if std::mem::take(&mut self.info_in_flight) {
+            self.info_error.get_or_insert(CallError::NotAnswered);
+            self.pump_info();
+        }
+    }
+
+    /// Sends the next queued INFO unless one is in flight; reports the calls whose digits are all answered.
+    fn pump_info(&mut self) {
+        while !self.info_in_flight {
+            match self.info_queue.pop_front() {
+                None => return,
+                Some(InfoItem::End) => {
+                    let result = self.info_error.take().map_or(Ok(()), Err);
+                    self.commands.push_back(LegCommand::Done {
+                        op: Op::DtmfInfo,
+                        result,
+                    });
+                }
+                Some(InfoItem::Digit(d)) => {
+                    self.info_in_flight = true;
+                    self.commands.push_back(LegCommand::Info {
+                        content_type: "application/dtmf-relay",
+                        body: Bytes::from(format!("Signal={}\r\nDuration=250\r\n", d.to_char())),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The INFO in flight got its final response (`Ok`) or failed.
+    fn info_answered(&mut self, result: Result<(), CallError>) {
+        if !std::mem::take(&mut self.info_in_flight) {
+            return;
+        }
+        if let Err(e) = result {
+            self.info_error.get_or_insert(e);
+        }
+        self.pump_info();
+    }
+
     /// Feeds an endpoint event for this leg's call. `final_headers` are
     /// [`Endpoint::last_headers`](crate::sip::endpoint::Endpoint::last_headers) of the call.
     pub fn handle_sip(&mut self, now: Instant, ev: &Event, final_headers: Option<&Headers>) {
@@ -579,7 +703,7 @@ impl LegCore {
                                         self.commands.push_back(LegCommand::MediaHold(false));
                                     }
                                 }
-                                Op::Reoffer => {}
+                                Op::Reoffer | Op::DtmfInfo => {}
                             }
                             // Any successful re-INVITE refreshes the session (RFC 4028 §10).
                             self.rearm_timer(now);
@@ -594,6 +718,19 @@ impl LegCore {
                         self.commands.push_back(LegCommand::Done { op, result });
                     }
                 }
+            }
+            Event::Response { method, status, .. } if *method == Method::Info => {
+                let result = if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(CallError::Rejected {
+                        status: status.as_u16(),
+                    })
+                };
+                self.info_answered(result);
+            }
+            Event::TransactionTimeout { method, .. } if *method == Method::Info => {
+                self.info_answered(Err(CallError::Timeout));
             }
             Event::TransactionTimeout { method, .. } if *method == Method::Update => {
                 if let Some(p) = self.pending.take() {
@@ -675,6 +812,17 @@ impl LegCore {
 
     fn end(&mut self, now: Instant, cause: EndCause, by: HangupBy) {
         self.phase = Phase::Ended;
+        // INFO DTMF calls not finished: each ends with the leg.
+        self.info_in_flight = false;
+        self.info_error = None;
+        for item in std::mem::take(&mut self.info_queue) {
+            if item == InfoItem::End {
+                self.commands.push_back(LegCommand::Done {
+                    op: Op::DtmfInfo,
+                    result: Err(CallError::Ended),
+                });
+            }
+        }
         self.ring_deadline = None;
         self.glare_at = None;
         self.timer = None;

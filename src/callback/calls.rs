@@ -93,6 +93,12 @@ pub trait CallControl: Send + 'static {
     fn cancel(&mut self, call: CallId) {
         self.hang_up(call)
     }
+    /// The request that would dial `target` is over (final) before or after dialling it: release whatever the
+    /// layer holds for that target and no call took (a parked browser leg whose request was cancelled: hung up
+    /// at once instead of at its time to live). No event follows. Layers that hold nothing ignore it.
+    fn release(&mut self, target: &str) {
+        let _ = target;
+    }
     /// The next event of any call; `None` when the call layer has stopped. Must be cancel-safe (the service
     /// awaits it in a `select!`).
     fn next_event(&mut self) -> impl Future<Output = Option<(CallId, CallEvent)>> + Send;

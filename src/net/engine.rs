@@ -343,6 +343,8 @@ enum Cmd {
         /// Where the relay leg sends the peer's audio.
         remote: SocketAddr,
         law: Law,
+        /// The peer's telephone-event payload type (RFC 4733 DTMF), if negotiated.
+        telephone_event: Option<u8>,
         /// Ends the call (instead of a BYE).
         closer: Closer,
         events: mpsc::UnboundedSender<LegEvent>,
@@ -430,7 +432,9 @@ impl Engine {
     /// Answers a browser's WebRTC offer (`offer_sdp`, SDP text) and returns the leg, already answered
     /// ([`LegEvent::Answered`] is its first event), with the SDP answer for the browser. The leg works like a SIP
     /// leg with [`Self::bridge`], [`Leg::play`] and [`Leg::hangup`] (which closes the peer connection); hold is
-    /// refused. It ends by itself when the browser closes or fails, or sends no RTP for
+    /// refused. When the offer has telephone-event/8000, DTMF works as on a SIP leg: the browser's key presses
+    /// (`insertDTMF`) come as [`LegEvent::Dtmf`] and are relayed to a bridged leg in its payload type, and
+    /// [`Leg::send_dtmf`] sends RFC 4733 to the browser. It ends by itself when the browser closes or fails, or sends no RTP for
     /// [`BrowserOptions::inactivity`](crate::net::webrtc::BrowserOptions::inactivity). See [`crate::net::webrtc`].
     ///
     /// Cancel-safe: the work runs in its own task, so dropping the future (an HTTP client that went away) leaves
@@ -497,6 +501,7 @@ impl Engine {
             info,
             remote: accepted.glue,
             law: accepted.law,
+            telephone_event: accepted.telephone_event,
             closer: Box::new(move || handle.close()),
             events: etx,
             reply,
@@ -633,7 +638,11 @@ impl Leg {
     }
 
     /// Sends DTMF digits as SIP INFO `application/dtmf-relay`, one request per digit (`Duration=250`), whatever
-    /// the SDP negotiated. Errors as [`Self::send_dtmf`].
+    /// the SDP negotiated. The requests go one at a time (the next after the previous one's final response, so
+    /// a UDP retransmission cannot overtake a later digit); calls made meanwhile queue behind, and this returns
+    /// once the call's last INFO is answered. Errors as [`Self::send_dtmf`], plus [`CallError::Rejected`] /
+    /// [`CallError::Timeout`] when the peer refused or did not answer one of them (the others are sent all the
+    /// same), and [`CallError::Unsupported`] on a browser leg.
     pub async fn send_dtmf_info(&self, digits: &str) -> Result<(), CallError> {
         let d = parse_digits(digits)?;
         self.engine.ask(|r| Cmd::Dtmf(self.id.0, d, true, r)).await
@@ -803,10 +812,10 @@ struct Task {
     ringback: crate::media::player::Clip,
 }
 
-/// DTMF digits a leg may have pending (being sent or queued, calls of [`Leg::send_dtmf`] not yet answered);
-/// a call that would go beyond fails with [`CallError::DtmfQueueFull`]. Also the most digits one call may send
-/// as SIP INFO. A call of no digits counts as one.
-pub const MAX_PENDING_DTMF: usize = 64;
+/// DTMF digits a leg may have pending (being sent or queued, calls of [`Leg::send_dtmf`] and
+/// [`Leg::send_dtmf_info`] not yet answered, RFC 4733 and INFO together); a call that would go beyond fails with
+/// [`CallError::DtmfQueueFull`]. A call of no digits counts as one.
+pub use crate::call::leg::MAX_PENDING_DTMF;
 
 /// How long shutdown waits for the registrar to confirm the binding's removal once the calls are over.
 const UNREGISTER_WAIT: Duration = Duration::from_secs(5);
@@ -1119,7 +1128,8 @@ impl Task {
             }
             Cmd::Dtmf(id, digits, info, reply) => {
                 let weight = digits.len().max(1);
-                let pending = self.dtmf.get(&id).map_or(0, |j| j.pending);
+                let pending = self.dtmf.get(&id).map_or(0, |j| j.pending)
+                    + self.legs.get(&id).map_or(0, |l| l.core.dtmf_info_pending());
                 if pending + weight > MAX_PENDING_DTMF {
                     let _ = reply.send(Err(CallError::DtmfQueueFull {
                         pending,
@@ -1136,7 +1146,9 @@ impl Task {
                     .and_then(|l| l.core.negotiated())
                     .and_then(|n| n.telephone_event_pt)
                     .filter(|_| !info);
-                if let (Some(pt), Some(_)) = (te, call) {
+                // A browser leg has no SIP call but sends RFC 4733 all the same.
+                let media_up = call.is_some() || leg.is_some_and(|l| l.core.is_elsewhere());
+                if let (Some(pt), true) = (te, media_up) {
                     match self.dtmf.get_mut(&id) {
                         Some(job) => {
                             job.pending += weight;
@@ -1160,16 +1172,20 @@ impl Task {
                     }
                     return;
                 }
-                let r = match call {
-                    Some(c) => digits.iter().try_for_each(|d| {
-                        let body = format!("Signal={}\r\nDuration=250\r\n", d.to_char());
-                        self.ep
-                            .send_info(now, c, "application/dtmf-relay", Bytes::from(body))
-                            .map_err(|_| CallError::NotAnswered)
-                    }),
-                    None => Err(CallError::NotAnswered),
+                // SIP INFO: the leg sends one request at a time, in order (see `LegCore::send_dtmf_info`).
+                let Some(l) = self.legs.get_mut(&id) else {
+                    let _ = reply.send(Err(CallError::Ended));
+                    return;
                 };
-                let _ = reply.send(r);
+                match l.core.send_dtmf_info(&digits) {
+                    Ok(()) => {
+                        l.waiters.push_back((Op::DtmfInfo, reply));
+                        self.dirty.push_back(id);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Cmd::Bridge {
                 id,
@@ -1200,10 +1216,19 @@ impl Task {
                 info,
                 remote,
                 law,
+                telephone_event,
                 closer,
                 events,
                 reply,
-            } => self.elsewhere(now, id, info, remote, law, closer, events, reply),
+            } => self.elsewhere(
+                now,
+                id,
+                info,
+                (remote, law, telephone_event),
+                closer,
+                events,
+                reply,
+            ),
             Cmd::ElsewhereEnded(id, cause, by) => {
                 if let Some(l) = self.legs.get_mut(&id) {
                     l.closer = None;
@@ -1214,15 +1239,15 @@ impl Task {
         }
     }
 
-    /// Adds an answered leg set up outside SIP (see [`LegCore::answered_elsewhere`]).
+    /// Adds an answered leg set up outside SIP (see [`LegCore::answered_elsewhere`]): its peer's address, law
+    /// and telephone-event payload type in `media`.
     #[allow(clippy::too_many_arguments)]
     fn elsewhere(
         &mut self,
         now: Instant,
         id: u64,
         info: LegInfo,
-        remote: SocketAddr,
-        law: Law,
+        media: (SocketAddr, Law, Option<u8>),
         closer: Closer,
         events: mpsc::UnboundedSender<LegEvent>,
         reply: Reply<()>,
@@ -1233,9 +1258,13 @@ impl Task {
             closer();
             return;
         }
+        let (remote, law, te) = media;
         let rid = info.id;
+        // With telephone-event set, the relay reports the peer's RFC 4733 packets (typed DTMF, as a SIP leg's)
+        // and maps their payload type to a bridged partner's.
         fire(self.relay.with_relay(move |r, _| {
             let _ = r.set_remote(rid, Some(remote), None);
+            let _ = r.set_telephone_event_pt(rid, te);
         }));
         let codec = match law {
             Law::Ulaw => crate::sdp::Codec::pcmu(),
@@ -1247,8 +1276,8 @@ impl Task {
             remote_rtcp: remote,
             codec: codec.clone(),
             recv_pt: codec.pt,
-            telephone_event_pt: None,
-            telephone_event_recv_pt: None,
+            telephone_event_pt: te,
+            telephone_event_recv_pt: te,
             direction: crate::sdp::Direction::SendRecv,
             ptime: 20,
             rtcp_mux: true,
@@ -1905,6 +1934,15 @@ impl Task {
                     } else if let Some(close) = self.legs.get_mut(&id).and_then(|l| l.closer.take())
                     {
                         close();
+                    }
+                }
+                LegCommand::Info { content_type, body } => {
+                    let sent =
+                        call.is_some_and(|c| self.ep.send_info(now, c, content_type, body).is_ok());
+                    if !sent {
+                        if let Some(l) = self.legs.get_mut(&id) {
+                            l.core.info_not_sent();
+                        }
                     }
                 }
                 LegCommand::Reinvite(b) | LegCommand::Update(b) if call.is_none() => {

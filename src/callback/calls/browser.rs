@@ -9,8 +9,10 @@
 //! flow (greeting, hold music, agent, bridge, hang-up) is the phone request's.
 //!
 //! The key is unguessable (96 random bits) and the phone path of the web layer only accepts E.164 numbers, so a
-//! visitor cannot submit someone else's key. Parked legs are capped, and dropped (hung up) after a time to live
-//! when their request never dialled them (cancelled, or queued past the TTL).
+//! visitor cannot submit someone else's key. Parked legs are capped. A leg whose request ends without dialling
+//! it (cancelled, missed) is taken and dropped (hung up: peer connection closed, relay leg freed) as soon as the
+//! request is final ([`CallControl::release`](super::CallControl::release)); the time to live is the backstop for
+//! a leg whose request was never submitted or is queued past it.
 //!
 //! [`EngineCalls`]: super::EngineCalls
 

@@ -114,6 +114,14 @@ impl EngineCalls {
 }
 
 impl CallControl for EngineCalls {
+    fn release(&mut self, target: &str) {
+        // Dropping the leg hangs it up: the engine closes its peer connection and frees its relay leg.
+        if let Some(leg) = self.browser.take(target) {
+            tracing::info!(leg = ?leg.id(), "parked browser leg released: its request is over");
+            drop(leg);
+        }
+    }
+
     fn dial(&mut self, dial: Dial) -> CallId {
         self.next += 1;
         let id = CallId(self.next);

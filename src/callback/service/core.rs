@@ -315,11 +315,15 @@ impl<C: CallControl> Core<C> {
         }
     }
 
-    /// The request is final: its number may have a new request.
+    /// The request is final: its number may have a new request, and a browser leg still parked for it (never
+    /// dialled: cancelled, missed in the queue) is hung up now.
     fn close(&mut self, id: RequestId) {
         if let Some(phone) = self.phone_of.remove(&id) {
             if self.open_by_phone.get(&phone) == Some(&id) {
                 self.open_by_phone.remove(&phone);
+            }
+            if super::super::calls::is_browser_target(&phone) {
+                self.calls.release(&phone);
             }
         }
     }

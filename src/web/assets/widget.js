@@ -2,7 +2,8 @@
  *   <script src="https://rappel.example/widget.js" data-rappel-endpoint="https://rappel.example"></script>
  * It renders into the first element with a data-rappel-widget attribute, or right after the script tag.
  * Parts carry stable attributes: data-rappel="open", "phone", "when", "topic", "submit", "status", "cancel",
- * and, when the server takes calls from the browser, "call-browser" and "hangup" (WebRTC: microphone, G.711).
+ * and, when the server takes calls from the browser, "call-browser", "hangup" (WebRTC: microphone, G.711) and
+ * "keypad" with one "dtmf" button per key (data-digit; sent as RFC 4733 telephone-events with insertDTMF).
  * The current browser call's RTCPeerConnection is window.rappelPeer (for inspection).
  * Hand-written, no build step, no dependencies. */
 (function () {
@@ -74,9 +75,15 @@
     var cancel = el("button", { type: "button", "data-rappel": "cancel", hidden: "" }, "Cancel my callback");
     var callBrowser = el("button", { type: "button", "data-rappel": "call-browser", hidden: "" }, "Call from my browser");
     var hangup = el("button", { type: "button", "data-rappel": "hangup", hidden: "" }, "Hang up");
+    var keypad = el("div", { "data-rappel": "keypad", role: "group", "aria-label": "Keypad", hidden: "" });
+    "123456789*0#".split("").forEach(function (d) {
+      var key = el("button", { type: "button", "data-rappel": "dtmf", "data-digit": d }, d);
+      key.addEventListener("click", function () { sendDigits(d); });
+      keypad.appendChild(key);
+    });
     var audio = el("audio", { autoplay: "", "data-rappel": "audio" });
     root.appendChild(open); root.appendChild(callBrowser); root.appendChild(form); root.appendChild(status);
-    root.appendChild(cancel); root.appendChild(hangup); root.appendChild(audio);
+    root.appendChild(cancel); root.appendChild(hangup); root.appendChild(keypad); root.appendChild(audio);
 
     var settings = { topics: [], token_required: false };
     api("GET", "/api/widget-config").then(function (r) {
@@ -186,7 +193,14 @@
     function endBrowserCall() {
       if (pc) { pc.close(); pc = null; window.rappelPeer = null; }
       if (stream) { stream.getTracks().forEach(function (t) { t.stop(); }); stream = null; }
-      if (browserCall) { browserCall = false; hangup.setAttribute("hidden", ""); callBrowser.disabled = false; }
+      if (browserCall) { browserCall = false; hangup.setAttribute("hidden", ""); keypad.setAttribute("hidden", ""); callBrowser.disabled = false; }
+    }
+
+    /* DTMF (a menu, a PIN): RFC 4733 telephone-events on the audio stream; the server relays them to the agent. */
+    function sendDigits(digits) {
+      var sender = pc && pc.getSenders().filter(function (s) { return s.dtmf; })[0];
+      /* insertDTMF replaces the tones not yet played: keep them (fast key presses). */
+      if (sender && sender.dtmf.canInsertDTMF !== false) { sender.dtmf.insertDTMF(sender.dtmf.toneBuffer + digits, 100, 70); }
     }
 
     function gathered(peer) {
@@ -204,6 +218,7 @@
       browserCall = true;
       callBrowser.disabled = true;
       hangup.removeAttribute("hidden");
+      keypad.removeAttribute("hidden");
       setStatus("sending", "Starting your call…");
       navigator.mediaDevices.getUserMedia({ audio: true }).then(function (s) {
         stream = s;
@@ -212,8 +227,11 @@
         s.getTracks().forEach(function (t) { pc.addTrack(t, s); });
         var tr = pc.getTransceivers()[0];
         if (tr && tr.setCodecPreferences && window.RTCRtpReceiver && RTCRtpReceiver.getCapabilities) {
-          var g711 = RTCRtpReceiver.getCapabilities("audio").codecs.filter(function (c) { return /^audio\/(PCMU|PCMA)$/i.test(c.mimeType); });
-          if (g711.length) { tr.setCodecPreferences(g711); }
+          /* G.711 for the voice, telephone-event at 8 kHz for the keypad (the server relays it as DTMF). */
+          var g711 = RTCRtpReceiver.getCapabilities("audio").codecs.filter(function (c) {
+            return /^audio\/(PCMU|PCMA)$/i.test(c.mimeType) || (/^audio\/telephone-event$/i.test(c.mimeType) && c.clockRate === 8000);
+          });
+          if (g711.some(function (c) { return !/telephone-event/i.test(c.mimeType); })) { tr.setCodecPreferences(g711); }
         }
         pc.ontrack = function (ev) {
           audio.srcObject = ev.streams[0] || new MediaStream([ev.track]);
