@@ -167,3 +167,43 @@ async fn browser_calls_share_the_per_ip_limit_and_need_g711() {
     .await
     .expect("engine stops");
 }
+
+/// Hanging up in the page before the flow dialled the browser leg (it is still parked, e.g. while an agent rings
+/// first): the leg is dropped and the request cancelled, so nothing later dials a dead leg.
+#[tokio::test]
+async fn hanging_up_a_parked_browser_call_cancels_its_request() {
+    let (app, _fake, state) = app(config(), client(7));
+    let engine = engine().await;
+    let legs = BrowserLegs::new(10, Duration::from_secs(60));
+    state.enable_browser_calls(BrowserGateway {
+        engine: engine.clone(),
+        legs: legs.clone(),
+        options: BrowserOptions::default(),
+    });
+    let (st, _, body) = send(&app, call(&serde_json::json!({ "offer": OFFER }))).await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    assert_eq!(legs.len(), 1, "parked: the service double never takes it");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let (st, _, body) = send(
+        &app,
+        Request::post(format!("/api/webrtc/{id}/hangup"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["hung_up"].as_bool(), body["cancelled"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(legs.len(), 0);
+    let (st, _, view) = send(&app, get(&format!("/api/callbacks/{id}"))).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(view["state"], "cancelled", "{view}");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        engine.shutdown(rappel::ShutdownMode::HangUp),
+    )
+    .await
+    .expect("engine stops");
+}

@@ -8,7 +8,8 @@
 //! when the cap is reached the call is refused with 503.
 //!
 //! `POST /api/webrtc/{id}/hangup` is the visitor hanging up in the page: the browser leg is hung up as a phone
-//! visitor's BYE would end it, so a conversation ends `completed` (a cancel would record it as cancelled).
+//! visitor's BYE would end it, so a conversation ends `completed` (a cancel would record it as cancelled). A leg
+//! still parked (not dialled yet by its flow) has no call to end: it is dropped and its request cancelled.
 
 use std::time::Instant;
 
@@ -174,6 +175,14 @@ pub(super) async fn hangup(AxState(state): AxState<WebState>, Path(id): Path<Str
         Ok(_) => return error(StatusCode::NOT_FOUND, "no such call from the browser"),
         Err(e) => return api_error(&e),
     };
+    // Still parked (the flow has not dialled it yet, e.g. an agent is being called first): the visitor is gone
+    // before the call began, so the request is cancelled too, rather than left to dial a dead leg.
+    if let Some(parked) = gw.legs.take(&key) {
+        drop(parked);
+        let cancelled = state.inner.api.cancel(rid).await.unwrap_or(false);
+        tracing::info!(request = %rid, cancelled, "waiting browser call hung up by the visitor");
+        return Json(json!({ "id": id, "hung_up": true, "cancelled": cancelled })).into_response();
+    }
     let ended = || error(StatusCode::CONFLICT, "the call is already over");
     let Some(leg) = gw.legs.leg_id(&key) else {
         return ended();
