@@ -1146,3 +1146,44 @@ async fn wildcard_rtp_without_a_public_ip_is_refused() {
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+/// DTMF across a bridge to a leg that negotiated no telephone-event: the relay drops the RFC 4733 packets
+/// (they would reach that phone as an unknown payload type) and the engine sends the key press as SIP INFO.
+/// The agent's SIPp requires an INFO with `Signal=1` before the BYE.
+#[tokio::test]
+async fn dtmf_to_a_leg_without_telephone_event_goes_as_info() {
+    let agent_peer = uas("call_peer_info_one.xml", &[]);
+    let visitor_peer = uas("call_peer_dtmf_late.xml", &[]);
+    let e = engine().await;
+    let mut agent = e
+        .call(&agent_peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(agent.answered()).await.unwrap();
+    let mut visitor = e
+        .call(&visitor_peer.uri("visitor"), CallOptions::default())
+        .await
+        .unwrap();
+    within(visitor.answered()).await.unwrap();
+    let _bridge = e
+        .bridge(&visitor, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    let digit = loop {
+        match within(visitor.next_event()).await {
+            Some(LegEvent::Dtmf { digit, .. }) => break digit,
+            Some(_) => {}
+            None => panic!("ended before any DTMF"),
+        }
+    };
+    assert_eq!(digit.to_char(), '1');
+    visitor.hangup().await.unwrap();
+    within(visitor.ended()).await.unwrap();
+    within(agent.ended()).await.unwrap();
+    assert_eq!(
+        agent_peer.finish_within(WAIT).await,
+        0,
+        "the agent got INFO Signal=1, then BYE"
+    );
+    assert_eq!(visitor_peer.finish_within(WAIT).await, 0);
+}

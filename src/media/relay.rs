@@ -197,11 +197,14 @@ pub enum DropReason {
     /// The destination leg is sending a DTMF event ([`Relay::send_event`]): its audio is suppressed until the
     /// event's last packet, so that the event's packets keep one timestamp in an unbroken stream.
     Dtmf = 6,
+    /// An RFC 4733 event for a leg that negotiated no telephone-event payload type: it would reach the peer
+    /// as an unknown payload type. (The event is still reported as [`Event::Dtmf`] on its source leg.)
+    NoTelephoneEvent = 7,
 }
 
 impl DropReason {
     /// Number of reasons (size of [`LegStats::drops`]).
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
 }
 
 /// What the driver does with a received RTP packet.
@@ -730,7 +733,10 @@ impl Relay {
         let mut pt = h.payload_type();
         let mut transcode = None;
         if te_in == Some(pt) {
-            pt = dst.cfg.telephone_event_pt.unwrap_or(pt);
+            match dst.cfg.telephone_event_pt {
+                Some(out) => pt = out,
+                None => return self.drop_on(leg, DropReason::NoTelephoneEvent),
+            }
         } else if let (Some(from), Some(to)) = (law_in, dst.cfg.codec) {
             if from != to && pt == from.payload_type() {
                 pt = to.payload_type();

@@ -931,18 +931,58 @@ impl Task {
         timestamp: u32,
         payload: [u8; 4],
     ) {
-        let Some(l) = self.by_relay.get(&rid).and_then(|id| self.legs.get_mut(id)) else {
+        let Some(&id) = self.by_relay.get(&rid) else {
+            return;
+        };
+        let Some(l) = self.legs.get_mut(&id) else {
             return;
         };
         let rx = l.dtmf.get_or_insert_with(|| DtmfReceiver::new(8000));
         if rx.handle_packet(timestamp, &payload).is_err() {
             return;
         }
+        let mut digits = Vec::new();
         while let Some(ev) = rx.poll_event() {
+            digits.push(ev.digit);
             let _ = l.events.send(LegEvent::Dtmf {
                 digit: ev.digit,
                 duration: ev.duration,
             });
+        }
+        if let Some(bid) = l.bridge.filter(|_| !digits.is_empty()) {
+            self.dtmf_across(bid, id, &digits);
+        }
+    }
+
+    /// Key presses from leg `from` of bridge `bid`, for the other leg. A SIP leg that negotiated telephone-event
+    /// has them from the relay already (in its payload type); one that did not gets no RFC 4733 (the relay
+    /// drops it: `DropReason::NoTelephoneEvent`), so they go as SIP INFO instead, as FreeSWITCH and Asterisk
+    /// interwork the two. Over the pending-digit cap they are dropped (logged).
+    fn dtmf_across(&mut self, bid: u64, from: u64, digits: &[Digit]) {
+        let Some(br) = self.bridges.get(&bid) else {
+            return;
+        };
+        let other = if br.a == from { br.b } else { br.a };
+        let pending_rtp = self.dtmf.get(&other).map_or(0, |j| j.pending);
+        let Some(o) = self.legs.get_mut(&other) else {
+            return;
+        };
+        let has_te = o
+            .core
+            .negotiated()
+            .is_some_and(|n| n.telephone_event_pt.is_some());
+        if has_te || o.core.phase() != Phase::Answered || o.core.call().is_none() {
+            return;
+        }
+        if pending_rtp + o.core.dtmf_info_pending() + digits.len() > MAX_PENDING_DTMF {
+            tracing::debug!(leg = other, "DTMF across the bridge dropped: queue full");
+            return;
+        }
+        if o.core.send_dtmf_info(digits).is_ok() {
+            // Its outcome is nobody's to await, but the waiter keeps the application's own INFO replies in order.
+            let (done, _) = oneshot::channel();
+            o.waiters.push_back((Op::DtmfInfo, done));
+            self.dirty.push_back(other);
         }
     }
 

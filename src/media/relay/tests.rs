@@ -301,6 +301,21 @@ fn telephone_event_pt_is_mapped_both_ways() {
     let mut p = pkt(96, 3, 320, 1, false);
     relay.handle_rtp(t0, a, addr(A), &mut p);
     assert_eq!(fields(&mut p).1, 96);
+    // B stops taking telephone-event (a re-INVITE without it): A's events are dropped and counted, not sent
+    // to B under a payload type it does not know; A's audio still goes through.
+    relay.set_telephone_event_pt(b, None).unwrap();
+    let mut p = pkt(101, 4, 480, 1, true);
+    assert_eq!(
+        relay.handle_rtp(t0, a, addr(A), &mut p),
+        Action::Drop(DropReason::NoTelephoneEvent)
+    );
+    let mut p = pkt(0, 5, 640, 1, false);
+    assert!(matches!(
+        relay.handle_rtp(t0, a, addr(A), &mut p),
+        Action::Forward { .. }
+    ));
+    let stats = relay.stats(a).unwrap();
+    assert_eq!(stats.dropped(DropReason::NoTelephoneEvent), 1);
 }
 
 #[test]
