@@ -161,7 +161,8 @@ impl App {
             .sip_bind(vec![config.sip.listen])
             .rtp_ip(config.sip.listen.ip())
             .rtp_ports(min, max)
-            .outbound_proxy_uri(config.trunk.outbound_proxy.clone());
+            .outbound_proxy_uri(config.trunk.outbound_proxy.clone())
+            .failover_timeout(config.trunk.failover_timeout());
         if let Some(ns) = &config.sip.nameservers {
             builder = builder.nameservers(ns.clone());
         }

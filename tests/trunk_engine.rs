@@ -1,6 +1,6 @@
 //! The engine's trunk features against outside implementations on loopback: registration with SIPp as registrar
 //! (challenge, refresh before expiry, removal at shutdown), calls to host names resolved through dnsmasq per
-//! RFC 3263 with failover to the next SRV target (silent target: Timer B; 503), an outbound proxy given by name,
+//! RFC 3263 with failover to the next SRV target (silent target: Timer B, or the shorter failover timeout; 503), an outbound proxy given by name,
 //! a hang-up while the lookup is still pending, and graceful shutdown in drain mode (the per-call tracing span is
 //! in `engine_spans.rs`).
 //!
@@ -376,6 +376,72 @@ async fn call_fails_over_from_a_silent_target_in_srv_priority_order() {
         "{got:?}"
     );
     assert!(last.received().is_empty(), "c (priority 30) was not needed");
+    leg.hangup().await.unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    assert_eq!(
+        (cdr.end_cause, cdr.hangup_by),
+        (EndCause::Normal, HangupBy::Local)
+    );
+    assert_eq!(
+        within(good.finish()).await,
+        0,
+        "b took the call and the BYE"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_target_is_left_after_the_failover_timeout() {
+    // Default timers (T1 500 ms: Timer B would be 32 s) and a 2 s failover timeout. The INVITE to the silent
+    // first target goes out at 0, 0.5 and 1.5 s (the next retransmission would be at 3.5 s); at 2 s the engine
+    // gives up on it and the second target, SIPp, answers.
+    let silent = Silent::bind();
+    let good = uas("uas_answer.xml");
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._udp.quiet.test,a.quiet.test,{},10,0",
+            silent.port()
+        ),
+        format!(
+            "--srv-host=_sip._udp.quiet.test,b.quiet.test,{},20,0",
+            good.addr.port()
+        ),
+        "--host-record=a.quiet.test,127.0.0.1".into(),
+        "--host-record=b.quiet.test,127.0.0.1".into(),
+    ]);
+    let timeout = Duration::from_secs(2);
+    let engine = builder()
+        .nameservers(vec![dns.addr])
+        .failover_timeout(Some(timeout))
+        .start()
+        .await
+        .unwrap();
+    let mut leg = engine
+        .call("sip:visitor@quiet.test", CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(within(leg.next_event()).await, Some(LegEvent::Trying));
+    let trying = tokio::time::Instant::now();
+    within(leg.answered()).await.expect("answered by b");
+    let took = trying.elapsed();
+    // The retransmissions the silent target got date the failover: after the third (1.5 s), before the fourth
+    // (3.5 s), and long before Timer B.
+    let got = silent.received_messages();
+    assert_eq!(
+        got.iter()
+            .filter(|m| m.starts_with("INVITE sip:visitor@quiet.test SIP/2.0"))
+            .count(),
+        3,
+        "{got:?}"
+    );
+    assert_eq!(call_ids(&got).len(), 1, "one INVITE, retransmitted");
+    assert!(
+        took >= timeout && took < Duration::from_millis(3500),
+        "answered {took:?} after the INVITE left"
+    );
+    assert!(
+        !got.iter().any(|m| m.starts_with("CANCEL")),
+        "nothing to cancel without a provisional response"
+    );
     leg.hangup().await.unwrap();
     let cdr = within(leg.ended()).await.unwrap();
     assert_eq!(

@@ -11,7 +11,8 @@
 //! (endpoint, players, and a sorted set of leg deadlines).
 //!
 //! The trunk side (outbound proxy, RFC 3263 name resolution with failover between targets, registration) is in
-//! `engine/trunk.rs`: lookups run on spawned tasks and come back as messages, so DNS never blocks signalling.
+//! `engine/trunk.rs`; a target that does not answer at all is abandoned after [`EngineBuilder::failover_timeout`]
+//! (the endpoint's response deadline): lookups run on spawned tasks and come back as messages, so DNS never blocks signalling.
 
 mod trunk;
 
@@ -46,6 +47,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
+/// The default of [`EngineBuilder::failover_timeout`].
+pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// Builds and starts an [`Engine`].
 #[derive(Debug, Clone)]
 pub struct EngineBuilder {
@@ -62,6 +66,7 @@ pub struct EngineBuilder {
     rng_seed: Option<u64>,
     nameservers: Option<Vec<SocketAddr>>,
     registration: Option<TrunkRegistration>,
+    failover_timeout: Option<Duration>,
 }
 
 impl Default for EngineBuilder {
@@ -87,6 +92,7 @@ impl EngineBuilder {
             rng_seed: None,
             nameservers: None,
             registration: None,
+            failover_timeout: Some(DEFAULT_FAILOVER_TIMEOUT),
         }
     }
     /// SIP bind addresses (port 0 picks one). The first one is advertised unless [`Self::public_addr`] is set.
@@ -139,6 +145,14 @@ impl EngineBuilder {
     /// from `/etc/resolv.conf`).
     pub fn nameservers(mut self, servers: Vec<SocketAddr>) -> Self {
         self.nameservers = Some(servers);
+        self
+    }
+    /// How long an INVITE to one of several resolved targets may go without any response (not even 100 Trying)
+    /// before that target is abandoned for the next one (RFC 3263 §4.3), instead of waiting for Timer B (64·T1,
+    /// 32 s): Kamailio's `fr_timer`. A provisional response stops this clock (the ring time then applies). Only
+    /// used while another target is left; `None` waits for Timer B. Default 4 s.
+    pub fn failover_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.failover_timeout = timeout;
         self
     }
     /// Register with the trunk: the engine keeps the binding refreshed (retrying with back-off after failures),
@@ -251,6 +265,7 @@ impl EngineBuilder {
             bridges: HashMap::new(),
             dtmf: HashMap::new(),
             outbound_proxy: self.outbound_proxy,
+            failover_timeout: self.failover_timeout,
             resolver,
             resolved_tx,
             registrar,
@@ -770,6 +785,8 @@ struct Task {
     resolver: Arc<SipResolver>,
     /// Where spawned lookups send their answers.
     resolved_tx: mpsc::UnboundedSender<Resolved>,
+    /// [`EngineBuilder::failover_timeout`].
+    failover_timeout: Option<Duration>,
     registrar: Option<Registrar>,
     from: String,
     /// Legs whose state machines have output to drain.
@@ -1835,6 +1852,11 @@ impl Task {
                 }
                 l.core.attach(call, None);
                 self.by_call.insert(call, id);
+                // Another target is left: a silent one is abandoned after the failover timeout, not Timer B.
+                let more = l.route.failover.as_ref().is_some_and(|f| f.remaining() > 0);
+                if let (true, Some(t)) = (more, self.failover_timeout) {
+                    let _ = self.ep.set_response_deadline(call, now + t);
+                }
                 l.route.attempts += 1;
                 if l.route.attempts == 1 {
                     let _ = l.events.send(LegEvent::Trying);

@@ -224,6 +224,27 @@ impl Endpoint {
         }
     }
 
+    /// Gives the INVITE of our call `call` until `at` to draw a response, any response (a 100 Trying is enough):
+    /// if none has come by then, the INVITE is no longer retransmitted (its client transaction is dropped; a
+    /// CANCEL cannot be sent before a provisional response, RFC 3261 §9.1) and the call ends with
+    /// [`TerminationReason::Timeout`], so the TU can try the next server (RFC 3263 §4.3) without waiting for
+    /// Timer B. A response before `at` removes the deadline; the ring time is then the TU's business.
+    /// Errors: an unknown or ended call, or one that is not ours or already answered.
+    pub fn set_response_deadline(
+        &mut self,
+        call: CallHandle,
+        at: Instant,
+    ) -> Result<(), EndpointError> {
+        let c = self.call_mut(call)?;
+        if !c.is_uac || c.confirmed() {
+            return Err(EndpointError::InvalidState);
+        }
+        if !c.got_provisional {
+            c.silent_deadline = Some(at);
+        }
+        Ok(())
+    }
+
     /// Cancels our pending INVITE (§9.1). Before any provisional response the CANCEL waits for one. If a 2xx
     /// crosses the CANCEL, it is ACKed and BYE'd. The call ends with [`TerminationReason::Cancelled`].
     pub fn send_cancel(&mut self, now: Instant, call: CallHandle) -> Result<(), EndpointError> {

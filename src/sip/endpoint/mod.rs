@@ -36,6 +36,11 @@
 //! [`Endpoint::last_headers`], [`SessionExpires`]), and a 422 ends the call as `Rejected(422)` with the
 //! `Min-SE` readable afterwards.
 //!
+//! A UAC call may be given a response deadline ([`Endpoint::set_response_deadline`]): when its INVITE has had no
+//! response at all (not even 100 Trying) by then, the INVITE is no longer retransmitted and the call ends with
+//! [`TerminationReason::Timeout`] long before Timer B, so the call layer can fail over to the next target (what
+//! Kamailio's `fr_timer` does).
+//!
 //! A send failure reported by the driver ([`Endpoint::handle_transport_error`]) fails the transactions sending
 //! there at once (RFC 3261 §17.1.4); an initial INVITE then ends with [`TerminationReason::TransportError`], so the
 //! call layer can try the next RFC 3263 target (`crate::net::dns`).
@@ -260,7 +265,8 @@ pub enum TerminationReason {
     LocalBye,
     /// The peer sent BYE.
     RemoteBye,
-    /// No final response (Timer B), or a re-INVITE timed out (§14.1: BYE sent).
+    /// No final response (Timer B), no response at all by the call's response deadline
+    /// ([`Endpoint::set_response_deadline`]), or a re-INVITE timed out (§14.1: BYE sent).
     Timeout,
     /// We answered 2xx and no ACK came within 64·T1 (§13.3.1.4: BYE sent).
     AckTimeout,
@@ -511,6 +517,8 @@ struct Call {
     got_provisional: bool,
     cancel: CancelState,
     cancel_deadline: Option<Instant>,
+    /// Give up the initial INVITE if no response at all has come by then ([`Endpoint::set_response_deadline`]).
+    silent_deadline: Option<Instant>,
     early: Vec<Dialog>,
     dialog: Option<Dialog>,
     /// ACK for the 2xx of the INVITE / re-INVITE: (CSeq, bytes), re-sent on 2xx retransmissions.
@@ -549,6 +557,7 @@ impl Call {
             got_provisional: false,
             cancel: CancelState::None,
             cancel_deadline: None,
+            silent_deadline: None,
             early: Vec::new(),
             dialog: None,
             acks: Vec::new(),
@@ -588,12 +597,13 @@ impl Call {
 }
 
 impl Deadline for Call {
-    /// The earliest of the 2xx retransmission, glare retry, CANCEL give-up and linger deadlines.
+    /// The earliest of the 2xx retransmission, glare retry, CANCEL give-up, silent-target and linger deadlines.
     fn deadline(&self) -> Option<Instant> {
         [
             self.retrans.as_ref().map(|r| r.next.min(r.give_up)),
             self.glare_retry.as_ref().map(|g| g.0),
             self.cancel_deadline,
+            self.silent_deadline,
             self.expire_at,
         ]
         .into_iter()
@@ -920,6 +930,7 @@ impl Endpoint {
                 c.terminated = true;
                 c.glare_retry = None;
                 c.cancel_deadline = None;
+                c.silent_deadline = None;
                 c.expire_at = Some(now + linger);
                 self.events.push_back(Event::Terminated {
                     call: CallHandle(h),
@@ -1087,6 +1098,30 @@ impl Endpoint {
                         c.glare_retry = Some((now + delay, sdp));
                     }
                 }
+            }
+        }
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
+        if c.silent_deadline.is_some_and(|t| t <= now) {
+            // Nothing at all came back from the next hop: stop retransmitting the INVITE (no CANCEL is possible
+            // without a provisional response, §9.1) and end the call as if Timer B had fired.
+            c.silent_deadline = None;
+            if !c.confirmed() && !c.got_provisional {
+                let reason = if c.cancel == CancelState::None {
+                    TerminationReason::Timeout
+                } else {
+                    TerminationReason::Cancelled
+                };
+                if let Some(id) = c.invite_tx.take() {
+                    if let Some(e) = self.clients.remove(&id) {
+                        if self.client_index.get(&e.key) == Some(&id) {
+                            self.client_index.remove(&e.key);
+                        }
+                    }
+                }
+                self.terminate(now, h, reason);
+                return;
             }
         }
         let Some(c) = self.calls.get_mut(&h) else {

@@ -157,6 +157,8 @@ impl Endpoint {
         let Some(c) = self.calls.get_mut(&h) else {
             return;
         };
+        // The next hop answers: no longer silent.
+        c.silent_deadline = None;
         if c.invite_tx != Some(tx) {
             // A response to an INVITE we replaced (auth retry): only a 2xx matters (it would create a dialog).
             if !resp.status.is_success() {
