@@ -373,6 +373,7 @@ fn register_challenged_then_granted_and_refreshed() {
                 next_hop: addr_b(),
                 expires: 3600,
                 credentials: Some(creds()),
+                extra_headers: Vec::new(),
             },
         )
         .unwrap();

@@ -1,5 +1,5 @@
 //! The engine's trunk features against outside implementations on loopback: registration with SIPp as registrar
-//! (challenge, refresh before expiry, removal at shutdown), calls to host names resolved through dnsmasq per
+//! (challenge, refresh before expiry, removal at shutdown; through an outbound proxy with a preloaded Route), calls to host names resolved through dnsmasq per
 //! RFC 3263 with failover to the next SRV target (silent target: Timer B, or the shorter failover timeout; 503), an outbound proxy given by name,
 //! a hang-up while the lookup is still pending, and graceful shutdown in drain mode (the per-call tracing span is
 //! in `engine_spans.rs`).
@@ -181,6 +181,40 @@ async fn registers_refreshes_and_unregisters_at_shutdown() {
         within(sipp.finish()).await,
         0,
         "SIPp verified the credentials, Expires 4 then 0"
+    );
+}
+
+#[tokio::test]
+async fn register_goes_through_the_outbound_proxy_with_a_preloaded_route() {
+    // SIPp is both the proxy (reached by name) and the registrar: its scenario checks each REGISTER's
+    // Request-URI (the registrar) and `Route: <sip:proxy.test:PORT;lr>`.
+    let sipp = uas("registrar_route.xml");
+    let dns = Dns::start(&["--host-record=proxy.test,127.0.0.1".into()]);
+    let engine = builder()
+        .nameservers(vec![dns.addr])
+        .outbound_proxy_uri(Some(format!("sip:proxy.test:{}", sipp.addr.port())))
+        .register(TrunkRegistration::new("sip:trunk.test", "sip:rappel@trunk.test").expires(4))
+        .start()
+        .await
+        .unwrap();
+    let mut status = engine.registration().unwrap();
+    let s = within(status.wait_for(|s| s.registrations >= 1))
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        s.last_event,
+        Some(RegistrationEvent::Registered { expires: 4 })
+    );
+    within(engine.shutdown(ShutdownMode::HangUp)).await;
+    assert_eq!(
+        status.borrow().last_event,
+        Some(RegistrationEvent::Unregistered { removed: true })
+    );
+    assert_eq!(
+        within(sipp.finish()).await,
+        0,
+        "SIPp found the Route on the REGISTER and on its removal"
     );
 }
 

@@ -38,6 +38,7 @@ impl RegNode {
                 password: "secret".into(),
                 realm: None,
             }),
+            extra_headers: Vec::new(),
         };
         Self {
             ep: Endpoint::new(cfg),

@@ -146,6 +146,7 @@ async fn registration_refreshed_and_removed_at_a_registrar() {
             password: "secret".into(),
             realm: None,
         }),
+        extra_headers: Vec::new(),
     };
     let agent = Arc::new(Mutex::new(RegistrationAgent::new(
         req,

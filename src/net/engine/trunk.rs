@@ -7,7 +7,8 @@
 //! [`Failover`]'s; this module only decides what to resolve and keeps the per-leg state between attempts.
 //!
 //! The registration is the sans-IO [`RegistrationAgent`] driven by the engine task ([`Registrar`]): its state
-//! and each of its events are published on a `watch` channel ([`RegistrationStatus`]).
+//! and each of its events are published on a `watch` channel ([`RegistrationStatus`]). Through an outbound proxy
+//! given as a URI, the REGISTER carries the same preloaded `Route: <proxy;lr>` as INVITEs.
 
 use crate::net::dns::{DnsError, Failover, SipResolver, Target};
 use crate::sip::auth::Credentials;
@@ -31,8 +32,9 @@ pub(super) enum Proxy {
 }
 
 /// Registering with the trunk ([`crate::EngineBuilder::register`]). The Contact is the engine's own (its public
-/// address, see [`crate::EngineBuilder::public_addr`]); the REGISTER goes to the outbound proxy when one is set,
-/// else to the registrar URI's host, resolved per RFC 3263.
+/// address, see [`crate::EngineBuilder::public_addr`]); the REGISTER goes to the outbound proxy when one is set
+/// (with the proxy as its preloaded `Route` when the proxy is given as a URI, like INVITEs), else to the
+/// registrar URI's host, resolved per RFC 3263.
 #[derive(Debug, Clone)]
 pub struct TrunkRegistration {
     /// The registrar's Request-URI, e.g. `sip:trunk.example.net`.
@@ -157,8 +159,9 @@ pub(super) fn hop_for(proxy: Option<&Proxy>, target: &str) -> Hop {
     }
 }
 
-/// The Route header value an outbound proxy given as a URI puts on each INVITE (RFC 3261 §8.1.2: the proxy is
-/// the route set, loose routing assumed, so `;lr` is added when missing). A proxy given as an address adds none.
+/// The Route header value an outbound proxy given as a URI puts on each INVITE and REGISTER (RFC 3261 §8.1.2: the
+/// proxy is the route set, loose routing assumed, so `;lr` is added when missing). A proxy given as an address
+/// adds none.
 pub(super) fn preloaded_route(proxy: Option<&Proxy>) -> Option<Bytes> {
     let Some(Proxy::Uri(u)) = proxy else {
         return None;
@@ -219,6 +222,8 @@ pub(super) struct Registrar {
     rounds: u32,
     /// Shutdown was asked: do not start, and remove the binding.
     stopping: bool,
+    /// The outbound proxy's preloaded Route ([`preloaded_route`]), put on every REGISTER.
+    route: Option<Bytes>,
 }
 
 impl Registrar {
@@ -235,6 +240,7 @@ impl Registrar {
                 resolving: false,
                 rounds: 0,
                 stopping: false,
+                route: None,
             },
             rx,
         )
@@ -253,6 +259,7 @@ impl Registrar {
             return;
         }
         self.retry_at = None;
+        self.route = preloaded_route(proxy);
         match hop_for(proxy, &self.config.registrar) {
             Hop::Direct(a) => self.start_agent(now, ep, a),
             Hop::Resolve(uri) => {
@@ -311,6 +318,11 @@ impl Registrar {
             next_hop,
             expires: self.config.expires,
             credentials: self.config.credentials.clone(),
+            extra_headers: self
+                .route
+                .iter()
+                .map(|r| (HeaderName::Route, r.clone()))
+                .collect(),
         };
         let mut agent = RegistrationAgent::new(req, self.config.policy);
         if let Err(e) = agent.start(now, ep) {

@@ -163,6 +163,9 @@ impl Endpoint {
         h.push(HeaderName::To, Bytes::from(format!("<{}>", req.aor)));
         h.push(HeaderName::CallId, call_id);
         h.push(HeaderName::Contact, self.contact());
+        for (n, v) in req.extra_headers {
+            h.push(n, v);
+        }
         let handle = self.id();
         self.regs.insert(
             handle,

@@ -231,6 +231,9 @@ pub struct RegisterRequest {
     pub expires: u32,
     /// Credentials for 401/407 challenges.
     pub credentials: Option<Credentials>,
+    /// Extra headers on every REGISTER of the registration, e.g. the `Route: <sip:proxy;lr>` of an outbound proxy
+    /// (RFC 3261 §8.1.2: a preloaded route set, as on our INVITEs).
+    pub extra_headers: Vec<(HeaderName, Bytes)>,
 }
 
 /// What the UAC needs to place a call.
