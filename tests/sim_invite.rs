@@ -523,3 +523,59 @@ fn a_100_trying_stops_the_response_deadline() {
     assert!(sim.a.find(is_terminated).is_empty());
     assert_eq!(sim.send_times_ms(|p| p.is_request("INVITE")), [0]);
 }
+
+#[test]
+fn a_call_placed_over_tcp_keeps_tcp_for_its_ack_and_bye() {
+    // The endpoint is configured for UDP; this one call names TCP (a `;transport=tcp` or `_sip._tcp` target).
+    use rappel::sip::endpoint::{Endpoint, EndpointConfig, RegisterRequest};
+    use rappel::sip::message::HeaderName;
+    use rappel::sip::transaction::Transport;
+    let mut ep = Endpoint::new(EndpointConfig::new(addr_a()));
+    let t0 = std::time::Instant::now();
+    let mut req = invite_to_b("v=0");
+    req.transport = Some(Transport::Tcp);
+    let call = ep.start_invite(t0, req).unwrap();
+    let invite = ep.poll_transmit().unwrap();
+    assert_eq!(
+        (invite.transport, invite.destination),
+        (Transport::Tcp, addr_b())
+    );
+    let Ok(Message::Request(inv)) = Message::parse_datagram(invite.payload.clone()) else {
+        panic!("not a request")
+    };
+    let via = inv.headers.get(&HeaderName::Via).unwrap().clone();
+    assert!(via.starts_with(b"SIP/2.0/TCP "), "{via:?}");
+    let contact = inv.headers.get(&HeaderName::Contact).unwrap().clone();
+    assert!(contact.ends_with(b";transport=tcp>"), "{contact:?}");
+    // Reliable transport: no retransmission at T1.
+    ep.handle_timeout(t0 + Duration::from_millis(600));
+    assert!(ep.poll_transmit().is_none());
+    let ok = Message::from(reply(&inv, 200, "b")).to_bytes();
+    ep.handle(t0, addr_b(), Transport::Tcp, ok);
+    let ack = ep.poll_transmit().unwrap();
+    assert!(ack.payload.starts_with(b"ACK "));
+    assert_eq!(ack.transport, Transport::Tcp);
+    assert!(ack.payload.windows(14).any(|w| w == b"SIP/2.0/TCP 10"));
+    ep.send_bye(t0, call).unwrap();
+    let bye = ep.poll_transmit().unwrap();
+    assert!(bye.payload.starts_with(b"BYE "));
+    assert_eq!(bye.transport, Transport::Tcp);
+    // Another call without a transport uses the configured one, and so does a REGISTER; one naming TCP uses TCP.
+    ep.start_invite(t0, invite_to_b("v=0")).unwrap();
+    assert_eq!(ep.poll_transmit().unwrap().transport, Transport::Udp);
+    let reg = |transport| RegisterRequest {
+        registrar: "sip:10.0.0.2".into(),
+        aor: "sip:rappel@example.net".into(),
+        next_hop: addr_b(),
+        transport,
+        expires: 60,
+        credentials: None,
+        extra_headers: Vec::new(),
+    };
+    ep.register(t0, reg(Some(Transport::Tcp))).unwrap();
+    let r = ep.poll_transmit().unwrap();
+    assert_eq!(r.transport, Transport::Tcp);
+    assert!(r.payload.windows(14).any(|w| w == b"SIP/2.0/TCP 10"));
+    ep.register(t0, reg(None)).unwrap();
+    assert_eq!(ep.poll_transmit().unwrap().transport, Transport::Udp);
+}

@@ -1,6 +1,7 @@
 //! The engine's trunk features against outside implementations on loopback: registration with SIPp as registrar
 //! (challenge, refresh before expiry, removal at shutdown; through an outbound proxy with a preloaded Route), calls to host names resolved through dnsmasq per
-//! RFC 3263 with failover to the next SRV target (silent target: Timer B, or the shorter failover timeout; 503), an outbound proxy given by name,
+//! RFC 3263 with failover to the next SRV target (silent target: Timer B, or the shorter failover timeout; 503),
+//! TCP targets found by `;transport=tcp` or a `SIP+D2T` NAPTR record, an outbound proxy given by name,
 //! a hang-up while the lookup is still pending, and graceful shutdown in drain mode (the per-call tracing span is
 //! in `engine_spans.rs`).
 //!
@@ -53,6 +54,14 @@ fn uas(scenario: &str) -> Sipp {
     let media = free_port(localhost()).to_string();
     let extra = ["-m", "1", "-timeout", "60s", "-mp", &media];
     Sipp::uas(&Sipp::scenario(scenario), local(port), false, &extra)
+}
+
+/// SIPp as UAS over TCP (`-t t1`) with `scenario` on a free port, for one call.
+fn uas_tcp(scenario: &str) -> Sipp {
+    let port = band_port(42_000, 40, 8_000);
+    let media = free_port(localhost()).to_string();
+    let extra = ["-m", "1", "-timeout", "60s", "-mp", &media];
+    Sipp::uas(&Sipp::scenario(scenario), local(port), true, &extra)
 }
 
 /// A UDP socket that receives and never answers: a target that does not respond.
@@ -487,6 +496,58 @@ async fn a_silent_target_is_left_after_the_failover_timeout() {
         0,
         "b took the call and the BYE"
     );
+}
+
+#[tokio::test]
+async fn tcp_targets_by_name_are_resolved_and_called_over_tcp() {
+    // Two SIPp UASes listening on TCP only. `tcp.test` is reached through `_sip._tcp` SRV records because the
+    // URI says `;transport=tcp`; `naptr.test` through a NAPTR record for SIP+D2T (its `_sip._udp` SRV record,
+    // a silent UDP socket, must not be used: the NAPTR answer lists TCP only).
+    let by_param = uas_tcp("uas_answer.xml");
+    let by_naptr = uas_tcp("uas_answer.xml");
+    let udp_decoy = Silent::bind();
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._tcp.tcp.test,a.tcp.test,{},10,0",
+            by_param.addr.port()
+        ),
+        "--host-record=a.tcp.test,127.0.0.1".into(),
+        "--naptr-record=naptr.test,10,50,s,SIP+D2T,,_sip._tcp.naptr.test".into(),
+        format!(
+            "--srv-host=_sip._tcp.naptr.test,t.naptr.test,{},10,0",
+            by_naptr.addr.port()
+        ),
+        format!(
+            "--srv-host=_sip._udp.naptr.test,u.naptr.test,{},10,0",
+            udp_decoy.port()
+        ),
+        "--host-record=t.naptr.test,127.0.0.1".into(),
+        "--host-record=u.naptr.test,127.0.0.1".into(),
+    ]);
+    let engine = builder().nameservers(vec![dns.addr]).start().await.unwrap();
+    for target in [
+        "sip:visitor@tcp.test;transport=tcp",
+        "sip:visitor@naptr.test",
+    ] {
+        let mut leg = engine.call(target, CallOptions::default()).await.unwrap();
+        within(leg.answered())
+            .await
+            .unwrap_or_else(|e| panic!("{target}: {e:?}"));
+        leg.hangup().await.unwrap();
+        let cdr = within(leg.ended()).await.unwrap();
+        assert_eq!(
+            (cdr.end_cause, cdr.hangup_by),
+            (EndCause::Normal, HangupBy::Local),
+            "{target}"
+        );
+    }
+    assert!(udp_decoy.received().is_empty(), "nothing went over UDP");
+    assert_eq!(
+        within(by_param.finish()).await,
+        0,
+        "the SRV target took the call, its ACK and BYE over TCP"
+    );
+    assert_eq!(within(by_naptr.finish()).await, 0);
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@ impl RegNode {
             registrar: "sip:10.0.0.2".into(),
             aor: "sip:rappel@trunk.test".into(),
             next_hop: addr_b(),
+            transport: None,
             expires,
             credentials: Some(Credentials {
                 username: "rappel".into(),

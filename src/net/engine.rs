@@ -11,8 +11,10 @@
 //! (endpoint, players, and a sorted set of leg deadlines).
 //!
 //! The trunk side (outbound proxy, RFC 3263 name resolution with failover between targets, registration) is in
-//! `engine/trunk.rs`; a target that does not answer at all is abandoned after [`EngineBuilder::failover_timeout`]
-//! (the endpoint's response deadline): lookups run on spawned tasks and come back as messages, so DNS never blocks signalling.
+//! `engine/trunk.rs`: lookups run on spawned tasks and come back as messages, so DNS never blocks signalling.
+//! Each target carries its transport (UDP, or TCP from `;transport=tcp` or the DNS records), and the call keeps
+//! it for every request of its dialog. A target that does not answer at all is abandoned after
+//! [`EngineBuilder::failover_timeout`] (the endpoint's response deadline) when another one is left.
 
 mod trunk;
 
@@ -30,7 +32,7 @@ use crate::media::g711::Law;
 use crate::media::player::{PlayItem, PlayerEvent, PlayerId, PlayerOptions, PlayerSet, Playlist};
 use crate::media::relay::{LegConfig, LegStats, RelayConfig, Source};
 use crate::media::tone::{Country, ToneSpec};
-use crate::net::dns::{should_fail_over, SipResolver};
+use crate::net::dns::{should_fail_over, SipResolver, Target};
 use crate::net::record_io::{self, RecordTap, Recording};
 use crate::net::rtp_io::{DriverConfig, DriverEvent, LegInfo, RelayDriver};
 use crate::net::transport::{SipSockets, SipTransportConfig};
@@ -100,7 +102,10 @@ impl EngineBuilder {
         self.sip_bind = addrs;
         self
     }
-    /// Also listen on TCP on the same addresses (calls are still placed over UDP).
+    /// Also listen on TCP on the same addresses. Calls and the REGISTER go over TCP whenever their target asks
+    /// for it (`;transport=tcp`, or a `SIP+D2T` NAPTR / `_sip._tcp` SRV record) whether or not this is set; the
+    /// connection we open carries the whole dialog, and listening lets a peer open its own connection back to our
+    /// Contact.
     pub fn tcp(mut self, on: bool) -> Self {
         self.tcp = on;
         self
@@ -217,7 +222,7 @@ impl EngineBuilder {
             core: self.relay_core,
             ..DriverConfig::default()
         };
-        // Calls go out over UDP: only UDP targets are useful.
+        // Calls and the REGISTER go over UDP or TCP, whichever the target's URI or DNS records ask for.
         let resolver = match &self.nameservers {
             Some(ns) => SipResolver::with_nameservers(ns).map_err(io::Error::other)?,
             None => match SipResolver::system() {
@@ -228,7 +233,7 @@ impl EngineBuilder {
                 }
             },
         };
-        let resolver = resolver.transports(vec![Transport::Udp]);
+        let resolver = resolver.transports(vec![Transport::Udp, Transport::Tcp]);
         let resolver = Arc::new(match self.rng_seed {
             Some(s) => resolver.seed(s),
             None => resolver,
@@ -1738,7 +1743,7 @@ impl Task {
             return;
         }
         match trunk::hop_for(self.outbound_proxy.as_ref(), &l.target) {
-            Hop::Direct(hop) => self.send_invite(now, id, hop),
+            Hop::Direct(t) => self.send_invite(now, id, t),
             Hop::Resolve(uri) => {
                 if !l.route.resolving {
                     l.route.resolving = true;
@@ -1776,7 +1781,7 @@ impl Task {
                         let first = f.next_target();
                         l.route.failover = Some(f);
                         match first {
-                            Some(t) => self.send_invite(now, id, t.addr),
+                            Some(t) => self.send_invite(now, id, t),
                             None => l.core.invite_failed(now),
                         }
                     }
@@ -1803,15 +1808,15 @@ impl Task {
         }
     }
 
-    /// Sends the leg's INVITE (its stored body and headers) to `next_hop`.
-    fn send_invite(&mut self, now: Instant, id: u64, next_hop: SocketAddr) {
+    /// Sends the leg's INVITE (its stored body and headers) to `target`, over its transport.
+    fn send_invite(&mut self, now: Instant, id: u64, target: Target) {
         let Some(l) = self.legs.get_mut(&id) else {
             return;
         };
         let Some((body, headers)) = l.route.invite.clone() else {
             return;
         };
-        l.route.hop = Some(next_hop);
+        l.route.hop = Some(target);
         let mut extra = l.opts.headers.clone();
         extra.extend(headers);
         if let Some(p) = &l.opts.asserted_identity {
@@ -1835,7 +1840,8 @@ impl Task {
                 l.opts.display_name.as_deref(),
             ),
             to: None,
-            next_hop,
+            next_hop: target.addr,
+            transport: Some(target.transport),
             sdp: body,
             credentials: l.opts.credentials.clone(),
             extra_headers: extra,
@@ -2202,8 +2208,8 @@ impl Task {
             if l.core.phase() == Phase::Calling && should_fail_over(reason) {
                 if let Some(next) = l.route.fail_over(reason) {
                     let _g = l.span.clone().entered();
-                    tracing::info!(?reason, next = %next.addr, "failing over to the next target");
-                    self.send_invite(now, id, next.addr);
+                    tracing::info!(?reason, next = %next.addr, transport = ?next.transport, "failing over to the next target");
+                    self.send_invite(now, id, next);
                     self.dirty.push_back(id);
                     return;
                 }

@@ -4,7 +4,9 @@
 //! Name resolution never runs on the engine task: a lookup is a spawned future ([`spawn_resolve`]) whose answer
 //! comes back to the task as a [`Resolved`] message, so a slow or dead DNS server delays only the call (or
 //! registration) waiting for it. The RFC 3263 procedure itself is [`SipResolver`]'s; the failover walk is
-//! [`Failover`]'s; this module only decides what to resolve and keeps the per-leg state between attempts.
+//! [`Failover`]'s; this module only decides what to resolve and keeps the per-leg state between attempts. A
+//! [`Target`] names its transport: UDP, or TCP when the URI says `;transport=tcp` or the records lead there
+//! (NAPTR `SIP+D2T`, SRV `_sip._tcp`); the INVITE or REGISTER then goes over TCP.
 //!
 //! The registration is the sans-IO [`RegistrationAgent`] driven by the engine task ([`Registrar`]): its state
 //! and each of its events are published on a `watch` channel ([`RegistrationStatus`]). Through an outbound proxy
@@ -17,6 +19,7 @@ use crate::sip::message::{HeaderName, Host, Uri};
 use crate::sip::register::{
     RegistrationAgent, RegistrationEvent, RegistrationPolicy, RegistrationState,
 };
+use crate::sip::transaction::Transport;
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,23 +132,34 @@ pub(super) fn spawn_resolve(
 /// How to reach the next hop of a request.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Hop {
-    /// Send there (an address, or a URI with a numeric host).
-    Direct(SocketAddr),
+    /// Send there (an address, or a URI with a numeric host: its `;transport=`, else UDP).
+    Direct(Target),
     /// Resolve this URI first (RFC 3263).
     Resolve(Uri),
-    /// The URI does not parse.
+    /// The URI does not parse, or names a transport we do not have (TLS, SCTP).
     Invalid,
 }
 
 /// The next hop for a request to `target`: the proxy when set, else the target itself.
 pub(super) fn hop_for(proxy: Option<&Proxy>, target: &str) -> Hop {
     let uri = match proxy {
-        Some(Proxy::Addr(a)) => return Hop::Direct(*a),
+        Some(Proxy::Addr(a)) => {
+            return Hop::Direct(Target {
+                transport: Transport::Udp,
+                addr: *a,
+            })
+        }
         Some(Proxy::Uri(u)) => u.as_str(),
         None => target,
     };
     let Ok(uri) = Uri::parse(uri) else {
         return Hop::Invalid;
+    };
+    let transport = match uri.as_sip().and_then(|s| s.transport()) {
+        None => Transport::Udp,
+        Some(t) if t.eq_ignore_ascii_case(b"udp") => Transport::Udp,
+        Some(t) if t.eq_ignore_ascii_case(b"tcp") => Transport::Tcp,
+        Some(_) => return Hop::Invalid,
     };
     // A numeric host needs no DNS (RFC 3263 §4.2: port from the URI, else 5060).
     let ip = uri.as_sip().and_then(|s| match &s.host {
@@ -154,7 +168,10 @@ pub(super) fn hop_for(proxy: Option<&Proxy>, target: &str) -> Hop {
         Host::Domain(_) => None,
     });
     match ip {
-        Some(ip) => Hop::Direct(SocketAddr::new(ip, uri.port().unwrap_or(5060))),
+        Some(ip) => Hop::Direct(Target {
+            transport,
+            addr: SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+        }),
         None => Hop::Resolve(uri),
     }
 }
@@ -181,8 +198,8 @@ pub(super) fn preloaded_route(proxy: Option<&Proxy>) -> Option<Bytes> {
 pub(super) struct Route {
     /// The targets resolved for this leg, when its next hop had a host name.
     pub(super) failover: Option<Failover>,
-    /// Where the current INVITE went.
-    pub(super) hop: Option<SocketAddr>,
+    /// Where (and over which transport) the current INVITE went.
+    pub(super) hop: Option<Target>,
     /// The INVITE's body and extra headers, for the resolution to finish or the next target to get.
     pub(super) invite: Option<(Bytes, Vec<(HeaderName, Bytes)>)>,
     /// A resolution is in flight.
@@ -261,7 +278,7 @@ impl Registrar {
         self.retry_at = None;
         self.route = preloaded_route(proxy);
         match hop_for(proxy, &self.config.registrar) {
-            Hop::Direct(a) => self.start_agent(now, ep, a),
+            Hop::Direct(t) => self.start_agent(now, ep, t),
             Hop::Resolve(uri) => {
                 self.resolving = true;
                 spawn_resolve(resolver, uri, tx.clone(), Resolved::Registrar);
@@ -293,7 +310,7 @@ impl Registrar {
             first
         });
         match first {
-            Ok(Some(t)) => self.start_agent(now, ep, t.addr),
+            Ok(Some(t)) => self.start_agent(now, ep, t),
             r => {
                 if let Err(e) = &r {
                     tracing::warn!(error = %e, "registrar not resolved");
@@ -309,13 +326,15 @@ impl Registrar {
         }
     }
 
-    /// Starts a fresh agent sending its REGISTER to `next_hop`; if it cannot be sent, the registration stops
+    /// Starts a fresh agent sending its REGISTER to `target`; if it cannot be sent, the registration stops
     /// (published as `Unregistered { removed: false }`).
-    fn start_agent(&mut self, now: Instant, ep: &mut Endpoint, next_hop: SocketAddr) {
+    fn start_agent(&mut self, now: Instant, ep: &mut Endpoint, target: Target) {
+        let next_hop = target.addr;
         let req = RegisterRequest {
             registrar: self.config.registrar.clone(),
             aor: self.config.aor.clone(),
             next_hop,
+            transport: Some(target.transport),
             expires: self.config.expires,
             credentials: self.config.credentials.clone(),
             extra_headers: self
@@ -366,7 +385,7 @@ impl Registrar {
                 Some(Some(t)) => {
                     self.drop_agent(ep);
                     tracing::info!(next = %t.addr, "registrar failing over to the next target");
-                    self.start_agent(now, ep, t.addr);
+                    self.start_agent(now, ep, t);
                 }
                 Some(None) => {
                     self.rounds = self.rounds.saturating_add(1);
@@ -501,28 +520,36 @@ impl Registrar {
 mod tests {
     use super::*;
 
+    /// A UDP target.
+    fn udp(addr: SocketAddr) -> Target {
+        Target {
+            transport: Transport::Udp,
+            addr,
+        }
+    }
+
     #[test]
     fn next_hops() {
         let a = SocketAddr::from(([192, 0, 2, 1], 5070));
         assert_eq!(
             hop_for(Some(&Proxy::Addr(a)), "sip:x@example.net"),
-            Hop::Direct(a)
+            Hop::Direct(udp(a))
         );
         assert_eq!(
             hop_for(None, "sip:x@192.0.2.1:5070"),
-            Hop::Direct(a),
+            Hop::Direct(udp(a)),
             "numeric host"
         );
         assert_eq!(
             hop_for(None, "sip:x@192.0.2.1"),
-            Hop::Direct(SocketAddr::from(([192, 0, 2, 1], 5060)))
+            Hop::Direct(udp(SocketAddr::from(([192, 0, 2, 1], 5060))))
         );
         assert_eq!(
             hop_for(
                 Some(&Proxy::Uri("sip:192.0.2.1:5070".into())),
                 "sip:x@example.net"
             ),
-            Hop::Direct(a),
+            Hop::Direct(udp(a)),
             "the proxy wins over the target"
         );
         assert!(matches!(
@@ -534,6 +561,27 @@ mod tests {
             Hop::Resolve(_)
         ));
         assert_eq!(hop_for(None, "not a uri"), Hop::Invalid);
+        assert_eq!(
+            hop_for(None, "sip:x@192.0.2.1:5070;transport=TCP"),
+            Hop::Direct(Target {
+                transport: Transport::Tcp,
+                addr: a
+            }),
+            "the URI's transport"
+        );
+        assert_eq!(
+            hop_for(None, "sip:x@192.0.2.1:5070;transport=udp"),
+            Hop::Direct(udp(a))
+        );
+        assert_eq!(
+            hop_for(None, "sip:x@192.0.2.1;transport=tls"),
+            Hop::Invalid,
+            "no TLS"
+        );
+        assert!(matches!(
+            hop_for(None, "sip:x@example.net;transport=tcp"),
+            Hop::Resolve(_)
+        ));
     }
 
     #[test]

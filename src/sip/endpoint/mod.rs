@@ -63,6 +63,7 @@
 //!         from: "sip:rappel@example.com".into(),
 //!         to: None,
 //!         next_hop: "192.0.2.20:5060".parse().unwrap(),
+//!         transport: None,
 //!         sdp: "v=0\r\n".into(),
 //!         credentials: None,
 //!         extra_headers: Vec::new(),
@@ -227,6 +228,8 @@ pub struct RegisterRequest {
     pub aor: String,
     /// Where to send the REGISTER.
     pub next_hop: SocketAddr,
+    /// How to reach `next_hop` (UDP, TCP); [`EndpointConfig::transport`] when `None`.
+    pub transport: Option<Transport>,
     /// Requested binding lifetime in seconds.
     pub expires: u32,
     /// Credentials for 401/407 challenges.
@@ -248,6 +251,9 @@ pub struct InviteRequest {
     /// Where to send the INVITE (gateway or outbound proxy). In-dialog requests go to the route set / Contact
     /// when they are IP literals, else here too.
     pub next_hop: SocketAddr,
+    /// How to reach `next_hop` (UDP, TCP): the whole call (ACK, BYE, re-INVITEs...) uses it, and Via and
+    /// Contact name it. [`EndpointConfig::transport`] when `None`.
+    pub transport: Option<Transport>,
     /// The SDP offer (empty for none).
     pub sdp: Bytes,
     /// Credentials for 401/407 challenges on this call.
@@ -488,6 +494,7 @@ enum CancelState {
 struct Registration {
     request: Request,
     next_hop: SocketAddr,
+    transport: Transport,
     cseq: u32,
     auth: Option<DigestClient>,
     tx: Option<TxId>,
@@ -513,6 +520,8 @@ struct Call {
     is_uac: bool,
     local_tag: Bytes,
     next_hop: SocketAddr,
+    /// The transport of every request and ACK of the call (the INVITE's, or the one the peer's INVITE came on).
+    transport: Transport,
     auth: Option<DigestClient>,
     // UAC initial INVITE
     invite: Option<Request>,
@@ -549,11 +558,12 @@ struct Call {
 }
 
 impl Call {
-    fn new(is_uac: bool, local_tag: Bytes, next_hop: SocketAddr) -> Self {
+    fn new(is_uac: bool, local_tag: Bytes, next_hop: SocketAddr, transport: Transport) -> Self {
         Self {
             is_uac,
             local_tag,
             next_hop,
+            transport,
             auth: None,
             invite: None,
             invite_tx: None,
@@ -726,17 +736,19 @@ impl Endpoint {
         format!("{:016x}", self.rng.random::<u64>())
     }
 
-    fn new_via(&mut self) -> Bytes {
+    /// A Via for a new request sent over `transport`.
+    fn new_via(&mut self, transport: Transport) -> Bytes {
         let branch = self.token();
         Bytes::from(format!(
             "SIP/2.0/{} {};branch={BRANCH_COOKIE}{branch};rport",
-            self.config.transport.via_token(),
+            transport.via_token(),
             self.config.advertised_addr
         ))
     }
 
-    fn contact(&self) -> Bytes {
-        let t = match self.config.transport {
+    /// Our Contact for a request or response sent over `transport`.
+    fn contact(&self, transport: Transport) -> Bytes {
+        let t = match transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
@@ -775,6 +787,13 @@ impl Endpoint {
         .min()
     }
 
+    /// The transport of call `h` (the configured one for a call that is gone).
+    fn call_transport(&self, h: u64) -> Transport {
+        self.calls
+            .get(&h)
+            .map_or(self.config.transport, |c| c.transport)
+    }
+
     /// Re-files the transactions and calls changed since the last call by deadline.
     fn flush_timers(&mut self) {
         self.clients.flush();
@@ -796,6 +815,7 @@ impl Endpoint {
         now: Instant,
         request: Request,
         destination: SocketAddr,
+        transport: Transport,
         owner: Owner,
     ) -> TxId {
         let branch = request
@@ -815,7 +835,7 @@ impl Endpoint {
             kind,
             self.config.timers,
             destination,
-            self.config.transport,
+            transport,
             request.to_bytes(),
         );
         let id = self.id();
@@ -950,10 +970,10 @@ impl Endpoint {
         }
     }
 
-    fn send_raw(&mut self, destination: SocketAddr, payload: Bytes) {
+    fn send_raw(&mut self, destination: SocketAddr, transport: Transport, payload: Bytes) {
         self.outbox.push_back(Transmit {
             destination,
-            transport: self.config.transport,
+            transport,
             payload,
         });
     }
