@@ -1,5 +1,6 @@
 //! The engine's trunk features against outside implementations on loopback: registration with SIPp as registrar
-//! (challenge, refresh before expiry, removal at shutdown; through an outbound proxy with a preloaded Route), calls to host names resolved through dnsmasq per
+//! (challenge, refresh before expiry, removal at shutdown, also of a binding left behind by a failed round; through
+//! an outbound proxy with a preloaded Route), calls to host names resolved through dnsmasq per
 //! RFC 3263 with failover to the next SRV target (silent target: Timer B, or the shorter failover timeout; 503),
 //! TCP targets found by `;transport=tcp` or a `SIP+D2T` NAPTR record, an outbound proxy given by name,
 //! a hang-up while the lookup is still pending, and graceful shutdown in drain mode (the per-call tracing span is
@@ -342,6 +343,66 @@ async fn registration_resolves_again_once_every_target_failed() {
     assert_eq!(
         status.borrow().last_event,
         Some(RegistrationEvent::Unregistered { removed: false })
+    );
+}
+
+#[tokio::test]
+async fn a_binding_left_behind_by_a_failed_round_is_removed_at_shutdown() {
+    // a (SIPp) grants 10 s, then refuses the refresh with 503; b never answers. The round ends with every target
+    // failed while a's binding still holds: shutdown removes it at a (same Call-ID, Expires: 0), not at b.
+    let sipp = uas("registrar_503_then_remove.xml");
+    let dead = Silent::bind();
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._udp.reg2.test,a.reg2.test,{},10,0",
+            sipp.addr.port()
+        ),
+        format!(
+            "--srv-host=_sip._udp.reg2.test,b.reg2.test,{},20,0",
+            dead.port()
+        ),
+        "--host-record=a.reg2.test,127.0.0.1".into(),
+        "--host-record=b.reg2.test,127.0.0.1".into(),
+    ]);
+    // Refresh 1 s after the 10 s grant (margin 9 s); no new round before shutdown (retry 30 s).
+    let policy = RegistrationPolicy {
+        margin: Duration::from_secs(9),
+        retry_min: Duration::from_secs(30),
+        ..RegistrationPolicy::default()
+    };
+    let reg = TrunkRegistration::new("sip:reg2.test", "sip:rappel@reg2.test")
+        .expires(10)
+        .policy(policy);
+    let engine = builder()
+        .timers(fast_timers())
+        .nameservers(vec![dns.addr])
+        .register(reg)
+        .start()
+        .await
+        .unwrap();
+    let mut status = engine.registration().unwrap();
+    let s = within(status.wait_for(|s| s.failures >= 2))
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(s.registrations, 1);
+    assert!(
+        matches!(s.state, RegistrationState::Retrying { .. }),
+        "every target failed: {s:?}"
+    );
+    let before = dead.received_messages();
+    assert!(!before.is_empty(), "b was tried");
+    within(engine.shutdown(ShutdownMode::HangUp)).await;
+    assert_eq!(
+        status.borrow().last_event,
+        Some(RegistrationEvent::Unregistered { removed: true }),
+        "a confirmed the removal"
+    );
+    assert!(dead.received().is_empty(), "nothing more to b");
+    assert_eq!(
+        within(sipp.finish()).await,
+        0,
+        "a got Expires: 0 in the registration's Call-ID"
     );
 }
 

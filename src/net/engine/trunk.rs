@@ -23,7 +23,7 @@ use crate::sip::transaction::Transport;
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// The next hop of every request when set: an address, or a SIP URI (`sip:proxy.example.net`, resolved per
@@ -241,6 +241,11 @@ pub(super) struct Registrar {
     stopping: bool,
     /// The outbound proxy's preloaded Route ([`preloaded_route`]), put on every REGISTER.
     route: Option<Bytes>,
+    /// Until when the current agent's binding holds (its last 2xx), if it ever got one.
+    bound_until: Option<Instant>,
+    /// An agent left for the next target while its binding still held, kept (not driven) so shutdown can remove
+    /// that binding (same Call-ID, next CSeq) when no later agent got one; with the binding's expiry.
+    stale: Option<(RegistrationAgent, Instant)>,
 }
 
 impl Registrar {
@@ -258,6 +263,8 @@ impl Registrar {
                 rounds: 0,
                 stopping: false,
                 route: None,
+                bound_until: None,
+                stale: None,
             },
             rx,
         )
@@ -300,7 +307,10 @@ impl Registrar {
     ) {
         self.resolving = false;
         if self.stopping {
-            self.publish(Some(RegistrationEvent::Unregistered { removed: false }));
+            // Unless shutdown took up an earlier binding's agent to remove it, nothing more will happen.
+            if self.agent.is_none() {
+                self.publish(Some(RegistrationEvent::Unregistered { removed: false }));
+            }
             return;
         }
         let first = r.map(|t| {
@@ -352,6 +362,7 @@ impl Registrar {
         }
         tracing::debug!(%next_hop, registrar = %self.config.registrar, "registering");
         self.agent = Some(agent);
+        self.bound_until = None;
         self.publish(None);
     }
 
@@ -364,11 +375,15 @@ impl Registrar {
             return false;
         }
         let mut evs = self.take_events();
-        if evs
-            .iter()
-            .any(|e| matches!(e, RegistrationEvent::Registered { .. }))
-        {
+        let granted = evs.iter().find_map(|e| match e {
+            RegistrationEvent::Registered { expires } => Some(*expires),
+            _ => None,
+        });
+        if let Some(expires) = granted {
             self.rounds = 0;
+            self.bound_until = Some(now + Duration::from_secs(u64::from(expires)));
+            // The binding now held replaces the one an earlier target kept: that one just expires.
+            self.drop_stale(ep);
         }
         // RFC 3263 §4.3: no answer or 503: the next target, at once; once every target failed, a new
         // resolution after the back-off (which grows with each such round).
@@ -383,14 +398,14 @@ impl Registrar {
         if let (Some(retry_in), false) = (failed, self.stopping) {
             match self.failover.as_mut().map(|f| f.next_target()) {
                 Some(Some(t)) => {
-                    self.drop_agent(ep);
+                    self.retire_agent(now, ep);
                     tracing::info!(next = %t.addr, "registrar failing over to the next target");
                     self.start_agent(now, ep, t);
                 }
                 Some(None) => {
                     self.rounds = self.rounds.saturating_add(1);
                     *retry_in = (*retry_in).max(self.config.policy.retry_delay(self.rounds));
-                    self.drop_agent(ep);
+                    self.retire_agent(now, ep);
                     self.failover = None;
                     self.retry_at = Some(now + *retry_in);
                 }
@@ -400,6 +415,27 @@ impl Registrar {
         }
         self.publish_events(evs);
         true
+    }
+
+    /// Sets the current agent aside: kept as [`Self::stale`] while its binding holds (for shutdown to remove it),
+    /// else forgotten.
+    fn retire_agent(&mut self, now: Instant, ep: &mut Endpoint) {
+        match self.bound_until.take().filter(|u| *u > now) {
+            Some(until) => {
+                if let Some(a) = self.agent.take() {
+                    self.drop_stale(ep);
+                    self.stale = Some((a, until));
+                }
+            }
+            None => self.drop_agent(ep),
+        }
+    }
+
+    /// Forgets the kept agent of an earlier binding and its registration in the endpoint.
+    fn drop_stale(&mut self, ep: &mut Endpoint) {
+        if let Some(h) = self.stale.take().and_then(|(a, _)| a.handle()) {
+            ep.drop_registration(h);
+        }
     }
 
     /// Forgets the current agent and its registration in the endpoint.
@@ -429,13 +465,28 @@ impl Registrar {
         }
     }
 
-    /// Removes the binding (`Expires: 0`), or gives up a registration not started yet.
+    /// Removes the binding (`Expires: 0`), or gives up a registration not started yet. When the current agent
+    /// holds no binding but an earlier target still does (every target failed since), that binding is removed.
     pub(super) fn shutdown(&mut self, now: Instant, ep: &mut Endpoint) {
         if self.stopping {
             return;
         }
         self.stopping = true;
         self.retry_at = None;
+        let current_bound = self.bound_until.is_some_and(|u| u > now);
+        match self.stale.take() {
+            Some((a, until)) if until > now && !current_bound => {
+                self.drop_agent(ep);
+                tracing::info!("removing the binding of an earlier registrar target");
+                self.agent = Some(a);
+            }
+            Some((a, _)) => {
+                if let Some(h) = a.handle() {
+                    ep.drop_registration(h);
+                }
+            }
+            None => {}
+        }
         match &mut self.agent {
             Some(a) => {
                 a.shutdown(now, ep);
