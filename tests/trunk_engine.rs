@@ -612,6 +612,65 @@ async fn tcp_targets_by_name_are_resolved_and_called_over_tcp() {
 }
 
 #[tokio::test]
+async fn a_tcp_target_that_never_accepts_holds_up_nothing_and_is_failed_over() {
+    // The first `_sip._tcp` target is a listener whose accept queue is full: our SYNs are dropped and the
+    // connection stays pending. The engine goes on meanwhile (a call to a UDP peer placed after is answered
+    // first), and after the failover timeout the INVITE goes to the second target, SIPp over TCP.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(localhost(), 0)).unwrap();
+    let hole = sock.listen(0).unwrap();
+    let dead = hole.local_addr().unwrap();
+    let _queued = tokio::net::TcpStream::connect(dead).await.unwrap();
+    let tcp_peer = uas_tcp("uas_answer.xml");
+    let udp_peer = uas("uas_answer.xml");
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._tcp.hole.test,a.hole.test,{},10,0",
+            dead.port()
+        ),
+        format!(
+            "--srv-host=_sip._tcp.hole.test,b.hole.test,{},20,0",
+            tcp_peer.addr.port()
+        ),
+        "--host-record=a.hole.test,127.0.0.1".into(),
+        "--host-record=b.hole.test,127.0.0.1".into(),
+    ]);
+    let engine = builder()
+        .nameservers(vec![dns.addr])
+        .failover_timeout(Some(Duration::from_millis(1500)))
+        .start()
+        .await
+        .unwrap();
+    let mut named = engine
+        .call(
+            "sip:visitor@hole.test;transport=tcp",
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(within(named.next_event()).await, Some(LegEvent::Trying));
+    let mut other = engine
+        .call(&udp_peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(other.answered()).await.expect("the UDP call");
+    assert!(
+        poll_once(&mut Box::pin(named.answered())).await.is_none(),
+        "the TCP call is still waiting for its first target"
+    );
+    within(named.answered())
+        .await
+        .expect("answered by b over TCP");
+    for mut leg in [named, other] {
+        leg.hangup().await.unwrap();
+        let cdr = within(leg.ended()).await.unwrap();
+        assert_eq!(cdr.end_cause, EndCause::Normal);
+    }
+    assert_eq!(within(tcp_peer.finish()).await, 0);
+    assert_eq!(within(udp_peer.finish()).await, 0);
+}
+
+#[tokio::test]
 async fn srv_weight_decides_within_a_priority() {
     // Same priority: the weight-1000 target goes first (RFC 2782; the light one would be first for 2 draws in
     // 1002), whichever order the records come in. Were weights ignored, one of the two names would try the light,

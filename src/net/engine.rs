@@ -829,11 +829,18 @@ impl Task {
         let mut relay_open = true;
         let mut linger_until: Option<Instant> = None;
         let mut calls_over: Option<Instant> = None;
+        // TCP connections that did not come up after their message was handed over (see `net::transport`).
+        let mut send_failures = sockets.take_failures();
         loop {
             tokio::select! {
                 r = sockets.recv() => {
                     let Some(r) = r else { return };
                     self.ep.handle(now(), r.remote, r.transport, r.data);
+                }
+                Some(f) = async { send_failures.as_mut()?.recv().await } => {
+                    tracing::debug!(destination = %f.destination, kind = ?f.kind, "SIP connection failed");
+                    // RFC 3261 §17.1.4: the transactions sending there fail now (an INVITE then fails over).
+                    self.ep.handle_transport_error(now(), f.destination, f.transport);
                 }
                 c = cmds.recv(), if cmds_open => match c {
                     Some(c) => self.command(now(), c),
