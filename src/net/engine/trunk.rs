@@ -579,6 +579,201 @@ mod tests {
         }
     }
 
+    /// A registrar's side of the wire in simulated time: the endpoint, the [`Registrar`] and a clock.
+    struct RegWire {
+        ep: Endpoint,
+        reg: Registrar,
+        status: watch::Receiver<RegistrationStatus>,
+        now: Instant,
+    }
+
+    impl RegWire {
+        /// Registers `sip:rappel@reg.test` (asking 10 s, refresh 1 s after a grant) at `targets`, with T1 = 25 ms
+        /// (Timer F 1.6 s).
+        fn new(targets: Vec<Target>) -> Self {
+            let mut cfg = crate::sip::endpoint::EndpointConfig::new(SocketAddr::from((
+                [192, 0, 2, 100],
+                5060,
+            )));
+            cfg.timers(crate::sip::transaction::TimerConfig {
+                t1: std::time::Duration::from_millis(25),
+                ..Default::default()
+            });
+            let mut ep = Endpoint::new(cfg);
+            let policy = RegistrationPolicy {
+                margin: std::time::Duration::from_secs(9),
+                retry_min: std::time::Duration::from_secs(30),
+                ..RegistrationPolicy::default()
+            };
+            let config = TrunkRegistration::new("sip:reg.test", "sip:rappel@reg.test")
+                .expires(10)
+                .policy(policy);
+            let (mut reg, status) = Registrar::new(config);
+            let now = Instant::now();
+            reg.resolved(now, &mut ep, Ok(targets));
+            Self {
+                ep,
+                reg,
+                status,
+                now,
+            }
+        }
+
+        /// Feeds the endpoint's events to the registrar.
+        fn pump(&mut self) {
+            while let Some(e) = self.ep.poll_event() {
+                self.reg.handle_event(self.now, &mut self.ep, &e);
+            }
+        }
+
+        /// The REGISTERs sent since the last call: (destination, request).
+        fn sent(&mut self) -> Vec<(SocketAddr, crate::sip::message::Request)> {
+            let mut out = Vec::new();
+            while let Some(t) = self.ep.poll_transmit() {
+                if let Ok(crate::sip::message::Message::Request(r)) =
+                    crate::sip::message::Message::parse_datagram(t.payload)
+                {
+                    out.push((t.destination, r));
+                }
+            }
+            out
+        }
+
+        /// Answers `req` (from `from`) with `code`, granting 10 s on a 2xx.
+        fn answer(&mut self, from: SocketAddr, req: &crate::sip::message::Request, code: u16) {
+            let status = crate::sip::message::StatusCode::new(code).unwrap_or_else(|| {
+                panic!("status {code}");
+            });
+            let mut r = crate::sip::message::Response::for_request(req, status);
+            r.set_to_tag("reg");
+            if code == 200 {
+                r.headers
+                    .push(HeaderName::Expires, Bytes::from_static(b"10"));
+            }
+            let bytes = crate::sip::message::Message::from(r).to_bytes();
+            self.ep.handle(self.now, from, Transport::Udp, bytes);
+            self.pump();
+        }
+
+        /// Advances the clock to `until`, firing every timer due on the way.
+        fn run_to(&mut self, until: Instant) {
+            loop {
+                let next = [self.ep.poll_timeout(), self.reg.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match next {
+                    Some(t) if t <= until => {
+                        self.now = self.now.max(t);
+                        self.ep.handle_timeout(self.now);
+                        self.pump();
+                        self.reg.handle_timeout(self.now, &mut self.ep);
+                        self.pump();
+                    }
+                    _ => break,
+                }
+            }
+            self.now = until;
+        }
+    }
+
+    fn header(r: &crate::sip::message::Request, name: HeaderName) -> Bytes {
+        r.headers.get(&name).cloned().unwrap_or_default()
+    }
+
+    /// a grants a binding, then answers its refresh 503; b never answers: the round ends with every target
+    /// failed, and `shutdown_after` later shutdown removes a's binding (same Call-ID) if it still holds.
+    fn failed_round_then_shutdown(shutdown_after: std::time::Duration) -> (RegWire, Bytes) {
+        let (a, b) = (
+            SocketAddr::from(([192, 0, 2, 1], 5060)),
+            SocketAddr::from(([192, 0, 2, 2], 5060)),
+        );
+        let mut w = RegWire::new(vec![udp(a), udp(b)]);
+        let start = w.now;
+        let first = w.sent();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].0, a);
+        let call_id = header(&first[0].1, HeaderName::CallId);
+        w.answer(a, &first[0].1, 200);
+        assert_eq!(w.status.borrow().registrations, 1);
+        // The refresh, 1 s later, is refused: b gets a new registration at once.
+        w.run_to(start + std::time::Duration::from_secs(1));
+        let refresh = w.sent();
+        assert_eq!(refresh.len(), 1, "the refresh");
+        assert_eq!(header(&refresh[0].1, HeaderName::CallId), call_id);
+        w.answer(a, &refresh[0].1, 503);
+        let to_b = w.sent();
+        assert_eq!(to_b.len(), 1);
+        assert_eq!(to_b[0].0, b);
+        // b is silent: Timer F ends the round at 2.6 s, every target failed, the next round in 30 s.
+        w.run_to(start + shutdown_after);
+        assert!(w.sent().iter().all(|(d, _)| *d == b));
+        let s = w.status.borrow().clone();
+        let round_over = shutdown_after >= std::time::Duration::from_millis(2600);
+        assert_eq!(
+            (s.registrations, s.failures),
+            (1, 1 + u64::from(round_over))
+        );
+        if round_over {
+            assert!(
+                matches!(s.state, RegistrationState::Retrying { .. }),
+                "{s:?}"
+            );
+        }
+        w.reg.shutdown(w.now, &mut w.ep);
+        w.pump();
+        (w, call_id)
+    }
+
+    #[test]
+    fn a_binding_still_held_after_a_failed_round_is_removed_at_shutdown() {
+        // Shutdown at 5 s: a's binding (granted at 0 s for 10 s) still holds, and a's agent removes it.
+        let (mut w, call_id) = failed_round_then_shutdown(std::time::Duration::from_secs(5));
+        let sent = w.sent();
+        let a = SocketAddr::from(([192, 0, 2, 1], 5060));
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let (dest, removal) = &sent[0];
+        assert_eq!(*dest, a);
+        assert_eq!(
+            header(removal, HeaderName::Expires),
+            Bytes::from_static(b"0")
+        );
+        assert_eq!(header(removal, HeaderName::CallId), call_id, "a's Call-ID");
+        assert!(!w.reg.finished());
+        w.answer(a, removal, 200);
+        assert!(w.reg.finished());
+        assert_eq!(
+            w.status.borrow().last_event,
+            Some(RegistrationEvent::Unregistered { removed: true })
+        );
+    }
+
+    #[test]
+    fn shutdown_while_the_next_target_is_tried_removes_the_binding_still_held() {
+        // Shutdown at 2 s: b (never bound) is still being tried; a's binding holds: the removal goes to a only.
+        let (mut w, call_id) = failed_round_then_shutdown(std::time::Duration::from_secs(2));
+        let sent = w.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, SocketAddr::from(([192, 0, 2, 1], 5060)));
+        assert_eq!(header(&sent[0].1, HeaderName::CallId), call_id);
+        assert_eq!(
+            header(&sent[0].1, HeaderName::Expires),
+            Bytes::from_static(b"0")
+        );
+    }
+
+    #[test]
+    fn a_binding_that_lapsed_is_not_removed() {
+        // Shutdown at 12 s, after a's binding lapsed (10 s): nothing is sent, and the registration is over.
+        let (mut w, _) = failed_round_then_shutdown(std::time::Duration::from_secs(12));
+        assert!(w.sent().is_empty());
+        assert!(w.reg.finished());
+        assert_eq!(
+            w.status.borrow().last_event,
+            Some(RegistrationEvent::Unregistered { removed: false })
+        );
+    }
+
     #[test]
     fn next_hops() {
         let a = SocketAddr::from(([192, 0, 2, 1], 5070));
