@@ -155,9 +155,10 @@ impl EngineBuilder {
     /// How long an INVITE to one of several resolved targets may go without any response (not even 100 Trying)
     /// before that target is abandoned for the next one (RFC 3263 §4.3), instead of waiting for Timer B (64·T1,
     /// 32 s): Kamailio's `fr_timer`. A provisional response stops this clock (the ring time then applies). Only
-    /// used while another target is left; `None` waits for Timer B. Default 4 s.
+    /// used while another target is left; `None` (or zero) waits for Timer B. Default 4 s. Calls only: a silent
+    /// registrar target is left after Timer F.
     pub fn failover_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.failover_timeout = timeout;
+        self.failover_timeout = timeout.filter(|t| !t.is_zero());
         self
     }
     /// Register with the trunk: the engine keeps the binding refreshed (retrying with back-off after failures),
