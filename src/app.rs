@@ -162,7 +162,8 @@ impl App {
             .rtp_ip(config.sip.listen.ip())
             .rtp_public_ip(config.media.public_ip)
             .rtp_ports(min, max)
-            .outbound_proxy_uri(config.trunk.outbound_proxy.clone());
+            .outbound_proxy_uri(config.trunk.outbound_proxy.clone())
+            .failover_timeout(config.trunk.failover_timeout());
         if let Some(addr) = config.sip.public_addr {
             builder = builder.public_addr(addr);
         }

@@ -14,6 +14,7 @@
 //! uri = "sip:127.0.0.1:5070"     # visitor +33612345678 is called at sip:+33612345678@127.0.0.1:5070
 //! caller_id = "+33100000000"     # a host name is resolved per RFC 3263 (NAPTR, SRV, A/AAAA) with failover
 //! # outbound_proxy = "sip:proxy.example.net"  # every request goes there instead
+//! # failover_timeout_ms = 4000   # a target silent this long is left for the next one (0: Timer B, 32 s)
 //! # [trunk.register]             # keep a registration (user name and password from [trunk])
 //! # registrar = "sip:trunk.example.net"       # default: the trunk URI's host
 //! # aor = "sip:rappel@trunk.example.net"      # default: sip:USERNAME@that host
@@ -215,6 +216,7 @@ impl Default for SipConfig {
 /// `[trunk]`: the only place visitor numbers are sent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TrunkConfig {
     /// The trunk's SIP URI; visitor `+336…` is called at `sip:+336…@host:port`.
     pub uri: String,
@@ -233,6 +235,22 @@ pub struct TrunkConfig {
     /// `[trunk.register]`: register with the trunk.
     #[serde(default)]
     pub register: Option<RegisterSection>,
+    /// When the trunk (or proxy) name resolves to several targets, one that sends no response at all (not even
+    /// 100 Trying) within this many milliseconds is abandoned for the next (default 4000; 0 waits for Timer B,
+    /// 32 s). See [`crate::EngineBuilder::failover_timeout`].
+    #[serde(default = "failover_ms")]
+    pub failover_timeout_ms: u64,
+}
+
+impl TrunkConfig {
+    /// [`Self::failover_timeout_ms`] as the engine takes it (`None` for 0).
+    pub fn failover_timeout(&self) -> Option<Duration> {
+        (self.failover_timeout_ms > 0).then(|| Duration::from_millis(self.failover_timeout_ms))
+    }
+}
+
+fn failover_ms() -> u64 {
+    4000
 }
 
 /// `[trunk.register]`: keep a registration with the trunk (credentials from `[trunk]`).

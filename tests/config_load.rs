@@ -318,6 +318,11 @@ fn a_trunk_by_name_with_registration() {
         "default: user@host"
     );
     assert_eq!(reg.expires, 600);
+    assert_eq!(
+        c.trunk.failover_timeout(),
+        Some(std::time::Duration::from_secs(4)),
+        "default failover timeout"
+    );
     let cred = reg.credentials.expect("from [trunk]");
     assert_eq!(
         (cred.username.as_str(), cred.password.as_str()),
@@ -333,6 +338,21 @@ fn a_trunk_by_name_with_registration() {
     assert_eq!(reg.registrar, "sip:reg.example.net:5070");
     assert_eq!(reg.aor, "sip:+33100000000@example.net");
     assert_eq!(reg.expires, 3600);
+    let c = Config::parse(&TRUNK_BY_NAME.replace(
+        "[trunk.register]",
+        "failover_timeout_ms = 1500\n[trunk.register]",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.trunk.failover_timeout(),
+        Some(std::time::Duration::from_millis(1500))
+    );
+    let c = Config::parse(&TRUNK_BY_NAME.replace(
+        "[trunk.register]",
+        "failover_timeout_ms = 0\n[trunk.register]",
+    ))
+    .unwrap();
+    assert_eq!(c.trunk.failover_timeout(), None, "0: wait for Timer B");
     // No [trunk.register]: no registration.
     assert!(Config::parse(MINIMAL)
         .unwrap()

@@ -42,6 +42,7 @@ async fn invite(d: &SipDriver, phone: &DemoPhone, rtp: SocketAddr) -> CallHandle
         from: "sip:rappel@127.0.0.1".into(),
         to: None,
         next_hop: phone.addr(),
+        transport: None,
         sdp: offer(rtp),
         credentials: None,
         extra_headers: vec![],

@@ -286,6 +286,7 @@ fn same_seed_same_bytes() {
             from: "sip:rappel@example.com".into(),
             to: None,
             next_hop: "192.0.2.20:5060".parse().unwrap(),
+            transport: None,
             sdp: Bytes::from("v=0"),
             credentials: None,
             extra_headers: Vec::new(),

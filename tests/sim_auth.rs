@@ -371,8 +371,10 @@ fn register_challenged_then_granted_and_refreshed() {
                 registrar: "sip:10.0.0.2".into(),
                 aor: "sip:rappel@example.net".into(),
                 next_hop: addr_b(),
+                transport: None,
                 expires: 3600,
                 credentials: Some(creds()),
+                extra_headers: Vec::new(),
             },
         )
         .unwrap();

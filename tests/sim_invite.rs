@@ -450,3 +450,132 @@ fn cancel_without_any_provisional_ends_as_cancelled_at_timer_b() {
     );
     assert!(sim.packets(|p| p.is_request("CANCEL")).is_empty());
 }
+
+#[test]
+fn a_silent_next_hop_is_given_up_at_the_response_deadline() {
+    // Nobody at the next hop, a 4 s response deadline: the INVITE is retransmitted until then, not after, and the
+    // call ends as a timeout at 4 s instead of Timer B's 32 s.
+    let mut sim = call_pair();
+    let mut req = invite_to_b("v=0");
+    req.next_hop = "10.0.0.9:5060".parse().unwrap();
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, req).unwrap();
+    sim.a
+        .ep
+        .set_response_deadline(call, now + Duration::from_secs(4))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(60), |s| !s
+        .a
+        .find(is_terminated)
+        .is_empty()));
+    let (at, ev) = sim.a.find(is_terminated)[0].clone();
+    assert_eq!(
+        ev,
+        Event::Terminated {
+            call,
+            reason: TerminationReason::Timeout
+        }
+    );
+    assert_eq!(at - sim.start, Duration::from_secs(4));
+    sim.run_to(Duration::from_secs(60));
+    assert_eq!(
+        sim.send_times_ms(|p| p.is_request("INVITE")),
+        [0, 500, 1500, 3500],
+        "no retransmission after the deadline"
+    );
+    assert!(
+        sim.packets(|p| p.is_request("CANCEL")).is_empty(),
+        "no CANCEL without a provisional response"
+    );
+    assert_eq!(sim.a.ep.live_counts(), (0, 0, 0), "nothing left behind");
+    assert_eq!(
+        sim.a.find(is_terminated).len(),
+        1,
+        "ended once (Timer B never fires)"
+    );
+}
+
+#[test]
+fn a_100_trying_stops_the_response_deadline() {
+    // The next hop answers 100 Trying only: it is alive, so the deadline does not end the call (nor does Timer B,
+    // which a provisional response stops too); the ring time is the TU's.
+    let b = ScriptNode::new(addr_b(), |req| match req.method {
+        Method::Invite => vec![Message::from(reply(req, 100, ""))],
+        _ => vec![],
+    });
+    let mut sim = Sim::new(EpNode::new(addr_a(), 1, false), b);
+    let now = sim.now;
+    let call = sim.a.ep.start_invite(now, invite_to_b("v=0")).unwrap();
+    sim.a
+        .ep
+        .set_response_deadline(call, now + Duration::from_secs(1))
+        .unwrap();
+    sim.run_to(Duration::from_secs(40));
+    assert!(sim.a.find(is_terminated).is_empty(), "still ringing");
+    assert_eq!(sim.send_times_ms(|p| p.is_request("INVITE")), [0]);
+    // Once a response came, a new deadline is ignored (the target is known to be alive).
+    let now = sim.now;
+    sim.a
+        .ep
+        .set_response_deadline(call, now + Duration::from_millis(10))
+        .unwrap();
+    sim.run_to(Duration::from_secs(45));
+    assert!(sim.a.find(is_terminated).is_empty());
+    assert_eq!(sim.send_times_ms(|p| p.is_request("INVITE")), [0]);
+}
+
+#[test]
+fn a_call_placed_over_tcp_keeps_tcp_for_its_ack_and_bye() {
+    // The endpoint is configured for UDP; this one call names TCP (a `;transport=tcp` or `_sip._tcp` target).
+    use rappel::sip::endpoint::{Endpoint, EndpointConfig, RegisterRequest};
+    use rappel::sip::message::HeaderName;
+    use rappel::sip::transaction::Transport;
+    let mut ep = Endpoint::new(EndpointConfig::new(addr_a()));
+    let t0 = std::time::Instant::now();
+    let mut req = invite_to_b("v=0");
+    req.transport = Some(Transport::Tcp);
+    let call = ep.start_invite(t0, req).unwrap();
+    let invite = ep.poll_transmit().unwrap();
+    assert_eq!(
+        (invite.transport, invite.destination),
+        (Transport::Tcp, addr_b())
+    );
+    let Ok(Message::Request(inv)) = Message::parse_datagram(invite.payload.clone()) else {
+        panic!("not a request")
+    };
+    let via = inv.headers.get(&HeaderName::Via).unwrap().clone();
+    assert!(via.starts_with(b"SIP/2.0/TCP "), "{via:?}");
+    let contact = inv.headers.get(&HeaderName::Contact).unwrap().clone();
+    assert!(contact.ends_with(b";transport=tcp>"), "{contact:?}");
+    // Reliable transport: no retransmission at T1.
+    ep.handle_timeout(t0 + Duration::from_millis(600));
+    assert!(ep.poll_transmit().is_none());
+    let ok = Message::from(reply(&inv, 200, "b")).to_bytes();
+    ep.handle(t0, addr_b(), Transport::Tcp, ok);
+    let ack = ep.poll_transmit().unwrap();
+    assert!(ack.payload.starts_with(b"ACK "));
+    assert_eq!(ack.transport, Transport::Tcp);
+    assert!(ack.payload.windows(14).any(|w| w == b"SIP/2.0/TCP 10"));
+    ep.send_bye(t0, call).unwrap();
+    let bye = ep.poll_transmit().unwrap();
+    assert!(bye.payload.starts_with(b"BYE "));
+    assert_eq!(bye.transport, Transport::Tcp);
+    // Another call without a transport uses the configured one, and so does a REGISTER; one naming TCP uses TCP.
+    ep.start_invite(t0, invite_to_b("v=0")).unwrap();
+    assert_eq!(ep.poll_transmit().unwrap().transport, Transport::Udp);
+    let reg = |transport| RegisterRequest {
+        registrar: "sip:10.0.0.2".into(),
+        aor: "sip:rappel@example.net".into(),
+        next_hop: addr_b(),
+        transport,
+        expires: 60,
+        credentials: None,
+        extra_headers: Vec::new(),
+    };
+    ep.register(t0, reg(Some(Transport::Tcp))).unwrap();
+    let r = ep.poll_transmit().unwrap();
+    assert_eq!(r.transport, Transport::Tcp);
+    assert!(r.payload.windows(14).any(|w| w == b"SIP/2.0/TCP 10"));
+    ep.register(t0, reg(None)).unwrap();
+    assert_eq!(ep.poll_transmit().unwrap().transport, Transport::Udp);
+}

@@ -1,4 +1,5 @@
-//! The tokio SIP transports on loopback: TCP framing, connection reuse and idle close; a bounded receive queue.
+//! The tokio SIP transports on loopback: TCP framing, connection reuse and idle close; a bounded receive queue;
+//! connections we open are set up off the sender and their failures reported.
 
 use bytes::Bytes;
 use rappel::net::transport::{SipSockets, SipTransportConfig};
@@ -109,4 +110,58 @@ async fn udp_flood_is_held_in_a_bounded_queue() {
         held < 500,
         "datagrams beyond the queue were dropped, not buffered: held {held} of 2000"
     );
+}
+
+#[tokio::test]
+async fn a_tcp_connection_that_cannot_come_up_does_not_hold_up_send_and_is_reported() {
+    let mut c = SipTransportConfig::new("127.0.0.1:0".parse().unwrap());
+    c.tcp_connect_timeout = Duration::from_millis(300);
+    let mut s = SipSockets::bind(c).await.expect("bind");
+    let mut failures = s.take_failures().expect("the failure queue");
+    assert!(s.take_failures().is_none(), "given once");
+    // A listener that never accepts, with a backlog of 0: once one connection waits in its queue, the kernel
+    // drops further SYNs, so a connection there stays pending (a black hole on loopback).
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(0).unwrap();
+    let dead = listener.local_addr().unwrap();
+    let _queued = TcpStream::connect(dead).await.unwrap();
+    let msg = |destination| Transmit {
+        destination,
+        transport: Transport::Tcp,
+        payload: Bytes::from_static(OPTIONS.as_bytes()),
+    };
+    // `send` completes on its first poll: the connection is set up on a task.
+    tokio::time::timeout(Duration::ZERO, s.send(&msg(dead)))
+        .await
+        .expect("send did not wait for the connection")
+        .unwrap();
+    assert_eq!(s.tcp_connections(), 1, "the pending connection is counted");
+    // A port nobody listens on: refused.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    s.send(&msg(closed)).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let f = tokio::time::timeout(Duration::from_secs(5), failures.recv())
+            .await
+            .expect("reported")
+            .expect("open");
+        got.push((f.destination, f.transport, f.kind));
+    }
+    got.sort_by_key(|g| g.0 != closed);
+    assert_eq!(
+        got,
+        [
+            (
+                closed,
+                Transport::Tcp,
+                std::io::ErrorKind::ConnectionRefused
+            ),
+            (dead, Transport::Tcp, std::io::ErrorKind::TimedOut),
+        ]
+    );
+    assert_eq!(s.tcp_connections(), 0, "both entries are gone");
 }

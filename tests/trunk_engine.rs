@@ -1,6 +1,8 @@
 //! The engine's trunk features against outside implementations on loopback: registration with SIPp as registrar
-//! (challenge, refresh before expiry, removal at shutdown), calls to host names resolved through dnsmasq per
-//! RFC 3263 with failover to the next SRV target (silent target: Timer B; 503), an outbound proxy given by name,
+//! (challenge, refresh before expiry, removal at shutdown, also of a binding left behind by a failed round; through
+//! an outbound proxy with a preloaded Route), calls to host names resolved through dnsmasq per
+//! RFC 3263 with failover to the next SRV target (silent target: Timer B, or the shorter failover timeout; 503),
+//! TCP targets found by `;transport=tcp` or a `SIP+D2T` NAPTR record, an outbound proxy given by name,
 //! a hang-up while the lookup is still pending, and graceful shutdown in drain mode (the per-call tracing span is
 //! in `engine_spans.rs`).
 //!
@@ -53,6 +55,14 @@ fn uas(scenario: &str) -> Sipp {
     let media = free_port(localhost()).to_string();
     let extra = ["-m", "1", "-timeout", "60s", "-mp", &media];
     Sipp::uas(&Sipp::scenario(scenario), local(port), false, &extra)
+}
+
+/// SIPp as UAS over TCP (`-t t1`) with `scenario` on a free port, for one call.
+fn uas_tcp(scenario: &str) -> Sipp {
+    let port = band_port(42_000, 40, 8_000);
+    let media = free_port(localhost()).to_string();
+    let extra = ["-m", "1", "-timeout", "60s", "-mp", &media];
+    Sipp::uas(&Sipp::scenario(scenario), local(port), true, &extra)
 }
 
 /// A UDP socket that receives and never answers: a target that does not respond.
@@ -185,6 +195,40 @@ async fn registers_refreshes_and_unregisters_at_shutdown() {
 }
 
 #[tokio::test]
+async fn register_goes_through_the_outbound_proxy_with_a_preloaded_route() {
+    // SIPp is both the proxy (reached by name) and the registrar: its scenario checks each REGISTER's
+    // Request-URI (the registrar) and `Route: <sip:proxy.test:PORT;lr>`.
+    let sipp = uas("registrar_route.xml");
+    let dns = Dns::start(&["--host-record=proxy.test,127.0.0.1".into()]);
+    let engine = builder()
+        .nameservers(vec![dns.addr])
+        .outbound_proxy_uri(Some(format!("sip:proxy.test:{}", sipp.addr.port())))
+        .register(TrunkRegistration::new("sip:trunk.test", "sip:rappel@trunk.test").expires(4))
+        .start()
+        .await
+        .unwrap();
+    let mut status = engine.registration().unwrap();
+    let s = within(status.wait_for(|s| s.registrations >= 1))
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        s.last_event,
+        Some(RegistrationEvent::Registered { expires: 4 })
+    );
+    within(engine.shutdown(ShutdownMode::HangUp)).await;
+    assert_eq!(
+        status.borrow().last_event,
+        Some(RegistrationEvent::Unregistered { removed: true })
+    );
+    assert_eq!(
+        within(sipp.finish()).await,
+        0,
+        "SIPp found the Route on the REGISTER and on its removal"
+    );
+}
+
+#[tokio::test]
 async fn registration_fails_over_to_the_next_srv_target() {
     let dead = Silent::bind();
     let sipp = uas("registrar.xml");
@@ -303,6 +347,66 @@ async fn registration_resolves_again_once_every_target_failed() {
 }
 
 #[tokio::test]
+async fn a_binding_left_behind_by_a_failed_round_is_removed_at_shutdown() {
+    // a (SIPp) grants 10 s, then refuses the refresh with 503; b never answers. The round ends with every target
+    // failed while a's binding still holds: shutdown removes it at a (same Call-ID, Expires: 0), not at b.
+    let sipp = uas("registrar_503_then_remove.xml");
+    let dead = Silent::bind();
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._udp.reg2.test,a.reg2.test,{},10,0",
+            sipp.addr.port()
+        ),
+        format!(
+            "--srv-host=_sip._udp.reg2.test,b.reg2.test,{},20,0",
+            dead.port()
+        ),
+        "--host-record=a.reg2.test,127.0.0.1".into(),
+        "--host-record=b.reg2.test,127.0.0.1".into(),
+    ]);
+    // Refresh 1 s after the 10 s grant (margin 9 s); no new round before shutdown (retry 30 s).
+    let policy = RegistrationPolicy {
+        margin: Duration::from_secs(9),
+        retry_min: Duration::from_secs(30),
+        ..RegistrationPolicy::default()
+    };
+    let reg = TrunkRegistration::new("sip:reg2.test", "sip:rappel@reg2.test")
+        .expires(10)
+        .policy(policy);
+    let engine = builder()
+        .timers(fast_timers())
+        .nameservers(vec![dns.addr])
+        .register(reg)
+        .start()
+        .await
+        .unwrap();
+    let mut status = engine.registration().unwrap();
+    let s = within(status.wait_for(|s| s.failures >= 2))
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(s.registrations, 1);
+    assert!(
+        matches!(s.state, RegistrationState::Retrying { .. }),
+        "every target failed: {s:?}"
+    );
+    let before = dead.received_messages();
+    assert!(!before.is_empty(), "b was tried");
+    within(engine.shutdown(ShutdownMode::HangUp)).await;
+    assert_eq!(
+        status.borrow().last_event,
+        Some(RegistrationEvent::Unregistered { removed: true }),
+        "a confirmed the removal"
+    );
+    assert!(dead.received().is_empty(), "nothing more to b");
+    assert_eq!(
+        within(sipp.finish()).await,
+        0,
+        "a got Expires: 0 in the registration's Call-ID"
+    );
+}
+
+#[tokio::test]
 async fn registrar_name_that_does_not_resolve_is_retried() {
     let dns = Dns::start(&[]);
     let reg = TrunkRegistration::new("sip:nowhere.test", "sip:rappel@nowhere.test");
@@ -387,6 +491,183 @@ async fn call_fails_over_from_a_silent_target_in_srv_priority_order() {
         0,
         "b took the call and the BYE"
     );
+}
+
+#[tokio::test]
+async fn a_silent_target_is_left_after_the_failover_timeout() {
+    // Default timers (T1 500 ms: Timer B would be 32 s) and a 2 s failover timeout. The INVITE to the silent
+    // first target goes out at 0, 0.5 and 1.5 s (the next retransmission would be at 3.5 s); at 2 s the engine
+    // gives up on it and the second target, SIPp, answers.
+    let silent = Silent::bind();
+    let good = uas("uas_answer.xml");
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._udp.quiet.test,a.quiet.test,{},10,0",
+            silent.port()
+        ),
+        format!(
+            "--srv-host=_sip._udp.quiet.test,b.quiet.test,{},20,0",
+            good.addr.port()
+        ),
+        "--host-record=a.quiet.test,127.0.0.1".into(),
+        "--host-record=b.quiet.test,127.0.0.1".into(),
+    ]);
+    let timeout = Duration::from_secs(2);
+    let engine = builder()
+        .nameservers(vec![dns.addr])
+        .failover_timeout(Some(timeout))
+        .start()
+        .await
+        .unwrap();
+    let mut leg = engine
+        .call("sip:visitor@quiet.test", CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(within(leg.next_event()).await, Some(LegEvent::Trying));
+    let trying = tokio::time::Instant::now();
+    within(leg.answered()).await.expect("answered by b");
+    let took = trying.elapsed();
+    // The retransmissions the silent target got date the failover: after the third (1.5 s), before the fourth
+    // (3.5 s), and long before Timer B.
+    let got = silent.received_messages();
+    assert_eq!(
+        got.iter()
+            .filter(|m| m.starts_with("INVITE sip:visitor@quiet.test SIP/2.0"))
+            .count(),
+        3,
+        "{got:?}"
+    );
+    assert_eq!(call_ids(&got).len(), 1, "one INVITE, retransmitted");
+    assert!(
+        took >= timeout && took < Duration::from_millis(3500),
+        "answered {took:?} after the INVITE left"
+    );
+    assert!(
+        !got.iter().any(|m| m.starts_with("CANCEL")),
+        "nothing to cancel without a provisional response"
+    );
+    leg.hangup().await.unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    assert_eq!(
+        (cdr.end_cause, cdr.hangup_by),
+        (EndCause::Normal, HangupBy::Local)
+    );
+    assert_eq!(
+        within(good.finish()).await,
+        0,
+        "b took the call and the BYE"
+    );
+}
+
+#[tokio::test]
+async fn tcp_targets_by_name_are_resolved_and_called_over_tcp() {
+    // Two SIPp UASes listening on TCP only. `tcp.test` is reached through `_sip._tcp` SRV records because the
+    // URI says `;transport=tcp`; `naptr.test` through a NAPTR record for SIP+D2T (its `_sip._udp` SRV record,
+    // a silent UDP socket, must not be used: the NAPTR answer lists TCP only).
+    let by_param = uas_tcp("uas_answer.xml");
+    let by_naptr = uas_tcp("uas_answer.xml");
+    let udp_decoy = Silent::bind();
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._tcp.tcp.test,a.tcp.test,{},10,0",
+            by_param.addr.port()
+        ),
+        "--host-record=a.tcp.test,127.0.0.1".into(),
+        "--naptr-record=naptr.test,10,50,s,SIP+D2T,,_sip._tcp.naptr.test".into(),
+        format!(
+            "--srv-host=_sip._tcp.naptr.test,t.naptr.test,{},10,0",
+            by_naptr.addr.port()
+        ),
+        format!(
+            "--srv-host=_sip._udp.naptr.test,u.naptr.test,{},10,0",
+            udp_decoy.port()
+        ),
+        "--host-record=t.naptr.test,127.0.0.1".into(),
+        "--host-record=u.naptr.test,127.0.0.1".into(),
+    ]);
+    let engine = builder().nameservers(vec![dns.addr]).start().await.unwrap();
+    for target in [
+        "sip:visitor@tcp.test;transport=tcp",
+        "sip:visitor@naptr.test",
+    ] {
+        let mut leg = engine.call(target, CallOptions::default()).await.unwrap();
+        within(leg.answered())
+            .await
+            .unwrap_or_else(|e| panic!("{target}: {e:?}"));
+        leg.hangup().await.unwrap();
+        let cdr = within(leg.ended()).await.unwrap();
+        assert_eq!(
+            (cdr.end_cause, cdr.hangup_by),
+            (EndCause::Normal, HangupBy::Local),
+            "{target}"
+        );
+    }
+    assert!(udp_decoy.received().is_empty(), "nothing went over UDP");
+    assert_eq!(
+        within(by_param.finish()).await,
+        0,
+        "the SRV target took the call, its ACK and BYE over TCP"
+    );
+    assert_eq!(within(by_naptr.finish()).await, 0);
+}
+
+#[tokio::test]
+async fn a_tcp_target_that_never_accepts_holds_up_nothing_and_is_failed_over() {
+    // The first `_sip._tcp` target is a listener whose accept queue is full: our SYNs are dropped and the
+    // connection stays pending. The engine goes on meanwhile (a call to a UDP peer placed after is answered
+    // first), and after the failover timeout the INVITE goes to the second target, SIPp over TCP.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(localhost(), 0)).unwrap();
+    let hole = sock.listen(0).unwrap();
+    let dead = hole.local_addr().unwrap();
+    let _queued = tokio::net::TcpStream::connect(dead).await.unwrap();
+    let tcp_peer = uas_tcp("uas_answer.xml");
+    let udp_peer = uas("uas_answer.xml");
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._tcp.hole.test,a.hole.test,{},10,0",
+            dead.port()
+        ),
+        format!(
+            "--srv-host=_sip._tcp.hole.test,b.hole.test,{},20,0",
+            tcp_peer.addr.port()
+        ),
+        "--host-record=a.hole.test,127.0.0.1".into(),
+        "--host-record=b.hole.test,127.0.0.1".into(),
+    ]);
+    let engine = builder()
+        .nameservers(vec![dns.addr])
+        .failover_timeout(Some(Duration::from_millis(1500)))
+        .start()
+        .await
+        .unwrap();
+    let mut named = engine
+        .call(
+            "sip:visitor@hole.test;transport=tcp",
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(within(named.next_event()).await, Some(LegEvent::Trying));
+    let mut other = engine
+        .call(&udp_peer.uri("agent"), CallOptions::default())
+        .await
+        .unwrap();
+    within(other.answered()).await.expect("the UDP call");
+    assert!(
+        poll_once(&mut Box::pin(named.answered())).await.is_none(),
+        "the TCP call is still waiting for its first target"
+    );
+    within(named.answered())
+        .await
+        .expect("answered by b over TCP");
+    for mut leg in [named, other] {
+        leg.hangup().await.unwrap();
+        let cdr = within(leg.ended()).await.unwrap();
+        assert_eq!(cdr.end_cause, EndCause::Normal);
+    }
+    assert_eq!(within(tcp_peer.finish()).await, 0);
+    assert_eq!(within(udp_peer.finish()).await, 0);
 }
 
 #[tokio::test]

@@ -32,12 +32,14 @@ impl RegNode {
             registrar: "sip:10.0.0.2".into(),
             aor: "sip:rappel@trunk.test".into(),
             next_hop: addr_b(),
+            transport: None,
             expires,
             credentials: Some(Credentials {
                 username: "rappel".into(),
                 password: "secret".into(),
                 realm: None,
             }),
+            extra_headers: Vec::new(),
         };
         Self {
             ep: Endpoint::new(cfg),

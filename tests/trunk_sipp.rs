@@ -60,6 +60,7 @@ async fn invite(client: &SipClient, target: &str, next_hop: SocketAddr) -> CallH
         from: "sip:rappel@127.0.0.1".into(),
         to: None,
         next_hop,
+        transport: None,
         sdp: offer(),
         credentials: None,
         extra_headers: vec![],
@@ -140,12 +141,14 @@ async fn registration_refreshed_and_removed_at_a_registrar() {
         registrar: format!("sip:{}", sipp.addr),
         aor: "sip:rappel@trunk.test".into(),
         next_hop: sipp.addr,
+        transport: None,
         expires: 4,
         credentials: Some(Credentials {
             username: "rappel".into(),
             password: "secret".into(),
             realm: None,
         }),
+        extra_headers: Vec::new(),
     };
     let agent = Arc::new(Mutex::new(RegistrationAgent::new(
         req,

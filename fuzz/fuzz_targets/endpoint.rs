@@ -117,6 +117,7 @@ fuzz_target!(|data: &[u8]| {
                         from: "sip:rappel@192.0.2.10".into(),
                         to: None,
                         next_hop: peer,
+                        transport: None,
                         sdp: Bytes::from_static(SDP),
                         credentials: None,
                         extra_headers: Vec::new(),

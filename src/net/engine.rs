@@ -12,6 +12,9 @@
 //!
 //! The trunk side (outbound proxy, RFC 3263 name resolution with failover between targets, registration) is in
 //! `engine/trunk.rs`: lookups run on spawned tasks and come back as messages, so DNS never blocks signalling.
+//! Each target carries its transport (UDP, or TCP from `;transport=tcp` or the DNS records), and the call keeps
+//! it for every request of its dialog. A target that does not answer at all is abandoned after
+//! [`EngineBuilder::failover_timeout`] (the endpoint's response deadline) when another one is left.
 
 mod trunk;
 
@@ -29,7 +32,7 @@ use crate::media::g711::Law;
 use crate::media::player::{PlayItem, PlayerEvent, PlayerId, PlayerOptions, PlayerSet, Playlist};
 use crate::media::relay::{LegConfig, LegStats, RelayConfig, Source};
 use crate::media::tone::{Country, ToneSpec};
-use crate::net::dns::{should_fail_over, SipResolver};
+use crate::net::dns::{should_fail_over, SipResolver, Target};
 use crate::net::record_io::{self, RecordTap, Recording};
 use crate::net::rtp_io::{DriverConfig, DriverEvent, LegInfo, RelayDriver};
 use crate::net::transport::{SipSockets, SipTransportConfig};
@@ -45,6 +48,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
+
+/// The default of [`EngineBuilder::failover_timeout`].
+pub const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Builds and starts an [`Engine`].
 #[derive(Debug, Clone)]
@@ -63,6 +69,7 @@ pub struct EngineBuilder {
     rng_seed: Option<u64>,
     nameservers: Option<Vec<SocketAddr>>,
     registration: Option<TrunkRegistration>,
+    failover_timeout: Option<Duration>,
 }
 
 impl Default for EngineBuilder {
@@ -89,6 +96,7 @@ impl EngineBuilder {
             rng_seed: None,
             nameservers: None,
             registration: None,
+            failover_timeout: Some(DEFAULT_FAILOVER_TIMEOUT),
         }
     }
     /// SIP bind addresses (port 0 picks one). The first one is advertised unless [`Self::public_addr`] is set.
@@ -96,7 +104,10 @@ impl EngineBuilder {
         self.sip_bind = addrs;
         self
     }
-    /// Also listen on TCP on the same addresses (calls are still placed over UDP).
+    /// Also listen on TCP on the same addresses. Calls and the REGISTER go over TCP whenever their target asks
+    /// for it (`;transport=tcp`, or a `SIP+D2T` NAPTR / `_sip._tcp` SRV record) whether or not this is set; the
+    /// connection we open carries the whole dialog, and listening lets a peer open its own connection back to our
+    /// Contact.
     pub fn tcp(mut self, on: bool) -> Self {
         self.tcp = on;
         self
@@ -149,6 +160,15 @@ impl EngineBuilder {
     /// from `/etc/resolv.conf`).
     pub fn nameservers(mut self, servers: Vec<SocketAddr>) -> Self {
         self.nameservers = Some(servers);
+        self
+    }
+    /// How long an INVITE to one of several resolved targets may go without any response (not even 100 Trying)
+    /// before that target is abandoned for the next one (RFC 3263 §4.3), instead of waiting for Timer B (64·T1,
+    /// 32 s): Kamailio's `fr_timer`. A provisional response stops this clock (the ring time then applies). Only
+    /// used while another target is left; `None` (or zero) waits for Timer B. Default 4 s. Calls only: a silent
+    /// registrar target is left after Timer F.
+    pub fn failover_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.failover_timeout = timeout.filter(|t| !t.is_zero());
         self
     }
     /// Register with the trunk: the engine keeps the binding refreshed (retrying with back-off after failures),
@@ -225,7 +245,7 @@ impl EngineBuilder {
             core: self.relay_core,
             ..DriverConfig::default()
         };
-        // Calls go out over UDP: only UDP targets are useful.
+        // Calls and the REGISTER go over UDP or TCP, whichever the target's URI or DNS records ask for.
         let resolver = match &self.nameservers {
             Some(ns) => SipResolver::with_nameservers(ns).map_err(io::Error::other)?,
             None => match SipResolver::system() {
@@ -236,7 +256,7 @@ impl EngineBuilder {
                 }
             },
         };
-        let resolver = resolver.transports(vec![Transport::Udp]);
+        let resolver = resolver.transports(vec![Transport::Udp, Transport::Tcp]);
         let resolver = Arc::new(match self.rng_seed {
             Some(s) => resolver.seed(s),
             None => resolver,
@@ -273,6 +293,7 @@ impl EngineBuilder {
             bridges: HashMap::new(),
             dtmf: HashMap::new(),
             outbound_proxy: self.outbound_proxy,
+            failover_timeout: self.failover_timeout,
             resolver,
             resolved_tx,
             registrar,
@@ -804,6 +825,8 @@ struct Task {
     resolver: Arc<SipResolver>,
     /// Where spawned lookups send their answers.
     resolved_tx: mpsc::UnboundedSender<Resolved>,
+    /// [`EngineBuilder::failover_timeout`].
+    failover_timeout: Option<Duration>,
     registrar: Option<Registrar>,
     from: String,
     /// Legs whose state machines have output to drain.
@@ -841,11 +864,18 @@ impl Task {
         let mut relay_open = true;
         let mut linger_until: Option<Instant> = None;
         let mut calls_over: Option<Instant> = None;
+        // TCP connections that did not come up after their message was handed over (see `net::transport`).
+        let mut send_failures = sockets.take_failures();
         loop {
             tokio::select! {
                 r = sockets.recv() => {
                     let Some(r) = r else { return };
                     self.ep.handle(now(), r.remote, r.transport, r.data);
+                }
+                Some(f) = async { send_failures.as_mut()?.recv().await } => {
+                    tracing::debug!(destination = %f.destination, kind = ?f.kind, "SIP connection failed");
+                    // RFC 3261 §17.1.4: the transactions sending there fail now (an INVITE then fails over).
+                    self.ep.handle_transport_error(now(), f.destination, f.transport);
                 }
                 c = cmds.recv(), if cmds_open => match c {
                     Some(c) => self.command(now(), c),
@@ -1815,7 +1845,7 @@ impl Task {
             return;
         }
         match trunk::hop_for(self.outbound_proxy.as_ref(), &l.target) {
-            Hop::Direct(hop) => self.send_invite(now, id, hop),
+            Hop::Direct(t) => self.send_invite(now, id, t),
             Hop::Resolve(uri) => {
                 if !l.route.resolving {
                     l.route.resolving = true;
@@ -1853,7 +1883,7 @@ impl Task {
                         let first = f.next_target();
                         l.route.failover = Some(f);
                         match first {
-                            Some(t) => self.send_invite(now, id, t.addr),
+                            Some(t) => self.send_invite(now, id, t),
                             None => l.core.invite_failed(now),
                         }
                     }
@@ -1880,15 +1910,15 @@ impl Task {
         }
     }
 
-    /// Sends the leg's INVITE (its stored body and headers) to `next_hop`.
-    fn send_invite(&mut self, now: Instant, id: u64, next_hop: SocketAddr) {
+    /// Sends the leg's INVITE (its stored body and headers) to `target`, over its transport.
+    fn send_invite(&mut self, now: Instant, id: u64, target: Target) {
         let Some(l) = self.legs.get_mut(&id) else {
             return;
         };
         let Some((body, headers)) = l.route.invite.clone() else {
             return;
         };
-        l.route.hop = Some(next_hop);
+        l.route.hop = Some(target);
         let mut extra = l.opts.headers.clone();
         extra.extend(headers);
         if let Some(p) = &l.opts.asserted_identity {
@@ -1912,7 +1942,8 @@ impl Task {
                 l.opts.display_name.as_deref(),
             ),
             to: None,
-            next_hop,
+            next_hop: target.addr,
+            transport: Some(target.transport),
             sdp: body,
             credentials: l.opts.credentials.clone(),
             extra_headers: extra,
@@ -1929,6 +1960,11 @@ impl Task {
                 }
                 l.core.attach(call, None);
                 self.by_call.insert(call, id);
+                // Another target is left: a silent one is abandoned after the failover timeout, not Timer B.
+                let more = l.route.failover.as_ref().is_some_and(|f| f.remaining() > 0);
+                if let (true, Some(t)) = (more, self.failover_timeout) {
+                    let _ = self.ep.set_response_deadline(call, now + t);
+                }
                 l.route.attempts += 1;
                 if l.route.attempts == 1 {
                     let _ = l.events.send(LegEvent::Trying);
@@ -2283,8 +2319,8 @@ impl Task {
             if l.core.phase() == Phase::Calling && should_fail_over(reason) {
                 if let Some(next) = l.route.fail_over(reason) {
                     let _g = l.span.clone().entered();
-                    tracing::info!(?reason, next = %next.addr, "failing over to the next target");
-                    self.send_invite(now, id, next.addr);
+                    tracing::info!(?reason, next = %next.addr, transport = ?next.transport, "failing over to the next target");
+                    self.send_invite(now, id, next);
                     self.dirty.push_back(id);
                     return;
                 }

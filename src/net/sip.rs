@@ -112,11 +112,16 @@ async fn run(
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
     let mut jobs_open = true;
+    // TCP connections that did not come up after their message was handed over (see `net::transport`).
+    let mut send_failures = sockets.take_failures();
     loop {
         tokio::select! {
             r = sockets.recv() => {
                 let Some(r) = r else { return };
                 ep.handle(now(), r.remote, r.transport, r.data);
+            }
+            Some(f) = async { send_failures.as_mut()?.recv().await } => {
+                ep.handle_transport_error(now(), f.destination, f.transport);
             }
             j = jobs.recv(), if jobs_open => match j {
                 Some(job) => job(&mut ep, now()),

@@ -9,6 +9,10 @@
 //!   the remote address, so the requests and responses of a dialog reuse the connection (RFC 3261 §18). A
 //!   connection with no traffic for [`SipTransportConfig::tcp_idle_timeout`] is closed. Streams are cut into
 //!   messages by [`StreamFramer`], which caps what it buffers; a framing error closes the connection.
+//!   [`SipSockets::send`] never waits for a connection to be set up: a new connection is opened on a spawned
+//!   task (messages queue for it meanwhile), so a peer that drops our SYNs cannot stall the caller's task; a
+//!   connection that fails or takes longer than [`SipTransportConfig::tcp_connect_timeout`] is reported on
+//!   [`SipSockets::take_failures`].
 //!
 //! **Bounded memory**: the received queue has a fixed capacity and a datagram that finds it full is dropped (a peer
 //! sending garbage at high rate costs a bounded amount of memory; its retransmissions will come back), receive
@@ -42,6 +46,9 @@ pub struct SipTransportConfig {
     pub tcp_idle_timeout: Duration,
     /// At most this many TCP connections at once; more are refused.
     pub max_tcp_connections: usize,
+    /// A TCP connection we open that is not up after this long is given up (reported on
+    /// [`SipSockets::take_failures`]).
+    pub tcp_connect_timeout: Duration,
     /// Capacity of the received-message queue.
     pub queue: usize,
     /// Size limits for stream framing.
@@ -49,13 +56,14 @@ pub struct SipTransportConfig {
 }
 
 impl SipTransportConfig {
-    /// UDP and TCP on `addr`, 60 s idle timeout, 1,024 connections, a 4,096-message queue.
+    /// UDP and TCP on `addr`, 60 s idle timeout, 1,024 connections, 4 s to connect, a 4,096-message queue.
     pub fn new(addr: SocketAddr) -> Self {
         SipTransportConfig {
             bind: vec![addr],
             tcp: true,
             tcp_idle_timeout: Duration::from_secs(60),
             max_tcp_connections: 1024,
+            tcp_connect_timeout: Duration::from_secs(4),
             queue: 4096,
             limits: ParseLimits::default(),
         }
@@ -73,6 +81,22 @@ pub struct Received {
     pub data: Bytes,
 }
 
+/// A message that could not be delivered after [`SipSockets::send`] returned: a TCP connection we opened failed
+/// (refused, unreachable, or not up within [`SipTransportConfig::tcp_connect_timeout`]). What was queued for it
+/// is lost; the driver fails the transactions sending there (RFC 3261 §17.1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendFailure {
+    /// The transport.
+    pub transport: Transport,
+    /// Where the messages were going.
+    pub destination: SocketAddr,
+    /// Why (`TimedOut` for the connect timeout).
+    pub kind: io::ErrorKind,
+}
+
+/// Capacity of the [`SendFailure`] queue; beyond it failures are dropped (the transactions then time out).
+const FAILURE_QUEUE: usize = 256;
+
 type ConnTable = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
 
 /// The bound SIP sockets and their reader tasks. Dropping it stops every task and closes every socket.
@@ -83,6 +107,8 @@ pub struct SipSockets {
     conns: ConnTable,
     rx: mpsc::Receiver<Received>,
     tx: mpsc::Sender<Received>,
+    failures: Option<mpsc::Receiver<SendFailure>>,
+    failures_tx: mpsc::Sender<SendFailure>,
     config: SipTransportConfig,
     tasks: JoinSet<()>,
 }
@@ -111,12 +137,15 @@ impl SipSockets {
                 ));
             }
         }
+        let (failures_tx, failures) = mpsc::channel(FAILURE_QUEUE);
         Ok(SipSockets {
             udp,
             local,
             conns,
             rx,
             tx,
+            failures: Some(failures),
+            failures_tx,
             config,
             tasks,
         })
@@ -132,7 +161,14 @@ impl SipSockets {
         self.rx.recv().await
     }
 
-    /// Number of open TCP connections.
+    /// The queue of messages that could not be delivered after [`Self::send`] returned (TCP connections that did
+    /// not come up), for a `select!` next to [`Self::recv`]. Given once (`None` afterwards); failures nobody takes
+    /// are dropped once 256 of them wait.
+    pub fn take_failures(&mut self) -> Option<mpsc::Receiver<SendFailure>> {
+        self.failures.take()
+    }
+
+    /// Number of open TCP connections (including those being set up).
     pub fn tcp_connections(&self) -> usize {
         self.conns.lock().map(|c| c.len()).unwrap_or(0)
     }
@@ -178,19 +214,49 @@ impl SipSockets {
                 "too many TCP connections",
             ));
         }
-        let stream = TcpStream::connect(dest).await?;
-        stream.set_nodelay(true)?;
-        let w = register(
-            stream,
-            dest,
-            &self.conns,
-            self.tx.clone(),
-            &self.config,
-            &mut self.tasks,
-        )?;
-        w.send(payload)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
+        // Queue the message and connect on a task: a peer dropping our SYNs must not hold up the caller.
+        let (wtx, wrx) = mpsc::channel::<Bytes>(64);
+        wtx.try_send(payload)
+            .map_err(|_| io::Error::other("new connection queue"))?;
+        self.conns
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .insert(dest, wtx.clone());
+        let conns = self.conns.clone();
+        let (tx, failures) = (self.tx.clone(), self.failures_tx.clone());
+        let (idle, limits) = (self.config.tcp_idle_timeout, self.config.limits);
+        let limit = self.config.tcp_connect_timeout;
+        self.tasks.spawn(async move {
+            let connected = match tokio::time::timeout(limit, TcpStream::connect(dest)).await {
+                Ok(Ok(stream)) => stream.set_nodelay(true).map(|()| stream),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(io::ErrorKind::TimedOut.into()),
+            };
+            let failed = match connected {
+                Ok(stream) => {
+                    connection(stream, dest, wrx, tx, idle, limits).await;
+                    None
+                }
+                Err(e) => Some(e),
+            };
+            if let Ok(mut c) = conns.lock() {
+                // Only this connection's entry: another one may have taken the address meanwhile.
+                if c.get(&dest).is_some_and(|w| w.same_channel(&wtx)) {
+                    c.remove(&dest);
+                }
+            }
+            if let Some(e) = failed {
+                tracing::debug!(%dest, error = %e, "TCP connection failed");
+                let _ = failures.try_send(SendFailure {
+                    transport: Transport::Tcp,
+                    destination: dest,
+                    kind: e.kind(),
+                });
+            }
+        });
+        // Reap finished connection tasks so the set does not grow.
+        while self.tasks.try_join_next().is_some() {}
+        Ok(())
     }
 }
 

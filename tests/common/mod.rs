@@ -389,6 +389,7 @@ pub fn invite_to_b(sdp: &str) -> rappel::sip::endpoint::InviteRequest {
         from: "sip:rappel@10.0.0.1".into(),
         to: None,
         next_hop: addr_b(),
+        transport: None,
         sdp: Bytes::from(sdp.to_owned()),
         credentials: None,
         extra_headers: Vec::new(),

@@ -4,10 +4,13 @@
 //! Name resolution never runs on the engine task: a lookup is a spawned future ([`spawn_resolve`]) whose answer
 //! comes back to the task as a [`Resolved`] message, so a slow or dead DNS server delays only the call (or
 //! registration) waiting for it. The RFC 3263 procedure itself is [`SipResolver`]'s; the failover walk is
-//! [`Failover`]'s; this module only decides what to resolve and keeps the per-leg state between attempts.
+//! [`Failover`]'s; this module only decides what to resolve and keeps the per-leg state between attempts. A
+//! [`Target`] names its transport: UDP, or TCP when the URI says `;transport=tcp` or the records lead there
+//! (NAPTR `SIP+D2T`, SRV `_sip._tcp`); the INVITE or REGISTER then goes over TCP.
 //!
 //! The registration is the sans-IO [`RegistrationAgent`] driven by the engine task ([`Registrar`]): its state
-//! and each of its events are published on a `watch` channel ([`RegistrationStatus`]).
+//! and each of its events are published on a `watch` channel ([`RegistrationStatus`]). Through an outbound proxy
+//! given as a URI, the REGISTER carries the same preloaded `Route: <proxy;lr>` as INVITEs.
 
 use crate::net::dns::{DnsError, Failover, SipResolver, Target};
 use crate::sip::auth::Credentials;
@@ -16,10 +19,11 @@ use crate::sip::message::{HeaderName, Host, Uri};
 use crate::sip::register::{
     RegistrationAgent, RegistrationEvent, RegistrationPolicy, RegistrationState,
 };
+use crate::sip::transaction::Transport;
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// The next hop of every request when set: an address, or a SIP URI (`sip:proxy.example.net`, resolved per
@@ -31,8 +35,9 @@ pub(super) enum Proxy {
 }
 
 /// Registering with the trunk ([`crate::EngineBuilder::register`]). The Contact is the engine's own (its public
-/// address, see [`crate::EngineBuilder::public_addr`]); the REGISTER goes to the outbound proxy when one is set,
-/// else to the registrar URI's host, resolved per RFC 3263.
+/// address, see [`crate::EngineBuilder::public_addr`]); the REGISTER goes to the outbound proxy when one is set
+/// (with the proxy as its preloaded `Route` when the proxy is given as a URI, like INVITEs), else to the
+/// registrar URI's host, resolved per RFC 3263.
 #[derive(Debug, Clone)]
 pub struct TrunkRegistration {
     /// The registrar's Request-URI, e.g. `sip:trunk.example.net`.
@@ -127,23 +132,34 @@ pub(super) fn spawn_resolve(
 /// How to reach the next hop of a request.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Hop {
-    /// Send there (an address, or a URI with a numeric host).
-    Direct(SocketAddr),
+    /// Send there (an address, or a URI with a numeric host: its `;transport=`, else UDP).
+    Direct(Target),
     /// Resolve this URI first (RFC 3263).
     Resolve(Uri),
-    /// The URI does not parse.
+    /// The URI does not parse, or names a transport we do not have (TLS, SCTP).
     Invalid,
 }
 
 /// The next hop for a request to `target`: the proxy when set, else the target itself.
 pub(super) fn hop_for(proxy: Option<&Proxy>, target: &str) -> Hop {
     let uri = match proxy {
-        Some(Proxy::Addr(a)) => return Hop::Direct(*a),
+        Some(Proxy::Addr(a)) => {
+            return Hop::Direct(Target {
+                transport: Transport::Udp,
+                addr: *a,
+            })
+        }
         Some(Proxy::Uri(u)) => u.as_str(),
         None => target,
     };
     let Ok(uri) = Uri::parse(uri) else {
         return Hop::Invalid;
+    };
+    let transport = match uri.as_sip().and_then(|s| s.transport()) {
+        None => Transport::Udp,
+        Some(t) if t.eq_ignore_ascii_case(b"udp") => Transport::Udp,
+        Some(t) if t.eq_ignore_ascii_case(b"tcp") => Transport::Tcp,
+        Some(_) => return Hop::Invalid,
     };
     // A numeric host needs no DNS (RFC 3263 §4.2: port from the URI, else 5060).
     let ip = uri.as_sip().and_then(|s| match &s.host {
@@ -152,13 +168,17 @@ pub(super) fn hop_for(proxy: Option<&Proxy>, target: &str) -> Hop {
         Host::Domain(_) => None,
     });
     match ip {
-        Some(ip) => Hop::Direct(SocketAddr::new(ip, uri.port().unwrap_or(5060))),
+        Some(ip) => Hop::Direct(Target {
+            transport,
+            addr: SocketAddr::new(ip, uri.port().unwrap_or(5060)),
+        }),
         None => Hop::Resolve(uri),
     }
 }
 
-/// The Route header value an outbound proxy given as a URI puts on each INVITE (RFC 3261 §8.1.2: the proxy is
-/// the route set, loose routing assumed, so `;lr` is added when missing). A proxy given as an address adds none.
+/// The Route header value an outbound proxy given as a URI puts on each INVITE and REGISTER (RFC 3261 §8.1.2: the
+/// proxy is the route set, loose routing assumed, so `;lr` is added when missing). A proxy given as an address
+/// adds none.
 pub(super) fn preloaded_route(proxy: Option<&Proxy>) -> Option<Bytes> {
     let Some(Proxy::Uri(u)) = proxy else {
         return None;
@@ -178,8 +198,8 @@ pub(super) fn preloaded_route(proxy: Option<&Proxy>) -> Option<Bytes> {
 pub(super) struct Route {
     /// The targets resolved for this leg, when its next hop had a host name.
     pub(super) failover: Option<Failover>,
-    /// Where the current INVITE went.
-    pub(super) hop: Option<SocketAddr>,
+    /// Where (and over which transport) the current INVITE went.
+    pub(super) hop: Option<Target>,
     /// The INVITE's body and extra headers, for the resolution to finish or the next target to get.
     pub(super) invite: Option<(Bytes, Vec<(HeaderName, Bytes)>)>,
     /// A resolution is in flight.
@@ -219,6 +239,13 @@ pub(super) struct Registrar {
     rounds: u32,
     /// Shutdown was asked: do not start, and remove the binding.
     stopping: bool,
+    /// The outbound proxy's preloaded Route ([`preloaded_route`]), put on every REGISTER.
+    route: Option<Bytes>,
+    /// Until when the current agent's binding holds (its last 2xx), if it ever got one.
+    bound_until: Option<Instant>,
+    /// An agent left for the next target while its binding still held, kept (not driven) so shutdown can remove
+    /// that binding (same Call-ID, next CSeq) when no later agent got one; with the binding's expiry.
+    stale: Option<(RegistrationAgent, Instant)>,
 }
 
 impl Registrar {
@@ -235,6 +262,9 @@ impl Registrar {
                 resolving: false,
                 rounds: 0,
                 stopping: false,
+                route: None,
+                bound_until: None,
+                stale: None,
             },
             rx,
         )
@@ -253,8 +283,9 @@ impl Registrar {
             return;
         }
         self.retry_at = None;
+        self.route = preloaded_route(proxy);
         match hop_for(proxy, &self.config.registrar) {
-            Hop::Direct(a) => self.start_agent(now, ep, a),
+            Hop::Direct(t) => self.start_agent(now, ep, t),
             Hop::Resolve(uri) => {
                 self.resolving = true;
                 spawn_resolve(resolver, uri, tx.clone(), Resolved::Registrar);
@@ -276,7 +307,10 @@ impl Registrar {
     ) {
         self.resolving = false;
         if self.stopping {
-            self.publish(Some(RegistrationEvent::Unregistered { removed: false }));
+            // Unless shutdown took up an earlier binding's agent to remove it, nothing more will happen.
+            if self.agent.is_none() {
+                self.publish(Some(RegistrationEvent::Unregistered { removed: false }));
+            }
             return;
         }
         let first = r.map(|t| {
@@ -286,7 +320,7 @@ impl Registrar {
             first
         });
         match first {
-            Ok(Some(t)) => self.start_agent(now, ep, t.addr),
+            Ok(Some(t)) => self.start_agent(now, ep, t),
             r => {
                 if let Err(e) = &r {
                     tracing::warn!(error = %e, "registrar not resolved");
@@ -302,15 +336,22 @@ impl Registrar {
         }
     }
 
-    /// Starts a fresh agent sending its REGISTER to `next_hop`; if it cannot be sent, the registration stops
+    /// Starts a fresh agent sending its REGISTER to `target`; if it cannot be sent, the registration stops
     /// (published as `Unregistered { removed: false }`).
-    fn start_agent(&mut self, now: Instant, ep: &mut Endpoint, next_hop: SocketAddr) {
+    fn start_agent(&mut self, now: Instant, ep: &mut Endpoint, target: Target) {
+        let next_hop = target.addr;
         let req = RegisterRequest {
             registrar: self.config.registrar.clone(),
             aor: self.config.aor.clone(),
             next_hop,
+            transport: Some(target.transport),
             expires: self.config.expires,
             credentials: self.config.credentials.clone(),
+            extra_headers: self
+                .route
+                .iter()
+                .map(|r| (HeaderName::Route, r.clone()))
+                .collect(),
         };
         let mut agent = RegistrationAgent::new(req, self.config.policy);
         if let Err(e) = agent.start(now, ep) {
@@ -321,6 +362,7 @@ impl Registrar {
         }
         tracing::debug!(%next_hop, registrar = %self.config.registrar, "registering");
         self.agent = Some(agent);
+        self.bound_until = None;
         self.publish(None);
     }
 
@@ -333,11 +375,15 @@ impl Registrar {
             return false;
         }
         let mut evs = self.take_events();
-        if evs
-            .iter()
-            .any(|e| matches!(e, RegistrationEvent::Registered { .. }))
-        {
+        let granted = evs.iter().find_map(|e| match e {
+            RegistrationEvent::Registered { expires } => Some(*expires),
+            _ => None,
+        });
+        if let Some(expires) = granted {
             self.rounds = 0;
+            self.bound_until = Some(now + Duration::from_secs(u64::from(expires)));
+            // The binding now held replaces the one an earlier target kept: that one just expires.
+            self.drop_stale(ep);
         }
         // RFC 3263 §4.3: no answer or 503: the next target, at once; once every target failed, a new
         // resolution after the back-off (which grows with each such round).
@@ -352,14 +398,14 @@ impl Registrar {
         if let (Some(retry_in), false) = (failed, self.stopping) {
             match self.failover.as_mut().map(|f| f.next_target()) {
                 Some(Some(t)) => {
-                    self.drop_agent(ep);
+                    self.retire_agent(now, ep);
                     tracing::info!(next = %t.addr, "registrar failing over to the next target");
-                    self.start_agent(now, ep, t.addr);
+                    self.start_agent(now, ep, t);
                 }
                 Some(None) => {
                     self.rounds = self.rounds.saturating_add(1);
                     *retry_in = (*retry_in).max(self.config.policy.retry_delay(self.rounds));
-                    self.drop_agent(ep);
+                    self.retire_agent(now, ep);
                     self.failover = None;
                     self.retry_at = Some(now + *retry_in);
                 }
@@ -369,6 +415,27 @@ impl Registrar {
         }
         self.publish_events(evs);
         true
+    }
+
+    /// Sets the current agent aside: kept as [`Self::stale`] while its binding holds (for shutdown to remove it),
+    /// else forgotten.
+    fn retire_agent(&mut self, now: Instant, ep: &mut Endpoint) {
+        match self.bound_until.take().filter(|u| *u > now) {
+            Some(until) => {
+                if let Some(a) = self.agent.take() {
+                    self.drop_stale(ep);
+                    self.stale = Some((a, until));
+                }
+            }
+            None => self.drop_agent(ep),
+        }
+    }
+
+    /// Forgets the kept agent of an earlier binding and its registration in the endpoint.
+    fn drop_stale(&mut self, ep: &mut Endpoint) {
+        if let Some(h) = self.stale.take().and_then(|(a, _)| a.handle()) {
+            ep.drop_registration(h);
+        }
     }
 
     /// Forgets the current agent and its registration in the endpoint.
@@ -398,13 +465,28 @@ impl Registrar {
         }
     }
 
-    /// Removes the binding (`Expires: 0`), or gives up a registration not started yet.
+    /// Removes the binding (`Expires: 0`), or gives up a registration not started yet. When the current agent
+    /// holds no binding but an earlier target still does (every target failed since), that binding is removed.
     pub(super) fn shutdown(&mut self, now: Instant, ep: &mut Endpoint) {
         if self.stopping {
             return;
         }
         self.stopping = true;
         self.retry_at = None;
+        let current_bound = self.bound_until.is_some_and(|u| u > now);
+        match self.stale.take() {
+            Some((a, until)) if until > now && !current_bound => {
+                self.drop_agent(ep);
+                tracing::info!("removing the binding of an earlier registrar target");
+                self.agent = Some(a);
+            }
+            Some((a, _)) => {
+                if let Some(h) = a.handle() {
+                    ep.drop_registration(h);
+                }
+            }
+            None => {}
+        }
         match &mut self.agent {
             Some(a) => {
                 a.shutdown(now, ep);
@@ -489,28 +571,231 @@ impl Registrar {
 mod tests {
     use super::*;
 
+    /// A UDP target.
+    fn udp(addr: SocketAddr) -> Target {
+        Target {
+            transport: Transport::Udp,
+            addr,
+        }
+    }
+
+    /// A registrar's side of the wire in simulated time: the endpoint, the [`Registrar`] and a clock.
+    struct RegWire {
+        ep: Endpoint,
+        reg: Registrar,
+        status: watch::Receiver<RegistrationStatus>,
+        now: Instant,
+    }
+
+    impl RegWire {
+        /// Registers `sip:rappel@reg.test` (asking 10 s, refresh 1 s after a grant) at `targets`, with T1 = 25 ms
+        /// (Timer F 1.6 s).
+        fn new(targets: Vec<Target>) -> Self {
+            let mut cfg = crate::sip::endpoint::EndpointConfig::new(SocketAddr::from((
+                [192, 0, 2, 100],
+                5060,
+            )));
+            cfg.timers(crate::sip::transaction::TimerConfig {
+                t1: std::time::Duration::from_millis(25),
+                ..Default::default()
+            });
+            let mut ep = Endpoint::new(cfg);
+            let policy = RegistrationPolicy {
+                margin: std::time::Duration::from_secs(9),
+                retry_min: std::time::Duration::from_secs(30),
+                ..RegistrationPolicy::default()
+            };
+            let config = TrunkRegistration::new("sip:reg.test", "sip:rappel@reg.test")
+                .expires(10)
+                .policy(policy);
+            let (mut reg, status) = Registrar::new(config);
+            let now = Instant::now();
+            reg.resolved(now, &mut ep, Ok(targets));
+            Self {
+                ep,
+                reg,
+                status,
+                now,
+            }
+        }
+
+        /// Feeds the endpoint's events to the registrar.
+        fn pump(&mut self) {
+            while let Some(e) = self.ep.poll_event() {
+                self.reg.handle_event(self.now, &mut self.ep, &e);
+            }
+        }
+
+        /// The REGISTERs sent since the last call: (destination, request).
+        fn sent(&mut self) -> Vec<(SocketAddr, crate::sip::message::Request)> {
+            let mut out = Vec::new();
+            while let Some(t) = self.ep.poll_transmit() {
+                if let Ok(crate::sip::message::Message::Request(r)) =
+                    crate::sip::message::Message::parse_datagram(t.payload)
+                {
+                    out.push((t.destination, r));
+                }
+            }
+            out
+        }
+
+        /// Answers `req` (from `from`) with `code`, granting 10 s on a 2xx.
+        fn answer(&mut self, from: SocketAddr, req: &crate::sip::message::Request, code: u16) {
+            let status = crate::sip::message::StatusCode::new(code).unwrap_or_else(|| {
+                panic!("status {code}");
+            });
+            let mut r = crate::sip::message::Response::for_request(req, status);
+            r.set_to_tag("reg");
+            if code == 200 {
+                r.headers
+                    .push(HeaderName::Expires, Bytes::from_static(b"10"));
+            }
+            let bytes = crate::sip::message::Message::from(r).to_bytes();
+            self.ep.handle(self.now, from, Transport::Udp, bytes);
+            self.pump();
+        }
+
+        /// Advances the clock to `until`, firing every timer due on the way.
+        fn run_to(&mut self, until: Instant) {
+            loop {
+                let next = [self.ep.poll_timeout(), self.reg.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match next {
+                    Some(t) if t <= until => {
+                        self.now = self.now.max(t);
+                        self.ep.handle_timeout(self.now);
+                        self.pump();
+                        self.reg.handle_timeout(self.now, &mut self.ep);
+                        self.pump();
+                    }
+                    _ => break,
+                }
+            }
+            self.now = until;
+        }
+    }
+
+    fn header(r: &crate::sip::message::Request, name: HeaderName) -> Bytes {
+        r.headers.get(&name).cloned().unwrap_or_default()
+    }
+
+    /// a grants a binding, then answers its refresh 503; b never answers: the round ends with every target
+    /// failed, and `shutdown_after` later shutdown removes a's binding (same Call-ID) if it still holds.
+    fn failed_round_then_shutdown(shutdown_after: std::time::Duration) -> (RegWire, Bytes) {
+        let (a, b) = (
+            SocketAddr::from(([192, 0, 2, 1], 5060)),
+            SocketAddr::from(([192, 0, 2, 2], 5060)),
+        );
+        let mut w = RegWire::new(vec![udp(a), udp(b)]);
+        let start = w.now;
+        let first = w.sent();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].0, a);
+        let call_id = header(&first[0].1, HeaderName::CallId);
+        w.answer(a, &first[0].1, 200);
+        assert_eq!(w.status.borrow().registrations, 1);
+        // The refresh, 1 s later, is refused: b gets a new registration at once.
+        w.run_to(start + std::time::Duration::from_secs(1));
+        let refresh = w.sent();
+        assert_eq!(refresh.len(), 1, "the refresh");
+        assert_eq!(header(&refresh[0].1, HeaderName::CallId), call_id);
+        w.answer(a, &refresh[0].1, 503);
+        let to_b = w.sent();
+        assert_eq!(to_b.len(), 1);
+        assert_eq!(to_b[0].0, b);
+        // b is silent: Timer F ends the round at 2.6 s, every target failed, the next round in 30 s.
+        w.run_to(start + shutdown_after);
+        assert!(w.sent().iter().all(|(d, _)| *d == b));
+        let s = w.status.borrow().clone();
+        let round_over = shutdown_after >= std::time::Duration::from_millis(2600);
+        assert_eq!(
+            (s.registrations, s.failures),
+            (1, 1 + u64::from(round_over))
+        );
+        if round_over {
+            assert!(
+                matches!(s.state, RegistrationState::Retrying { .. }),
+                "{s:?}"
+            );
+        }
+        w.reg.shutdown(w.now, &mut w.ep);
+        w.pump();
+        (w, call_id)
+    }
+
+    #[test]
+    fn a_binding_still_held_after_a_failed_round_is_removed_at_shutdown() {
+        // Shutdown at 5 s: a's binding (granted at 0 s for 10 s) still holds, and a's agent removes it.
+        let (mut w, call_id) = failed_round_then_shutdown(std::time::Duration::from_secs(5));
+        let sent = w.sent();
+        let a = SocketAddr::from(([192, 0, 2, 1], 5060));
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let (dest, removal) = &sent[0];
+        assert_eq!(*dest, a);
+        assert_eq!(
+            header(removal, HeaderName::Expires),
+            Bytes::from_static(b"0")
+        );
+        assert_eq!(header(removal, HeaderName::CallId), call_id, "a's Call-ID");
+        assert!(!w.reg.finished());
+        w.answer(a, removal, 200);
+        assert!(w.reg.finished());
+        assert_eq!(
+            w.status.borrow().last_event,
+            Some(RegistrationEvent::Unregistered { removed: true })
+        );
+    }
+
+    #[test]
+    fn shutdown_while_the_next_target_is_tried_removes_the_binding_still_held() {
+        // Shutdown at 2 s: b (never bound) is still being tried; a's binding holds: the removal goes to a only.
+        let (mut w, call_id) = failed_round_then_shutdown(std::time::Duration::from_secs(2));
+        let sent = w.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, SocketAddr::from(([192, 0, 2, 1], 5060)));
+        assert_eq!(header(&sent[0].1, HeaderName::CallId), call_id);
+        assert_eq!(
+            header(&sent[0].1, HeaderName::Expires),
+            Bytes::from_static(b"0")
+        );
+    }
+
+    #[test]
+    fn a_binding_that_lapsed_is_not_removed() {
+        // Shutdown at 12 s, after a's binding lapsed (10 s): nothing is sent, and the registration is over.
+        let (mut w, _) = failed_round_then_shutdown(std::time::Duration::from_secs(12));
+        assert!(w.sent().is_empty());
+        assert!(w.reg.finished());
+        assert_eq!(
+            w.status.borrow().last_event,
+            Some(RegistrationEvent::Unregistered { removed: false })
+        );
+    }
+
     #[test]
     fn next_hops() {
         let a = SocketAddr::from(([192, 0, 2, 1], 5070));
         assert_eq!(
             hop_for(Some(&Proxy::Addr(a)), "sip:x@example.net"),
-            Hop::Direct(a)
+            Hop::Direct(udp(a))
         );
         assert_eq!(
             hop_for(None, "sip:x@192.0.2.1:5070"),
-            Hop::Direct(a),
+            Hop::Direct(udp(a)),
             "numeric host"
         );
         assert_eq!(
             hop_for(None, "sip:x@192.0.2.1"),
-            Hop::Direct(SocketAddr::from(([192, 0, 2, 1], 5060)))
+            Hop::Direct(udp(SocketAddr::from(([192, 0, 2, 1], 5060))))
         );
         assert_eq!(
             hop_for(
                 Some(&Proxy::Uri("sip:192.0.2.1:5070".into())),
                 "sip:x@example.net"
             ),
-            Hop::Direct(a),
+            Hop::Direct(udp(a)),
             "the proxy wins over the target"
         );
         assert!(matches!(
@@ -522,6 +807,27 @@ mod tests {
             Hop::Resolve(_)
         ));
         assert_eq!(hop_for(None, "not a uri"), Hop::Invalid);
+        assert_eq!(
+            hop_for(None, "sip:x@192.0.2.1:5070;transport=TCP"),
+            Hop::Direct(Target {
+                transport: Transport::Tcp,
+                addr: a
+            }),
+            "the URI's transport"
+        );
+        assert_eq!(
+            hop_for(None, "sip:x@192.0.2.1:5070;transport=udp"),
+            Hop::Direct(udp(a))
+        );
+        assert_eq!(
+            hop_for(None, "sip:x@192.0.2.1;transport=tls"),
+            Hop::Invalid,
+            "no TLS"
+        );
+        assert!(matches!(
+            hop_for(None, "sip:x@example.net;transport=tcp"),
+            Hop::Resolve(_)
+        ));
     }
 
     #[test]

@@ -82,7 +82,8 @@ impl Endpoint {
                 String::from_utf8_lossy(&local_tag)
             ))
         };
-        let via = self.new_via();
+        let transport = inv.transport.unwrap_or(self.config.transport);
+        let via = self.new_via(transport);
         let mut req = Request::new(Method::Invite, uri);
         let h = &mut req.headers;
         h.push(HeaderName::Via, via);
@@ -94,7 +95,7 @@ impl Endpoint {
         h.push(HeaderName::To, Bytes::from(format!("<{to}>")));
         h.push(HeaderName::CallId, call_id.clone());
         h.push(HeaderName::CSeq, Bytes::from(format!("{seq} INVITE")));
-        h.push(HeaderName::Contact, self.contact());
+        h.push(HeaderName::Contact, self.contact(transport));
         h.push(HeaderName::Allow, Bytes::from_static(ALLOW.as_bytes()));
         if let Some(ua) = &self.config.user_agent {
             h.push(HeaderName::UserAgent, Bytes::from(ua.clone()));
@@ -122,12 +123,12 @@ impl Endpoint {
             req.set_body("application/sdp", inv.sdp);
         }
         let handle = self.id();
-        let mut call = Call::new(true, local_tag.clone(), inv.next_hop);
+        let mut call = Call::new(true, local_tag.clone(), inv.next_hop, transport);
         call.auth = inv.credentials.map(DigestClient::new);
         call.invite = Some(req.clone());
         self.calls.insert(handle, call);
         self.dialog_index.insert((call_id, local_tag), handle);
-        let tx = self.start_client(now, req, inv.next_hop, Owner::Invite(handle));
+        let tx = self.start_client(now, req, inv.next_hop, transport, Owner::Invite(handle));
         if let Some(c) = self.calls.get_mut(&handle) {
             c.invite_tx = Some(tx);
         }
@@ -162,13 +163,18 @@ impl Endpoint {
         );
         h.push(HeaderName::To, Bytes::from(format!("<{}>", req.aor)));
         h.push(HeaderName::CallId, call_id);
-        h.push(HeaderName::Contact, self.contact());
+        let transport = req.transport.unwrap_or(self.config.transport);
+        h.push(HeaderName::Contact, self.contact(transport));
+        for (n, v) in req.extra_headers {
+            h.push(n, v);
+        }
         let handle = self.id();
         self.regs.insert(
             handle,
             Registration {
                 request: r,
                 next_hop: req.next_hop,
+                transport,
                 cseq: 0,
                 auth: req.credentials.map(DigestClient::new),
                 tx: None,
@@ -187,7 +193,12 @@ impl Endpoint {
         reg: RegistrationHandle,
         expires: u32,
     ) -> Result<(), EndpointError> {
-        let via = self.new_via();
+        let transport = self
+            .regs
+            .get(&reg.0)
+            .ok_or(EndpointError::UnknownRegistration(reg))?
+            .transport;
+        let via = self.new_via(transport);
         let r = self
             .regs
             .get_mut(&reg.0)
@@ -205,7 +216,7 @@ impl Endpoint {
         req.headers
             .set(HeaderName::Expires, Bytes::from(expires.to_string()));
         let hop = r.next_hop;
-        let id = self.start_client(now, req, hop, Owner::Register(reg.0));
+        let id = self.start_client(now, req, hop, transport, Owner::Register(reg.0));
         if let Some(r) = self.regs.get_mut(&reg.0) {
             r.tx = Some(id);
         }
@@ -222,6 +233,27 @@ impl Endpoint {
             Some(c) if !c.terminated => Ok(c),
             _ => Err(EndpointError::UnknownCall(call)),
         }
+    }
+
+    /// Gives the INVITE of our call `call` until `at` to draw a response, any response (a 100 Trying is enough):
+    /// if none has come by then, the INVITE is no longer retransmitted (its client transaction is dropped; a
+    /// CANCEL cannot be sent before a provisional response, RFC 3261 §9.1) and the call ends with
+    /// [`TerminationReason::Timeout`], so the TU can try the next server (RFC 3263 §4.3) without waiting for
+    /// Timer B. A response before `at` removes the deadline; the ring time is then the TU's business.
+    /// Errors: an unknown or ended call, or one that is not ours or already answered.
+    pub fn set_response_deadline(
+        &mut self,
+        call: CallHandle,
+        at: Instant,
+    ) -> Result<(), EndpointError> {
+        let c = self.call_mut(call)?;
+        if !c.is_uac || c.confirmed() {
+            return Err(EndpointError::InvalidState);
+        }
+        if !c.got_provisional {
+            c.silent_deadline = Some(at);
+        }
+        Ok(())
     }
 
     /// Cancels our pending INVITE (§9.1). Before any provisional response the CANCEL waits for one. If a 2xx
@@ -276,8 +308,8 @@ impl Endpoint {
             .push(HeaderName::CSeq, Bytes::from(format!("{seq} CANCEL")));
         c.cancel = CancelState::Sent;
         c.cancel_deadline = Some(deadline);
-        let hop = c.next_hop;
-        self.start_client(now, cancel, hop, Owner::Cancel(h));
+        let (hop, transport) = (c.next_hop, c.transport);
+        self.start_client(now, cancel, hop, transport, Owner::Cancel(h));
     }
 
     /// Ends the call. Before a final response to our INVITE this is [`Self::send_cancel`]. As UAS before the ACK
@@ -323,8 +355,9 @@ impl Endpoint {
         body: Bytes,
         extra: Vec<(HeaderName, Bytes)>,
     ) -> Result<TxId, EndpointError> {
-        let via = self.new_via();
-        let contact = self.contact();
+        let transport = self.call_transport(h);
+        let via = self.new_via(transport);
+        let contact = self.contact(transport);
         let mf = self.config.max_forwards;
         let c = self
             .calls
@@ -347,7 +380,7 @@ impl Endpoint {
         } else {
             Owner::InDialog(h)
         };
-        Ok(self.start_client(now, req, hop, owner))
+        Ok(self.start_client(now, req, hop, transport, owner))
     }
 
     /// Sends a re-INVITE with `sdp` (§14.1). The answer arrives as [`Event::Response`] with method INVITE; a 491

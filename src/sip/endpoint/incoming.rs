@@ -166,7 +166,11 @@ impl Endpoint {
         let Some(st) = StatusCode::new(code) else {
             return;
         };
-        let contact = self.contact();
+        let transport = self
+            .servers
+            .get(&id)
+            .map_or(self.config.transport, |e| e.tx.destination().1);
+        let contact = self.contact(transport);
         let random_tag = self.token();
         let server = self.config.user_agent.clone();
         let Some(e) = self.servers.get_mut(&id) else {
@@ -233,7 +237,11 @@ impl Endpoint {
             return;
         };
         let local_tag = Bytes::from(self.token());
-        let mut call = Call::new(false, local_tag.clone(), destination);
+        let transport = self
+            .servers
+            .get(&id)
+            .map_or(self.config.transport, |e| e.tx.destination().1);
+        let mut call = Call::new(false, local_tag.clone(), destination, transport);
         call.pending_invite = Some(id);
         call.last_headers = Some(req.headers.clone());
         let h = self.id();

@@ -36,6 +36,11 @@
 //! [`Endpoint::last_headers`], [`SessionExpires`]), and a 422 ends the call as `Rejected(422)` with the
 //! `Min-SE` readable afterwards.
 //!
+//! A UAC call may be given a response deadline ([`Endpoint::set_response_deadline`]): when its INVITE has had no
+//! response at all (not even 100 Trying) by then, the INVITE is no longer retransmitted and the call ends with
+//! [`TerminationReason::Timeout`] long before Timer B, so the call layer can fail over to the next target (what
+//! Kamailio's `fr_timer` does).
+//!
 //! A send failure reported by the driver ([`Endpoint::handle_transport_error`]) fails the transactions sending
 //! there at once (RFC 3261 §17.1.4); an initial INVITE then ends with [`TerminationReason::TransportError`], so the
 //! call layer can try the next RFC 3263 target (`crate::net::dns`).
@@ -58,6 +63,7 @@
 //!         from: "sip:rappel@example.com".into(),
 //!         to: None,
 //!         next_hop: "192.0.2.20:5060".parse().unwrap(),
+//!         transport: None,
 //!         sdp: "v=0\r\n".into(),
 //!         credentials: None,
 //!         extra_headers: Vec::new(),
@@ -222,10 +228,15 @@ pub struct RegisterRequest {
     pub aor: String,
     /// Where to send the REGISTER.
     pub next_hop: SocketAddr,
+    /// How to reach `next_hop` (UDP, TCP); [`EndpointConfig::transport`] when `None`.
+    pub transport: Option<Transport>,
     /// Requested binding lifetime in seconds.
     pub expires: u32,
     /// Credentials for 401/407 challenges.
     pub credentials: Option<Credentials>,
+    /// Extra headers on every REGISTER of the registration, e.g. the `Route: <sip:proxy;lr>` of an outbound proxy
+    /// (RFC 3261 §8.1.2: a preloaded route set, as on our INVITEs).
+    pub extra_headers: Vec<(HeaderName, Bytes)>,
 }
 
 /// What the UAC needs to place a call.
@@ -240,6 +251,9 @@ pub struct InviteRequest {
     /// Where to send the INVITE (gateway or outbound proxy). In-dialog requests go to the route set / Contact
     /// when they are IP literals, else here too.
     pub next_hop: SocketAddr,
+    /// How to reach `next_hop` (UDP, TCP): the whole call (ACK, BYE, re-INVITEs...) uses it, and Via and
+    /// Contact name it. [`EndpointConfig::transport`] when `None`.
+    pub transport: Option<Transport>,
     /// The SDP offer (empty for none).
     pub sdp: Bytes,
     /// Credentials for 401/407 challenges on this call.
@@ -260,7 +274,8 @@ pub enum TerminationReason {
     LocalBye,
     /// The peer sent BYE.
     RemoteBye,
-    /// No final response (Timer B), or a re-INVITE timed out (§14.1: BYE sent).
+    /// No final response (Timer B), no response at all by the call's response deadline
+    /// ([`Endpoint::set_response_deadline`]), or a re-INVITE timed out (§14.1: BYE sent).
     Timeout,
     /// We answered 2xx and no ACK came within 64·T1 (§13.3.1.4: BYE sent).
     AckTimeout,
@@ -479,6 +494,7 @@ enum CancelState {
 struct Registration {
     request: Request,
     next_hop: SocketAddr,
+    transport: Transport,
     cseq: u32,
     auth: Option<DigestClient>,
     tx: Option<TxId>,
@@ -504,6 +520,8 @@ struct Call {
     is_uac: bool,
     local_tag: Bytes,
     next_hop: SocketAddr,
+    /// The transport of every request and ACK of the call (the INVITE's, or the one the peer's INVITE came on).
+    transport: Transport,
     auth: Option<DigestClient>,
     // UAC initial INVITE
     invite: Option<Request>,
@@ -511,6 +529,8 @@ struct Call {
     got_provisional: bool,
     cancel: CancelState,
     cancel_deadline: Option<Instant>,
+    /// Give up the initial INVITE if no response at all has come by then ([`Endpoint::set_response_deadline`]).
+    silent_deadline: Option<Instant>,
     early: Vec<Dialog>,
     dialog: Option<Dialog>,
     /// ACK for the 2xx of the INVITE / re-INVITE: (CSeq, bytes), re-sent on 2xx retransmissions.
@@ -538,17 +558,19 @@ struct Call {
 }
 
 impl Call {
-    fn new(is_uac: bool, local_tag: Bytes, next_hop: SocketAddr) -> Self {
+    fn new(is_uac: bool, local_tag: Bytes, next_hop: SocketAddr, transport: Transport) -> Self {
         Self {
             is_uac,
             local_tag,
             next_hop,
+            transport,
             auth: None,
             invite: None,
             invite_tx: None,
             got_provisional: false,
             cancel: CancelState::None,
             cancel_deadline: None,
+            silent_deadline: None,
             early: Vec::new(),
             dialog: None,
             acks: Vec::new(),
@@ -588,12 +610,13 @@ impl Call {
 }
 
 impl Deadline for Call {
-    /// The earliest of the 2xx retransmission, glare retry, CANCEL give-up and linger deadlines.
+    /// The earliest of the 2xx retransmission, glare retry, CANCEL give-up, silent-target and linger deadlines.
     fn deadline(&self) -> Option<Instant> {
         [
             self.retrans.as_ref().map(|r| r.next.min(r.give_up)),
             self.glare_retry.as_ref().map(|g| g.0),
             self.cancel_deadline,
+            self.silent_deadline,
             self.expire_at,
         ]
         .into_iter()
@@ -713,17 +736,19 @@ impl Endpoint {
         format!("{:016x}", self.rng.random::<u64>())
     }
 
-    fn new_via(&mut self) -> Bytes {
+    /// A Via for a new request sent over `transport`.
+    fn new_via(&mut self, transport: Transport) -> Bytes {
         let branch = self.token();
         Bytes::from(format!(
             "SIP/2.0/{} {};branch={BRANCH_COOKIE}{branch};rport",
-            self.config.transport.via_token(),
+            transport.via_token(),
             self.config.advertised_addr
         ))
     }
 
-    fn contact(&self) -> Bytes {
-        let t = match self.config.transport {
+    /// Our Contact for a request or response sent over `transport`.
+    fn contact(&self, transport: Transport) -> Bytes {
+        let t = match transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
@@ -762,6 +787,13 @@ impl Endpoint {
         .min()
     }
 
+    /// The transport of call `h` (the configured one for a call that is gone).
+    fn call_transport(&self, h: u64) -> Transport {
+        self.calls
+            .get(&h)
+            .map_or(self.config.transport, |c| c.transport)
+    }
+
     /// Re-files the transactions and calls changed since the last call by deadline.
     fn flush_timers(&mut self) {
         self.clients.flush();
@@ -783,6 +815,7 @@ impl Endpoint {
         now: Instant,
         request: Request,
         destination: SocketAddr,
+        transport: Transport,
         owner: Owner,
     ) -> TxId {
         let branch = request
@@ -802,7 +835,7 @@ impl Endpoint {
             kind,
             self.config.timers,
             destination,
-            self.config.transport,
+            transport,
             request.to_bytes(),
         );
         let id = self.id();
@@ -920,6 +953,7 @@ impl Endpoint {
                 c.terminated = true;
                 c.glare_retry = None;
                 c.cancel_deadline = None;
+                c.silent_deadline = None;
                 c.expire_at = Some(now + linger);
                 self.events.push_back(Event::Terminated {
                     call: CallHandle(h),
@@ -936,10 +970,10 @@ impl Endpoint {
         }
     }
 
-    fn send_raw(&mut self, destination: SocketAddr, payload: Bytes) {
+    fn send_raw(&mut self, destination: SocketAddr, transport: Transport, payload: Bytes) {
         self.outbox.push_back(Transmit {
             destination,
-            transport: self.config.transport,
+            transport,
             payload,
         });
     }
@@ -1087,6 +1121,30 @@ impl Endpoint {
                         c.glare_retry = Some((now + delay, sdp));
                     }
                 }
+            }
+        }
+        let Some(c) = self.calls.get_mut(&h) else {
+            return;
+        };
+        if c.silent_deadline.is_some_and(|t| t <= now) {
+            // Nothing at all came back from the next hop: stop retransmitting the INVITE (no CANCEL is possible
+            // without a provisional response, §9.1) and end the call as if Timer B had fired.
+            c.silent_deadline = None;
+            if !c.confirmed() && !c.got_provisional {
+                let reason = if c.cancel == CancelState::None {
+                    TerminationReason::Timeout
+                } else {
+                    TerminationReason::Cancelled
+                };
+                if let Some(id) = c.invite_tx.take() {
+                    if let Some(e) = self.clients.remove(&id) {
+                        if self.client_index.get(&e.key) == Some(&id) {
+                            self.client_index.remove(&e.key);
+                        }
+                    }
+                }
+                self.terminate(now, h, reason);
+                return;
             }
         }
         let Some(c) = self.calls.get_mut(&h) else {

@@ -69,8 +69,9 @@ impl Endpoint {
         rseq: u32,
         invite: &Request,
     ) {
-        let via = self.new_via();
-        let contact = self.contact();
+        let transport = self.call_transport(h);
+        let via = self.new_via(transport);
+        let contact = self.contact(transport);
         let mf = self.config.max_forwards;
         let Some(c) = self.calls.get_mut(&h) else {
             return;
@@ -89,7 +90,7 @@ impl Endpoint {
             Bytes::from(format!("{rseq} {invite_seq} INVITE")),
         );
         let hop = d.next_hop().unwrap_or(fallback);
-        self.start_client(now, req, hop, Owner::Prack(h));
+        self.start_client(now, req, hop, transport, Owner::Prack(h));
     }
 
     /// The final response to a PRACK. A 2xx only confirms the RSeq we already acknowledged; a 401/407 is
@@ -110,7 +111,8 @@ impl Endpoint {
             return;
         }
         let cnonce = self.token();
-        let via = self.new_via();
+        let transport = self.call_transport(h);
+        let via = self.new_via(transport);
         let Some(c) = self.calls.get_mut(&h) else {
             return;
         };
@@ -131,6 +133,6 @@ impl Endpoint {
         let hop = d.next_hop().unwrap_or(fallback);
         let mut req = request.clone();
         resend_headers(&mut req, via, seq, name, value);
-        self.start_client(now, req, hop, Owner::Prack(h));
+        self.start_client(now, req, hop, transport, Owner::Prack(h));
     }
 }

@@ -56,7 +56,11 @@ impl Endpoint {
             return;
         }
         let cnonce = self.token();
-        let via = self.new_via();
+        let transport = self
+            .regs
+            .get(&r)
+            .map_or(self.config.transport, |reg| reg.transport);
+        let via = self.new_via(transport);
         let Some(reg) = self.regs.get_mut(&r) else {
             return;
         };
@@ -70,7 +74,7 @@ impl Endpoint {
                 let mut req = request.clone();
                 resend_headers(&mut req, via, reg.cseq, name, value);
                 let hop = reg.next_hop;
-                let id = self.start_client(now, req, hop, Owner::Register(r));
+                let id = self.start_client(now, req, hop, transport, Owner::Register(r));
                 if let Some(reg) = self.regs.get_mut(&r) {
                     reg.tx = Some(id);
                 }
@@ -103,7 +107,8 @@ impl Endpoint {
         owner: Owner,
     ) -> bool {
         let cnonce = self.token();
-        let via = self.new_via();
+        let transport = self.call_transport(h);
+        let via = self.new_via(transport);
         let Some(c) = self.calls.get_mut(&h) else {
             return false;
         };
@@ -125,7 +130,7 @@ impl Endpoint {
         if let Owner::Invite(_) = owner {
             c.invite = Some(req.clone());
         }
-        let id = self.start_client(now, req, dest, owner);
+        let id = self.start_client(now, req, dest, transport, owner);
         if let Some(c) = self.calls.get_mut(&h) {
             match owner {
                 Owner::Invite(_) => c.invite_tx = Some(id),
@@ -157,6 +162,8 @@ impl Endpoint {
         let Some(c) = self.calls.get_mut(&h) else {
             return;
         };
+        // The next hop answers: no longer silent.
+        c.silent_deadline = None;
         if c.invite_tx != Some(tx) {
             // A response to an INVITE we replaced (auth retry): only a 2xx matters (it would create a dialog).
             if !resp.status.is_success() {
@@ -221,8 +228,8 @@ impl Endpoint {
                     // 2xx retransmission: re-ACK.
                     let seq = cseq_of(&request.headers).map(|x| x.0).unwrap_or(1);
                     if let Some(ack) = c.ack_for(seq) {
-                        let hop = c.hop();
-                        self.send_raw(hop, ack);
+                        let (hop, t) = (c.hop(), c.transport);
+                        self.send_raw(hop, t, ack);
                     }
                     return;
                 }
@@ -281,8 +288,9 @@ impl Endpoint {
 
     /// Sends (and remembers) the ACK for a 2xx to the INVITE with CSeq `seq` (§13.2.2.4).
     pub(super) fn send_ack(&mut self, h: u64, seq: u32, invite: &Request) {
-        let via = self.new_via();
-        let contact = self.contact();
+        let transport = self.call_transport(h);
+        let via = self.new_via(transport);
+        let contact = self.contact(transport);
         let mf = self.config.max_forwards;
         let Some(c) = self.calls.get_mut(&h) else {
             return;
@@ -303,7 +311,7 @@ impl Endpoint {
         }
         c.acks.push((seq, bytes.clone()));
         let hop = c.hop();
-        self.send_raw(hop, bytes);
+        self.send_raw(hop, transport, bytes);
     }
 
     pub(super) fn ack_and_bye_fork(
@@ -315,9 +323,10 @@ impl Endpoint {
         tag: Bytes,
     ) {
         let Some(c) = self.calls.get(&h) else { return };
+        let transport = c.transport;
         if let Some((_, hop, ack)) = c.forks.iter().find(|(t, _, _)| *t == tag) {
             let (hop, ack) = (*hop, ack.clone());
-            self.send_raw(hop, ack);
+            self.send_raw(hop, transport, ack);
             return;
         }
         if c.forks.len() >= MAX_DIALOGS_PER_CALL {
@@ -328,9 +337,9 @@ impl Endpoint {
         };
         let fallback = c.next_hop;
         let (via, via2, contact, mf) = (
-            self.new_via(),
-            self.new_via(),
-            self.contact(),
+            self.new_via(transport),
+            self.new_via(transport),
+            self.contact(transport),
             self.config.max_forwards,
         );
         let seq = cseq_of(&request.headers).map(|x| x.0).unwrap_or(1);
@@ -339,10 +348,10 @@ impl Endpoint {
             return;
         };
         let ack = ack.to_bytes();
-        self.send_raw(hop, ack.clone());
+        self.send_raw(hop, transport, ack.clone());
         let bye_seq = d.next_seq();
         if let Some(bye) = d.request(Method::Bye, bye_seq, via2, &contact, mf) {
-            self.start_client(now, bye, hop, Owner::Orphan);
+            self.start_client(now, bye, hop, transport, Owner::Orphan);
         }
         if let Some(c) = self.calls.get_mut(&h) {
             c.forks.push((tag, hop, ack));
@@ -367,8 +376,8 @@ impl Endpoint {
         };
         if resp.status.is_success() {
             if let Some(ack) = c.ack_for(seq) {
-                let hop = c.hop();
-                self.send_raw(hop, ack);
+                let (hop, t) = (c.hop(), c.transport);
+                self.send_raw(hop, t, ack);
                 return;
             }
             if let Some(d) = &mut c.dialog {
