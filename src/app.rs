@@ -159,6 +159,7 @@ impl App {
         let web = WebConfig::from_config(config);
         let mut builder = Engine::builder()
             .sip_bind(vec![config.sip.listen])
+            .tcp(true)
             .rtp_ip(config.sip.listen.ip())
             .rtp_public_ip(config.media.public_ip)
             .rtp_ports(min, max)

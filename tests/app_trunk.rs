@@ -67,6 +67,10 @@ path = {db:?}
     );
     let config = Config::parse(&config).expect("valid");
     let app = App::start(&config).await.expect("app starts");
+    // `[sip] listen` is UDP and TCP, on the same port.
+    tokio::net::TcpStream::connect(app.sip_addrs()[0])
+        .await
+        .expect("the app listens on TCP too");
     let mut status = app.registration().expect("the app registers");
     let registered = tokio::time::timeout(
         Duration::from_secs(20),
