@@ -1,0 +1,305 @@
+//! The call API against baresip 1.0, a real SIP phone nobody here wrote, on loopback.
+//!
+//! Each baresip answers at once, sends a tone of its own (its microphone is a generated WAV file) and records
+//! what it receives (`sndfile` `*-dec.wav`): the tests look at those recordings with a Goertzel detector to tell
+//! who heard what and in which order (our prompt, our hold music, the other party's tone). baresip is driven over
+//! ctrl_tcp (hang up, list calls, send DTMF) and reports its calls' ends and received DTMF there.
+//!
+//! Needs the `baresip` binary (Debian package `baresip-core`; `scripts/test.sh` installs it).
+
+use rappel::call::{EndCause, HangupBy};
+use rappel::media::player::{Clip, PlayItem, Playlist};
+use rappel::media::tone::goertzel_power;
+use rappel::{BridgeOptions, CallOptions, Engine, Leg, LegEvent};
+use std::time::Duration;
+
+#[path = "support/baresip.rs"]
+mod baresip;
+
+use baresip::{tone, Baresip, Setup, WAIT};
+
+/// The visitor's phone sends this tone.
+const VISITOR_HZ: f64 = 440.0;
+/// The agent's phone sends this tone.
+const AGENT_HZ: f64 = 1000.0;
+/// Our announcement to the visitor.
+const PROMPT_HZ: f64 = 700.0;
+/// Our hold music to the visitor.
+const MUSIC_HZ: f64 = 300.0;
+/// Every tone a recording may carry.
+const TONES: [f64; 4] = [VISITOR_HZ, AGENT_HZ, PROMPT_HZ, MUSIC_HZ];
+
+/// Samples per analysed block (50 ms at 8 kHz: 20 Hz bins, far finer than the tones' spacing).
+const BLOCK: usize = 400;
+/// Audio of the bridge each phone must have received before the call is hung up: 1.5 s.
+const BRIDGED_SAMPLES: usize = 12_000;
+/// Skipped after the bridge starts in the analysis (jitter buffers, the last frames of what played before).
+const SETTLE_SAMPLES: usize = 4_000;
+
+async fn engine() -> Engine {
+    Engine::builder()
+        .rtp_ports(44_000, 44_999)
+        .start()
+        .await
+        .expect("engine")
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f).await.expect("timed out")
+}
+
+async fn phones(visitor_codecs: &str, agent_codecs: &str) -> (Baresip, Baresip) {
+    tokio::join!(
+        Baresip::start(Setup {
+            user: "visitor",
+            tone_hz: VISITOR_HZ,
+            codecs: visitor_codecs,
+        }),
+        Baresip::start(Setup {
+            user: "agent",
+            tone_hz: AGENT_HZ,
+            codecs: agent_codecs,
+        }),
+    )
+}
+
+/// The tone that dominates each 50 ms block of `pcm`: `Some(hz)` of [`TONES`] when one carries over 90 % of the
+/// tones' power and the block is not near-silent, `None` otherwise.
+fn labels(pcm: &[i16]) -> Vec<Option<u32>> {
+    pcm.chunks_exact(BLOCK)
+        .map(|b| {
+            let p: Vec<f64> = TONES.iter().map(|&f| goertzel_power(b, f)).collect();
+            let total: f64 = p.iter().sum();
+            let (i, best) =
+                p.iter().enumerate().fold(
+                    (0, 0.0),
+                    |acc, (i, &x)| if x > acc.1 { (i, x) } else { acc },
+                );
+            // A sine of amplitude A gives about A²/4; the phones and our player use 8000 (1.6e7).
+            (best > 1e6 && best > 0.9 * total).then(|| TONES[i] as u32)
+        })
+        .collect()
+}
+
+fn count(labels: &[Option<u32>], hz: f64) -> usize {
+    labels.iter().filter(|l| **l == Some(hz as u32)).count()
+}
+
+/// Waits for the leg's next [`LegEvent::PlayFinished`], failing on its end.
+async fn play_finished(leg: &mut Leg) {
+    loop {
+        match within(leg.next_event()).await {
+            Some(LegEvent::PlayFinished) => return,
+            Some(LegEvent::Ended { .. }) | None => panic!("leg ended while playing"),
+            Some(_) => {}
+        }
+    }
+}
+
+/// The visitor is called, hears a prompt then hold music, the agent is called and the two are bridged; after
+/// 1.5 s of bridged audio at both phones, the engine hangs up the visitor and the bridge hangs up the agent.
+/// Checks what each phone recorded and the relay's counters.
+async fn bridged_tones(visitor_codecs: &str, agent_codecs: &str) {
+    let (vp, ap) = phones(visitor_codecs, agent_codecs).await;
+    let (mut vctl, mut actl) = (vp.ctrl().await, ap.ctrl().await);
+    let e = engine().await;
+
+    let mut visitor = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
+    within(visitor.answered()).await.unwrap();
+    let prompt = Clip::from_pcm(tone(PROMPT_HZ, 4_800));
+    let music = Clip::from_pcm(tone(MUSIC_HZ, 1_600));
+    visitor
+        .play(
+            Playlist::new()
+                .then(PlayItem::Once(prompt))
+                .then(PlayItem::Loop {
+                    clip: music,
+                    duration: Some(Duration::from_millis(800)),
+                }),
+        )
+        .await
+        .unwrap();
+    let mut agent = e.call(&ap.uri(), CallOptions::default()).await.unwrap();
+    within(agent.answered()).await.unwrap();
+    play_finished(&mut visitor).await;
+
+    // Where the bridge starts in each phone's recording.
+    let (v0, a0) = (vp.received_samples(), ap.received_samples());
+    let mut bridge = e
+        .bridge(&visitor, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    vp.wait_received(v0 + BRIDGED_SAMPLES).await;
+    ap.wait_received(a0 + BRIDGED_SAMPLES).await;
+    visitor.hangup().await.unwrap();
+
+    let bcdr = within(bridge.ended()).await.unwrap();
+    let vcdr = within(visitor.ended()).await.unwrap();
+    let acdr = within(agent.ended()).await.unwrap();
+    assert_eq!(bcdr.ended_by_leg, Some(vcdr.leg));
+    assert_eq!(
+        (
+            vcdr.hangup_by,
+            vcdr.end_cause,
+            acdr.hangup_by,
+            acdr.end_cause
+        ),
+        (
+            HangupBy::Local,
+            EndCause::Normal,
+            HangupBy::Local,
+            EndCause::Normal
+        )
+    );
+    // Both phones got their BYE.
+    within(vctl.event("CALL_CLOSED")).await;
+    within(actl.event("CALL_CLOSED")).await;
+    assert_eq!(vctl.active_calls().await, 0);
+    assert_eq!(actl.active_calls().await, 0);
+
+    // The relay's view: each phone sent over 1.5 s of 20 ms packets across the bridge and received as many.
+    for (side, m) in [("visitor", bcdr.a_media), ("agent", bcdr.b_media)] {
+        assert!(m.packets_in >= 60, "{side} sent {m:?}");
+        assert!(m.packets_out >= 60, "{side} received {m:?}");
+    }
+    // What went out to one leg in the bridge came in from the other (the visitor also got our prompt and music
+    // before, counted in its own record).
+    assert!(bcdr.a_media.packets_out <= bcdr.b_media.packets_in + 5);
+    assert!(bcdr.b_media.packets_out <= bcdr.a_media.packets_in + 5);
+    assert!(vcdr.media.packets_out >= bcdr.a_media.packets_out + 50);
+
+    // The phones' view.
+    let heard_v = labels(&vp.received().await);
+    let heard_a = labels(&ap.received().await);
+    let (vb, ab) = (v0 / BLOCK, a0 / BLOCK);
+    let (before, after) = heard_v.split_at(vb.min(heard_v.len()));
+    let after = &after[(SETTLE_SAMPLES / BLOCK).min(after.len())..];
+    // Before the bridge: the prompt (600 ms) then the music (800 ms), nothing of either phone.
+    assert!(count(before, PROMPT_HZ) >= 8, "prompt: {before:?}");
+    assert!(count(before, MUSIC_HZ) >= 10, "music: {before:?}");
+    let last_prompt = before.iter().rposition(|l| *l == Some(PROMPT_HZ as u32));
+    let first_music = before.iter().position(|l| *l == Some(MUSIC_HZ as u32));
+    assert!(last_prompt < first_music, "prompt before music: {before:?}");
+    assert_eq!(count(before, AGENT_HZ) + count(before, VISITOR_HZ), 0);
+    // After: the agent's tone, never the visitor's own.
+    assert!(after.len() >= 15, "{} blocks after the bridge", after.len());
+    assert!(
+        count(after, AGENT_HZ) * 10 >= after.len() * 9,
+        "visitor heard the agent: {after:?}"
+    );
+    assert_eq!(count(after, VISITOR_HZ), 0, "{after:?}");
+    let after_a = &heard_a[(ab + SETTLE_SAMPLES / BLOCK).min(heard_a.len())..];
+    assert!(
+        after_a.len() >= 15,
+        "{} blocks after the bridge",
+        after_a.len()
+    );
+    assert!(
+        count(after_a, VISITOR_HZ) * 10 >= after_a.len() * 9,
+        "agent heard the visitor: {after_a:?}"
+    );
+    assert_eq!(count(after_a, AGENT_HZ), 0, "{after_a:?}");
+}
+
+#[tokio::test]
+async fn visitor_hears_prompt_music_then_agent_and_agent_hears_visitor() {
+    bridged_tones("PCMU,PCMA", "PCMU,PCMA").await;
+}
+
+#[tokio::test]
+async fn pcma_only_visitor_bridged_to_pcmu_only_agent() {
+    bridged_tones("PCMA", "PCMU").await;
+}
+
+/// The visitor's phone hangs up (ctrl_tcp `hangup`): the engine sees its BYE and hangs up the agent, whose phone
+/// gets a BYE.
+#[tokio::test]
+async fn phone_hangs_up_and_engine_hangs_up_the_other_phone() {
+    let (vp, ap) = phones("PCMU", "PCMU").await;
+    let (mut vctl, mut actl) = (vp.ctrl().await, ap.ctrl().await);
+    let e = engine().await;
+    let mut visitor = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e.call(&ap.uri(), CallOptions::default()).await.unwrap();
+    within(agent.answered()).await.unwrap();
+    assert_eq!(vctl.active_calls().await, 1);
+    assert_eq!(actl.active_calls().await, 1);
+    let a0 = ap.received_samples();
+    let mut bridge = e
+        .bridge(&visitor, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    // Some of the visitor's audio reached the agent's phone, then the visitor hangs up.
+    ap.wait_received(a0 + 2_400).await;
+    vctl.command("hangup", "").await;
+
+    let vcdr = within(visitor.ended()).await.unwrap();
+    let acdr = within(agent.ended()).await.unwrap();
+    let bcdr = within(bridge.ended()).await.unwrap();
+    assert_eq!(
+        (vcdr.hangup_by, vcdr.end_cause),
+        (HangupBy::Remote, EndCause::Normal),
+        "the visitor's BYE"
+    );
+    assert_eq!(
+        (acdr.hangup_by, acdr.end_cause),
+        (HangupBy::Local, EndCause::Normal),
+        "the bridge hung up the agent"
+    );
+    assert_eq!(bcdr.ended_by_leg, Some(vcdr.leg));
+    assert!(bcdr.b_media.packets_out > 0, "{bcdr:?}");
+    within(actl.event("CALL_CLOSED")).await;
+    assert_eq!(actl.active_calls().await, 0);
+    assert_eq!(vctl.active_calls().await, 0);
+}
+
+/// RFC 4733 both ways on one leg: the phone sends digits (ctrl_tcp `sndcode`), the engine reports each as a
+/// [`LegEvent::Dtmf`]; the engine sends digits, the phone reports each.
+#[tokio::test]
+async fn dtmf_both_ways_with_a_phone() {
+    let vp = Baresip::start(Setup {
+        user: "visitor",
+        tone_hz: VISITOR_HZ,
+        codecs: "PCMU",
+    })
+    .await;
+    let mut vctl = vp.ctrl().await;
+    let e = engine().await;
+    let mut visitor = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
+    within(visitor.answered()).await.unwrap();
+
+    let sent = "159#*0";
+    for c in sent.chars() {
+        vctl.command("sndcode", &c.to_string()).await;
+    }
+    let mut got = String::new();
+    while got.len() < sent.len() {
+        match within(visitor.next_event()).await {
+            Some(LegEvent::Dtmf { digit, duration }) => {
+                assert!(duration > Duration::ZERO, "{digit:?} lasted {duration:?}");
+                got.push(digit.to_char());
+            }
+            Some(LegEvent::Ended { .. }) | None => panic!("leg ended; digits so far {got:?}"),
+            Some(_) => {}
+        }
+    }
+    assert_eq!(got, sent);
+
+    // Our digits, while the phone hears music: baresip's jitter buffer hands a packet on when later ones
+    // arrive, so the last digit needs audio after it, as in any real call.
+    visitor
+        .play(Playlist::new().then(PlayItem::Loop {
+            clip: Clip::from_pcm(tone(MUSIC_HZ, 1_600)),
+            duration: None,
+        }))
+        .await
+        .unwrap();
+    visitor.send_dtmf("42D").await.unwrap();
+    assert_eq!(vp.wait_dtmf(3).await, "42D");
+    for _ in 0..3 {
+        within(vctl.event("CALL_DTMF_END")).await;
+    }
+    visitor.hangup().await.unwrap();
+    within(visitor.ended()).await.unwrap();
+    within(vctl.event("CALL_CLOSED")).await;
+}
