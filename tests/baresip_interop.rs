@@ -3,7 +3,9 @@
 //! Each baresip answers at once, sends a tone of its own (its microphone is a generated WAV file) and records
 //! what it receives (`sndfile` `*-dec.wav`): the tests look at those recordings with a Goertzel detector to tell
 //! who heard what and in which order (our prompt, our hold music, the other party's tone). baresip is driven over
-//! ctrl_tcp (hang up, list calls, send DTMF) and reports its calls' ends and received DTMF there.
+//! ctrl_tcp (hang up, hold, resume, list calls, send DTMF) and reports its calls' ends there.
+//!
+//! Not covered: baresip calling into the engine (the engine places calls only).
 //!
 //! Needs the `baresip` binary (Debian package `baresip-core`; `scripts/test.sh` installs it).
 
@@ -91,6 +93,17 @@ async fn play_finished(leg: &mut Leg) {
         match within(leg.next_event()).await {
             Some(LegEvent::PlayFinished) => return,
             Some(LegEvent::Ended { .. }) | None => panic!("leg ended while playing"),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Waits for the leg's next event `want` (skipping others), failing on the leg's end.
+async fn leg_event(leg: &mut Leg, want: LegEvent) {
+    loop {
+        match within(leg.next_event()).await {
+            Some(ev) if ev == want => return,
+            Some(LegEvent::Ended { .. }) | None => panic!("leg ended waiting for {want:?}"),
             Some(_) => {}
         }
     }
@@ -302,4 +315,98 @@ async fn dtmf_both_ways_with_a_phone() {
     visitor.hangup().await.unwrap();
     within(visitor.ended()).await.unwrap();
     within(vctl.event("CALL_CLOSED")).await;
+}
+
+/// The visitor's phone puts the bridged call on hold (its re-INVITE, ctrl_tcp `hold`) and takes it back
+/// (`resume`): the engine reports both, the agent hears our hold music in between and the visitor before and
+/// after.
+#[tokio::test]
+async fn phone_holds_and_resumes_the_other_hears_music_meanwhile() {
+    let (vp, ap) = phones("PCMU", "PCMU").await;
+    let mut vctl = vp.ctrl().await;
+    let e = engine().await;
+    let mut visitor = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e.call(&ap.uri(), CallOptions::default()).await.unwrap();
+    within(agent.answered()).await.unwrap();
+    let music = Playlist::new().then(PlayItem::Loop {
+        clip: Clip::from_pcm(tone(MUSIC_HZ, 1_600)),
+        duration: None,
+    });
+    let opts = BridgeOptions {
+        hold_music: Some(music),
+        ..BridgeOptions::default()
+    };
+    let a0 = ap.received_samples();
+    let mut bridge = e.bridge(&visitor, &agent, opts).await.unwrap();
+    ap.wait_received(a0 + 8_000).await;
+
+    vctl.command("hold", "").await;
+    leg_event(&mut visitor, LegEvent::RemoteHold).await;
+    let a1 = ap.received_samples();
+    ap.wait_received(a1 + 8_000).await;
+    vctl.command("resume", "").await;
+    leg_event(&mut visitor, LegEvent::RemoteResume).await;
+    let a2 = ap.received_samples();
+    ap.wait_received(a2 + 8_000).await;
+    agent.hangup().await.unwrap();
+    let bcdr = within(bridge.ended()).await.unwrap();
+    assert_eq!(bcdr.ended_by_leg, Some(agent.id().0));
+    within(visitor.ended()).await.unwrap();
+
+    let heard = labels(&ap.received().await);
+    let part = |from: usize, to: usize| {
+        let (from, to) = ((from + SETTLE_SAMPLES) / BLOCK, to / BLOCK);
+        heard[from.min(heard.len())..to.min(heard.len())].to_vec()
+    };
+    for (what, hz, blocks) in [
+        ("visitor before hold", VISITOR_HZ, part(a0, a1)),
+        ("music during hold", MUSIC_HZ, part(a1, a2)),
+        (
+            "visitor after resume",
+            VISITOR_HZ,
+            part(a2, heard.len() * BLOCK),
+        ),
+    ] {
+        assert!(blocks.len() >= 8, "{what}: {blocks:?}");
+        assert!(
+            count(&blocks, hz) * 10 >= blocks.len() * 9,
+            "{what}: {blocks:?}"
+        );
+    }
+}
+
+/// Digits pressed on the visitor's phone during the bridge: the engine reports them on the visitor's leg, and
+/// the relay passes them on to the agent's phone as RFC 4733 events.
+#[tokio::test]
+async fn dtmf_from_a_phone_crosses_the_bridge() {
+    let (vp, ap) = phones("PCMU", "PCMU").await;
+    let mut vctl = vp.ctrl().await;
+    let e = engine().await;
+    let mut visitor = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e.call(&ap.uri(), CallOptions::default()).await.unwrap();
+    within(agent.answered()).await.unwrap();
+    let _bridge = e
+        .bridge(&visitor, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    let a0 = ap.received_samples();
+    ap.wait_received(a0 + 1_600).await;
+    let sent = "73#";
+    for c in sent.chars() {
+        vctl.command("sndcode", &c.to_string()).await;
+    }
+    let mut got = String::new();
+    while got.len() < sent.len() {
+        match within(visitor.next_event()).await {
+            Some(LegEvent::Dtmf { digit, .. }) => got.push(digit.to_char()),
+            Some(LegEvent::Ended { .. }) | None => panic!("leg ended; digits so far {got:?}"),
+            Some(_) => {}
+        }
+    }
+    assert_eq!(got, sent, "the engine's view");
+    assert_eq!(ap.wait_dtmf(sent.len()).await, sent, "the agent's phone");
+    agent.hangup().await.unwrap();
+    within(visitor.ended()).await.unwrap();
 }

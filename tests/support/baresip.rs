@@ -9,7 +9,8 @@
 //!
 //! [`Ctrl`] speaks ctrl_tcp: JSON commands in netstrings (`{"command":"hangup","params":"","token":"1"}`), answered
 //! by `{"response":true,"ok":..,"data":..,"token":..}`, with `{"event":true,"type":"CALL_CLOSED",..}` messages in
-//! between. Dropping a [`Baresip`] kills and reaps the process by its PID.
+//! between. Dropping a [`Baresip`] kills and reaps the process by its PID; when the test failed, it prints the
+//! phone's log first (with `BARESIP_TRACE` set in the environment, that log also has every SIP message).
 #![allow(dead_code)]
 
 use rappel::media::wav::{build_wav, Wav, WavFormat};
