@@ -312,6 +312,9 @@ async fn dtmf_both_ways_with_a_phone() {
     for _ in 0..3 {
         within(vctl.event("CALL_DTMF_END")).await;
     }
+    // And as SIP INFO (application/dtmf-relay).
+    visitor.send_dtmf_info("9*").await.unwrap();
+    assert_eq!(vp.wait_dtmf_info(2).await, "9*");
     visitor.hangup().await.unwrap();
     within(visitor.ended()).await.unwrap();
     within(vctl.event("CALL_CLOSED")).await;

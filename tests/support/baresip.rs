@@ -169,11 +169,29 @@ impl Baresip {
             .collect()
     }
 
-    /// Waits (at most [`WAIT`]) until the phone received `n` DTMF digits; returns them.
+    /// The DTMF digits the phone received as SIP INFO, in order, from its log lines `call: received DTMF: '9'`.
+    pub fn received_dtmf_info(&self) -> String {
+        self.log()
+            .split("call: received DTMF: '")
+            .skip(1)
+            .filter_map(|rest| rest.chars().next())
+            .collect()
+    }
+
+    /// Waits (at most [`WAIT`]) until the phone received `n` DTMF digits (RFC 4733); returns them.
     pub async fn wait_dtmf(&self, n: usize) -> String {
+        self.wait_digits(n, Self::received_dtmf).await
+    }
+
+    /// Waits (at most [`WAIT`]) until the phone received `n` DTMF digits as SIP INFO; returns them.
+    pub async fn wait_dtmf_info(&self, n: usize) -> String {
+        self.wait_digits(n, Self::received_dtmf_info).await
+    }
+
+    async fn wait_digits(&self, n: usize, read: fn(&Self) -> String) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
-            let got = self.received_dtmf();
+            let got = read(self);
             if got.len() >= n {
                 return got;
             }
