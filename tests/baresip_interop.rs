@@ -5,7 +5,7 @@
 //! who heard what and in which order (our prompt, our hold music, the other party's tone). baresip is driven over
 //! ctrl_tcp (hang up, hold, resume, list calls, send DTMF) and reports its calls' ends there.
 //!
-//! Not covered: baresip calling into the engine (the engine places calls only).
+//! The engine places calls only: a phone calling it is refused (403), which is checked too.
 //!
 //! Needs the `baresip` binary (Debian package `baresip-core`; `scripts/test.sh` installs it).
 
@@ -412,4 +412,29 @@ async fn dtmf_from_a_phone_crosses_the_bridge() {
     assert_eq!(ap.wait_dtmf(sent.len()).await, sent, "the agent's phone");
     agent.hangup().await.unwrap();
     within(visitor.ended()).await.unwrap();
+}
+
+/// The engine takes no inbound calls: a phone calling it gets 403 Forbidden (the endpoint's documented answer
+/// to an INVITE out of a dialog), and the engine stays usable.
+#[tokio::test]
+async fn a_phone_calling_the_engine_is_declined() {
+    let vp = Baresip::start(Setup {
+        user: "visitor",
+        tone_hz: VISITOR_HZ,
+        codecs: "PCMU",
+    })
+    .await;
+    let mut vctl = vp.ctrl().await;
+    let e = engine().await;
+    let target = format!("sip:rappel@{}", e.sip_addrs()[0]);
+    vctl.command("dial", &target).await;
+    let closed = within(vctl.event("CALL_CLOSED")).await;
+    let why = closed["param"].as_str().unwrap_or_default();
+    assert!(why.starts_with("403"), "{closed}");
+    assert_eq!(vctl.active_calls().await, 0);
+    // Then the same phone is called by the engine and answers.
+    let mut leg = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
+    within(leg.answered()).await.unwrap();
+    leg.hangup().await.unwrap();
+    within(leg.ended()).await.unwrap();
 }
