@@ -12,7 +12,7 @@
 use rappel::call::{EndCause, HangupBy};
 use rappel::media::player::{Clip, PlayItem, Playlist};
 use rappel::media::tone::goertzel_power;
-use rappel::{BridgeOptions, CallOptions, Engine, Leg, LegEvent};
+use rappel::{BridgeOptions, CallOptions, EarlyMedia, Engine, Leg, LegEvent};
 use std::time::Duration;
 
 #[path = "support/baresip.rs"]
@@ -50,18 +50,30 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, f).await.expect("timed out")
 }
 
+/// The visitor's phone: sends [`VISITOR_HZ`], answers at once.
+fn visitor(codecs: &str) -> Setup<'_> {
+    Setup {
+        user: "visitor",
+        tone_hz: VISITOR_HZ,
+        codecs,
+        answermode: "auto",
+    }
+}
+
+/// The agent's phone: sends [`AGENT_HZ`], answers as `answermode` says.
+fn agent<'a>(codecs: &'a str, answermode: &'a str) -> Setup<'a> {
+    Setup {
+        user: "agent",
+        tone_hz: AGENT_HZ,
+        codecs,
+        answermode,
+    }
+}
+
 async fn phones(visitor_codecs: &str, agent_codecs: &str) -> (Baresip, Baresip) {
     tokio::join!(
-        Baresip::start(Setup {
-            user: "visitor",
-            tone_hz: VISITOR_HZ,
-            codecs: visitor_codecs,
-        }),
-        Baresip::start(Setup {
-            user: "agent",
-            tone_hz: AGENT_HZ,
-            codecs: agent_codecs,
-        }),
+        Baresip::start(visitor(visitor_codecs)),
+        Baresip::start(agent(agent_codecs, "auto")),
     )
 }
 
@@ -270,12 +282,7 @@ async fn phone_hangs_up_and_engine_hangs_up_the_other_phone() {
 /// [`LegEvent::Dtmf`]; the engine sends digits, the phone reports each.
 #[tokio::test]
 async fn dtmf_both_ways_with_a_phone() {
-    let vp = Baresip::start(Setup {
-        user: "visitor",
-        tone_hz: VISITOR_HZ,
-        codecs: "PCMU",
-    })
-    .await;
+    let vp = Baresip::start(visitor("PCMU")).await;
     let mut vctl = vp.ctrl().await;
     let e = engine().await;
     let mut visitor = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
@@ -418,12 +425,7 @@ async fn dtmf_from_a_phone_crosses_the_bridge() {
 /// to an INVITE out of a dialog), and the engine stays usable.
 #[tokio::test]
 async fn a_phone_calling_the_engine_is_declined() {
-    let vp = Baresip::start(Setup {
-        user: "visitor",
-        tone_hz: VISITOR_HZ,
-        codecs: "PCMU",
-    })
-    .await;
+    let vp = Baresip::start(visitor("PCMU")).await;
     let mut vctl = vp.ctrl().await;
     let e = engine().await;
     let target = format!("sip:rappel@{}", e.sip_addrs()[0]);
@@ -437,4 +439,118 @@ async fn a_phone_calling_the_engine_is_declined() {
     within(leg.answered()).await.unwrap();
     leg.hangup().await.unwrap();
     within(leg.ended()).await.unwrap();
+}
+
+/// The agent's phone rings (180, answered on ctrl_tcp `accept`): meanwhile the visitor hears our ringback (the
+/// French one, 440 Hz, which the visitor's phone cannot hear from itself), then the agent once bridged.
+#[tokio::test]
+async fn visitor_hears_ringback_while_the_agent_phone_rings() {
+    let (vp, ap) = tokio::join!(
+        Baresip::start(visitor("PCMU")),
+        Baresip::start(agent("PCMU", "manual")),
+    );
+    let mut actl = ap.ctrl().await;
+    let e = engine().await;
+    let mut visitor = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
+    within(visitor.answered()).await.unwrap();
+    let opts = CallOptions::default().early_media(visitor.id(), EarlyMedia::Ringback);
+    let mut agent = e.call(&ap.uri(), opts).await.unwrap();
+    leg_event(&mut agent, LegEvent::Ringing).await;
+    let v0 = vp.received_samples();
+    vp.wait_received(v0 + 8_000).await;
+    actl.command("accept", "").await;
+    leg_event(&mut agent, LegEvent::Answered).await;
+    let v1 = vp.received_samples();
+    let _bridge = e
+        .bridge(&visitor, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    vp.wait_received(v1 + 8_000).await;
+    visitor.hangup().await.unwrap();
+    within(agent.ended()).await.unwrap();
+
+    let heard = labels(&vp.received().await);
+    let ringing = &heard[(v0 / BLOCK).min(heard.len())..(v1 / BLOCK).min(heard.len())];
+    assert!(ringing.len() >= 15, "{ringing:?}");
+    assert!(
+        count(ringing, VISITOR_HZ) * 10 >= ringing.len() * 9,
+        "ringback: {ringing:?}"
+    );
+    let bridged = &heard[((v1 + SETTLE_SAMPLES) / BLOCK).min(heard.len())..];
+    assert!(bridged.len() >= 8, "{bridged:?}");
+    assert!(
+        count(bridged, AGENT_HZ) * 10 >= bridged.len() * 9,
+        "the agent: {bridged:?}"
+    );
+}
+
+/// The agent's phone sends 183 with SDP first (its `early` answer mode), then 200 on `accept`: the leg reports
+/// the early media, takes the answer, and the bridge carries audio both ways. (baresip 1.0 sends no audio in its
+/// early session, so there is nothing to forward meanwhile.)
+#[tokio::test]
+async fn phone_answering_after_183_with_sdp_is_bridged() {
+    let (vp, ap) = tokio::join!(
+        Baresip::start(visitor("PCMU")),
+        Baresip::start(agent("PCMU", "early")),
+    );
+    let mut actl = ap.ctrl().await;
+    let e = engine().await;
+    let mut visitor = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
+    within(visitor.answered()).await.unwrap();
+    let opts = CallOptions::default().early_media(visitor.id(), EarlyMedia::Forward);
+    let mut agent = e.call(&ap.uri(), opts).await.unwrap();
+    leg_event(&mut agent, LegEvent::EarlyMedia).await;
+    actl.command("accept", "").await;
+    leg_event(&mut agent, LegEvent::Answered).await;
+    let (v0, a0) = (vp.received_samples(), ap.received_samples());
+    let _bridge = e
+        .bridge(&visitor, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    vp.wait_received(v0 + 8_000).await;
+    ap.wait_received(a0 + 8_000).await;
+    agent.hangup().await.unwrap();
+    within(visitor.ended()).await.unwrap();
+
+    for (who, p, from, hz) in [
+        ("visitor", &vp, v0, AGENT_HZ),
+        ("agent", &ap, a0, VISITOR_HZ),
+    ] {
+        let heard = labels(&p.received().await);
+        let bridged = &heard[((from + SETTLE_SAMPLES) / BLOCK).min(heard.len())..];
+        assert!(bridged.len() >= 8, "{who}: {bridged:?}");
+        assert!(
+            count(bridged, hz) * 10 >= bridged.len() * 9,
+            "{who} heard the other: {bridged:?}"
+        );
+    }
+}
+
+/// A phone that rings and is not answered is cancelled at the ring timeout: the leg fails with 487, the phone
+/// drops the call, and the leg's record carries the call's Call-ID.
+#[tokio::test]
+async fn ring_timeout_cancels_a_ringing_phone() {
+    let ap = Baresip::start(agent("PCMU", "manual")).await;
+    let mut actl = ap.ctrl().await;
+    let e = engine().await;
+    let opts = CallOptions::default().ring_timeout(Duration::from_millis(800));
+    let mut leg = e.call(&ap.uri(), opts).await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(ev) = within(leg.next_event()).await {
+        seen.push(ev);
+    }
+    assert!(seen.contains(&LegEvent::Ringing), "{seen:?}");
+    assert!(
+        seen.contains(&LegEvent::Failed {
+            status: Some(487),
+            cause: EndCause::RingTimeout
+        }),
+        "{seen:?}"
+    );
+    let cdr = leg.cdr().unwrap().clone();
+    assert_eq!((cdr.answer_ms, cdr.talk_ms), (None, 0));
+    let closed = within(actl.event("CALL_CLOSED")).await;
+    assert_eq!(actl.active_calls().await, 0);
+    // The record of a call never answered names it as the phone does.
+    assert_eq!(cdr.call_id.as_deref(), closed["id"].as_str(), "{closed}");
 }

@@ -52,6 +52,9 @@ pub struct Setup<'a> {
     pub tone_hz: f64,
     /// Its `audio_codecs` account parameter (`PCMU`, `PCMA`, `PCMU,PCMA`).
     pub codecs: &'a str,
+    /// Its `answermode` account parameter: `auto` (200 at once), `manual` (180, then 200 on ctrl_tcp `accept`),
+    /// `early` (183 with SDP and its audio, then 200 on `accept`).
+    pub answermode: &'a str,
 }
 
 impl Baresip {
@@ -87,8 +90,8 @@ impl Baresip {
         );
         std::fs::write(root.join("config"), config).expect("write config");
         let accounts = format!(
-            "<sip:{}@127.0.0.1:{sip_port}>;regint=0;answermode=auto;audio_codecs={}\n",
-            setup.user, setup.codecs
+            "<sip:{}@127.0.0.1:{sip_port}>;regint=0;answermode={};audio_codecs={}\n",
+            setup.user, setup.answermode, setup.codecs
         );
         std::fs::write(root.join("accounts"), accounts).expect("write accounts");
         let log = std::fs::File::create(root.join("log")).expect("log file");
