@@ -124,7 +124,7 @@ async fn leg_event(leg: &mut Leg, want: LegEvent) {
 /// The visitor is called, hears a prompt then hold music, the agent is called and the two are bridged; after
 /// 1.5 s of bridged audio at both phones, the engine hangs up the visitor and the bridge hangs up the agent.
 /// Checks what each phone recorded and the relay's counters.
-async fn bridged_tones(visitor_codecs: &str, agent_codecs: &str) {
+async fn bridged_tones(visitor_codecs: &str, agent_codecs: &str) -> (Baresip, Baresip) {
     let (vp, ap) = phones(visitor_codecs, agent_codecs).await;
     let (mut vctl, mut actl) = (vp.ctrl().await, ap.ctrl().await);
     let e = engine().await;
@@ -224,6 +224,7 @@ async fn bridged_tones(visitor_codecs: &str, agent_codecs: &str) {
         "agent heard the visitor: {after_a:?}"
     );
     assert_eq!(count(after_a, AGENT_HZ), 0, "{after_a:?}");
+    (vp, ap)
 }
 
 #[tokio::test]
@@ -231,9 +232,28 @@ async fn visitor_hears_prompt_music_then_agent_and_agent_hears_visitor() {
     bridged_tones("PCMU,PCMA", "PCMU,PCMA").await;
 }
 
+/// The agent's phone cannot take PCMA: it accepts the aligning re-INVITE (PCMA + telephone-event) with only
+/// telephone-event, which disables its audio; the leg re-offers PCMU and the relay transcodes.
 #[tokio::test]
 async fn pcma_only_visitor_bridged_to_pcmu_only_agent() {
-    bridged_tones("PCMA", "PCMU").await;
+    let (_, ap) = bridged_tones("PCMA", "PCMU").await;
+    let log = ap.log();
+    assert_eq!(
+        log.matches("got re-INVITE").count(),
+        2,
+        "align, then restore"
+    );
+    assert!(!log.contains("Set audio encoder: PCMA"), "{log}");
+}
+
+/// The agent's phone answered PCMU but also takes PCMA: the aligning re-INVITE switches it to PCMA, and the
+/// relay forwards without transcoding.
+#[tokio::test]
+async fn pcma_only_visitor_and_agent_aligned_by_reinvite() {
+    let (_, ap) = bridged_tones("PCMA", "PCMU,PCMA").await;
+    let log = ap.log();
+    assert!(log.contains("Set audio encoder: PCMU"), "{log}");
+    assert!(log.contains("Set audio encoder: PCMA"), "aligned: {log}");
 }
 
 /// The visitor's phone hangs up (ctrl_tcp `hangup`): the engine sees its BYE and hangs up the agent, whose phone
@@ -553,4 +573,35 @@ async fn ring_timeout_cancels_a_ringing_phone() {
     assert_eq!(actl.active_calls().await, 0);
     // The record of a call never answered names it as the phone does.
     assert_eq!(cdr.call_id.as_deref(), closed["id"].as_str(), "{closed}");
+}
+
+/// The ringing phone rejects the call (ctrl_tcp `hangup` before answering): the leg fails with the phone's
+/// status (486).
+#[tokio::test]
+async fn ringing_phone_rejects_the_call() {
+    let ap = Baresip::start(agent("PCMU", "manual")).await;
+    let mut actl = ap.ctrl().await;
+    let e = engine().await;
+    let mut leg = e.call(&ap.uri(), CallOptions::default()).await.unwrap();
+    leg_event(&mut leg, LegEvent::Ringing).await;
+    actl.command("hangup", "").await;
+    let mut seen = Vec::new();
+    while let Some(ev) = within(leg.next_event()).await {
+        seen.push(ev);
+    }
+    assert_eq!(
+        seen.first(),
+        Some(&LegEvent::Failed {
+            status: Some(486),
+            cause: EndCause::Rejected(486)
+        }),
+        "baresip answers 486 Busy Here: {seen:?}"
+    );
+    let cdr = leg.cdr().unwrap();
+    assert_eq!(
+        (cdr.hangup_by, cdr.sip_status, cdr.answer_ms),
+        (HangupBy::Remote, Some(486), None)
+    );
+    assert!(cdr.ring_ms.is_some());
+    within(actl.event("CALL_CLOSED")).await;
 }
