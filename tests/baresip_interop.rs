@@ -28,8 +28,10 @@ const AGENT_HZ: f64 = 1000.0;
 const PROMPT_HZ: f64 = 700.0;
 /// Our hold music to the visitor.
 const MUSIC_HZ: f64 = 300.0;
+/// The second agent's phone (transfers) sends this tone.
+const AGENT2_HZ: f64 = 1400.0;
 /// Every tone a recording may carry.
-const TONES: [f64; 4] = [VISITOR_HZ, AGENT_HZ, PROMPT_HZ, MUSIC_HZ];
+const TONES: [f64; 5] = [VISITOR_HZ, AGENT_HZ, PROMPT_HZ, MUSIC_HZ, AGENT2_HZ];
 
 /// Samples per analysed block (50 ms at 8 kHz: 20 Hz bins, far finer than the tones' spacing).
 const BLOCK: usize = 400;
@@ -604,4 +606,74 @@ async fn ringing_phone_rejects_the_call() {
     );
     assert!(cdr.ring_ms.is_some());
     within(actl.event("CALL_CLOSED")).await;
+}
+
+/// The visitor, bridged to one agent's phone, is transferred to a second agent's phone: the first gets a BYE,
+/// the visitor hears the second agent, and the second hears the visitor.
+#[tokio::test]
+async fn visitor_transferred_from_one_phone_to_another() {
+    let (vp, ap, bp) = tokio::join!(
+        Baresip::start(visitor("PCMU")),
+        Baresip::start(agent("PCMU", "auto")),
+        Baresip::start(Setup {
+            user: "agent2",
+            tone_hz: AGENT2_HZ,
+            codecs: "PCMU",
+            answermode: "auto",
+        }),
+    );
+    let mut actl = ap.ctrl().await;
+    let e = engine().await;
+    let mut visitor = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
+    within(visitor.answered()).await.unwrap();
+    let mut agent = e.call(&ap.uri(), CallOptions::default()).await.unwrap();
+    within(agent.answered()).await.unwrap();
+    let v0 = vp.received_samples();
+    let mut bridge = e
+        .bridge(&visitor, &agent, BridgeOptions::default())
+        .await
+        .unwrap();
+    vp.wait_received(v0 + 8_000).await;
+
+    let mut agent2 = e.call(&bp.uri(), CallOptions::default()).await.unwrap();
+    within(agent2.answered()).await.unwrap();
+    let b0 = bp.received_samples();
+    let v1 = vp.received_samples();
+    bridge.transfer(&agent, &agent2).await.unwrap();
+    let acdr = within(agent.ended()).await.unwrap();
+    assert_eq!(
+        acdr.hangup_by,
+        HangupBy::Local,
+        "the replaced agent is hung up"
+    );
+    within(actl.event("CALL_CLOSED")).await;
+    vp.wait_received(v1 + 8_000).await;
+    bp.wait_received(b0 + 8_000).await;
+    visitor.hangup().await.unwrap();
+    let bcdr = within(bridge.ended()).await.unwrap();
+    within(agent2.ended()).await.unwrap();
+    assert_eq!(bcdr.transfers, 1);
+    assert_eq!(bcdr.legs, vec![visitor.id().0, agent.id().0, agent2.id().0]);
+
+    let heard = labels(&vp.received().await);
+    let part = |from: usize, to: usize| {
+        let (from, to) = ((from + SETTLE_SAMPLES) / BLOCK, to / BLOCK);
+        heard[from.min(heard.len())..to.min(heard.len())].to_vec()
+    };
+    let first = part(v0, v1);
+    let second = part(v1, heard.len() * BLOCK);
+    for (who, hz, blocks) in [("agent", AGENT_HZ, first), ("agent2", AGENT2_HZ, second)] {
+        assert!(blocks.len() >= 8, "{who}: {blocks:?}");
+        assert!(
+            count(&blocks, hz) * 10 >= blocks.len() * 9,
+            "visitor heard {who}: {blocks:?}"
+        );
+    }
+    let heard2 = labels(&bp.received().await);
+    let bridged2 = &heard2[((b0 + SETTLE_SAMPLES) / BLOCK).min(heard2.len())..];
+    assert!(bridged2.len() >= 8, "{bridged2:?}");
+    assert!(
+        count(bridged2, VISITOR_HZ) * 10 >= bridged2.len() * 9,
+        "agent2 heard the visitor: {bridged2:?}"
+    );
 }
