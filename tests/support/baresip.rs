@@ -29,6 +29,9 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// Length of the tone file: baresip's `aufile` source ends the call when its file ends, so it outlasts any call.
 const TONE_SECS: usize = 60;
 
+/// How many times [`Baresip::start`] tries (new ports each time) when baresip exits at start.
+const START_ATTEMPTS: usize = 5;
+
 /// Largest ctrl_tcp message accepted (a listcalls answer is a few hundred bytes).
 const MAX_MSG: usize = 1 << 20;
 
@@ -40,7 +43,10 @@ pub struct Baresip {
     /// Its SIP port on 127.0.0.1 (UDP and TCP).
     pub sip_port: u16,
     ctrl_port: u16,
-    dir: tempfile::TempDir,
+    /// Its config folder.
+    root: PathBuf,
+    /// The folder's owner (set once started), removed after the process is gone.
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// How one baresip is set up.
@@ -59,8 +65,9 @@ pub struct Setup<'a> {
 
 impl Baresip {
     /// Starts baresip as [`Setup`] says and waits until its ctrl_tcp port accepts connections (SIP is bound
-    /// before ctrl_tcp: the modules load in config order, after the SIP stack). Panics with a clear message when
-    /// `baresip` is not installed.
+    /// before ctrl_tcp: the modules load in config order, after the SIP stack). Ports are found free just before
+    /// the start, so another process may take one meanwhile: baresip then exits at once, and is started again
+    /// on other ports (a few times). Panics with a clear message when `baresip` is not installed.
     pub async fn start(setup: Setup<'_>) -> Baresip {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
@@ -68,57 +75,97 @@ impl Baresip {
         std::fs::create_dir(&snd).expect("snd dir");
         let tone = root.join("tone.wav");
         std::fs::write(&tone, tone_wav(setup.tone_hz, TONE_SECS)).expect("write tone");
-        let sip_port = free_port();
-        let ctrl_port = free_port();
-        let (rtp_lo, rtp_hi) = free_range(20);
-        let config = format!(
-            "sip_listen 127.0.0.1:{sip_port}\n\
-             net_interface 127.0.0.1\n\
-             audio_source aufile,{tone}\n\
-             rtp_ports {rtp_lo}-{rtp_hi}\n\
-             module_path /usr/lib/baresip/modules\n\
-             module g711.so\n\
-             module aufile.so\n\
-             module sndfile.so\n\
-             module account.so\n\
-             module menu.so\n\
-             module ctrl_tcp.so\n\
-             ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n\
-             snd_path {snd}\n",
-            tone = tone.display(),
-            snd = snd.display(),
-        );
-        std::fs::write(root.join("config"), config).expect("write config");
-        let accounts = format!(
-            "<sip:{}@127.0.0.1:{sip_port}>;regint=0;answermode={};audio_codecs={}\n",
-            setup.user, setup.answermode, setup.codecs
-        );
-        std::fs::write(root.join("accounts"), accounts).expect("write accounts");
-        let log = std::fs::File::create(root.join("log")).expect("log file");
-        let child = Command::new("baresip")
-            .arg("-f")
-            .arg(root)
-            .arg("-v")
-            .args(std::env::var_os("BARESIP_TRACE").map(|_| "-s")) // SIP trace in the log
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run `baresip` ({e}): install Debian's baresip-core (scripts/test.sh does)"
-                )
-            });
-        let b = Baresip {
-            child,
-            user: setup.user.to_owned(),
-            sip_port,
-            ctrl_port,
-            dir,
-        };
-        // Ready when ctrl_tcp accepts a connection.
-        drop(b.ctrl().await);
+        let mut b = None;
+        for _ in 0..START_ATTEMPTS {
+            // SIP on UDP and TCP, and SIP over TLS on the next port (baresip 1.0 always listens for it).
+            let sip_port = free_port_pair();
+            let ctrl_port = free_port();
+            let (rtp_lo, rtp_hi) = free_range(20);
+            let config = format!(
+                "sip_listen 127.0.0.1:{sip_port}\n\
+                 net_interface 127.0.0.1\n\
+                 audio_source aufile,{tone}\n\
+                 rtp_ports {rtp_lo}-{rtp_hi}\n\
+                 module_path /usr/lib/baresip/modules\n\
+                 module g711.so\n\
+                 module aufile.so\n\
+                 module sndfile.so\n\
+                 module account.so\n\
+                 module menu.so\n\
+                 module ctrl_tcp.so\n\
+                 ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n\
+                 snd_path {snd}\n",
+                tone = tone.display(),
+                snd = snd.display(),
+            );
+            std::fs::write(root.join("config"), config).expect("write config");
+            let accounts = format!(
+                "<sip:{}@127.0.0.1:{sip_port}>;regint=0;answermode={};audio_codecs={}\n",
+                setup.user, setup.answermode, setup.codecs
+            );
+            std::fs::write(root.join("accounts"), accounts).expect("write accounts");
+            let log = std::fs::File::create(root.join("log")).expect("log file");
+            let child = Command::new("baresip")
+                .arg("-f")
+                .arg(root)
+                .arg("-v")
+                .args(std::env::var_os("BARESIP_TRACE").map(|_| "-s")) // SIP trace in the log
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run `baresip` ({e}): install Debian's baresip-core (scripts/test.sh does)"
+                    )
+                });
+            // Owned at once: killed and reaped if anything below panics.
+            let mut started = Baresip {
+                child,
+                user: setup.user.to_owned(),
+                sip_port,
+                ctrl_port,
+                root: root.to_owned(),
+                _dir: None,
+            };
+            if started.wait_ready().await {
+                b = Some(started);
+                break;
+            }
+        }
+        let mut b = b.unwrap_or_else(|| {
+            let log = std::fs::read_to_string(root.join("log")).unwrap_or_default();
+            panic!(
+                "{}: baresip exited at start {START_ATTEMPTS} times\n{log}",
+                setup.user
+            )
+        });
+        b._dir = Some(dir);
         b
+    }
+
+    /// Waits (at most [`WAIT`]) until ctrl_tcp accepts a connection (true), or baresip exited (false).
+    async fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.ctrl_port))
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            if self.child.try_wait().expect("wait baresip").is_some() {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: ctrl_tcp not reachable\n{}",
+                self.user,
+                self.log()
+            );
+            // An outside process starting up: nothing to await but its port.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `sip:user@127.0.0.1:port`.
@@ -155,7 +202,7 @@ impl Baresip {
 
     /// baresip's output so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        std::fs::read_to_string(self.root.join("log")).unwrap_or_default()
     }
 
     /// The DTMF digits the phone received (RFC 4733), in order, from its log lines `received event: '4' (end=0)`
@@ -210,7 +257,7 @@ impl Baresip {
     /// The path of the one `*-{kind}.wav` recording (`enc` or `dec`), once sndfile created it.
     fn recording_path(&self, kind: &str) -> Option<PathBuf> {
         let suffix = format!("-{kind}.wav");
-        let dir = self.dir.path().join("snd");
+        let dir = self.root.join("snd");
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
             .ok()?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -427,6 +474,16 @@ fn free_port() -> u16 {
         let port = s.local_addr().expect("addr").port();
         if TcpListener::bind((localhost(), port)).is_ok() {
             return port;
+        }
+    }
+}
+
+/// A port free for UDP and TCP whose next port is free for TCP (baresip's SIP, and its SIP over TLS).
+fn free_port_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < u16::MAX && TcpListener::bind((localhost(), p + 1)).is_ok() {
+            return p;
         }
     }
 }
