@@ -112,6 +112,11 @@ async fn play_finished(leg: &mut Leg) {
     }
 }
 
+/// How many times `needle` occurs in the phone's log.
+fn log_count(p: &Baresip, needle: &str) -> usize {
+    p.log().matches(needle).count()
+}
+
 /// Waits for the leg's next event `want` (skipping others), failing on the leg's end.
 async fn leg_event(leg: &mut Leg, want: LegEvent) {
     loop {
@@ -676,4 +681,38 @@ async fn visitor_transferred_from_one_phone_to_another() {
         count(bridged2, VISITOR_HZ) * 10 >= bridged2.len() * 9,
         "agent2 heard the visitor: {bridged2:?}"
     );
+}
+
+/// The engine puts the phone on hold (re-INVITE `sendonly`) and takes it back (`sendrecv`): the phone accepts
+/// both with answers the leg takes, the call stays up, and our music goes on throughout. (What the phone hears
+/// is not checked here: after a re-INVITE that keeps its codec, baresip 1.0 records no more received audio,
+/// between two baresips as well.)
+#[tokio::test]
+async fn engine_holds_and_resumes_a_phone() {
+    let vp = Baresip::start(visitor("PCMU")).await;
+    let mut vctl = vp.ctrl().await;
+    let e = engine().await;
+    let mut leg = e.call(&vp.uri(), CallOptions::default()).await.unwrap();
+    within(leg.answered()).await.unwrap();
+    leg.play(Playlist::new().then(PlayItem::Loop {
+        clip: Clip::from_pcm(tone(MUSIC_HZ, 1_600)),
+        duration: None,
+    }))
+    .await
+    .unwrap();
+    vp.wait_received(4_000).await;
+    within(leg.hold())
+        .await
+        .expect("the phone accepts our hold");
+    within(leg.unhold())
+        .await
+        .expect("the phone accepts our resume");
+    // Both re-INVITEs reached the phone and were answered (the leg took the answers: hold() and unhold()).
+    assert_eq!(log_count(&vp, "got re-INVITE"), 2, "{}", vp.log());
+    assert_eq!(vctl.active_calls().await, 1);
+    leg.hangup().await.unwrap();
+    let cdr = within(leg.ended()).await.unwrap();
+    within(vctl.event("CALL_CLOSED")).await;
+    // 20 ms packets of music from the answer to the end, hold included (a few lost to start-up at most).
+    assert!(cdr.media.packets_out + 10 >= cdr.talk_ms / 20, "{cdr:?}");
 }
