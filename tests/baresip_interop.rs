@@ -1,9 +1,10 @@
 //! The call API against baresip 1.0, a real SIP phone nobody here wrote, on loopback.
 //!
-//! Each baresip answers at once, sends a tone of its own (its microphone is a generated WAV file) and records
-//! what it receives (`sndfile` `*-dec.wav`): the tests look at those recordings with a Goertzel detector to tell
-//! who heard what and in which order (our prompt, our hold music, the other party's tone). baresip is driven over
-//! ctrl_tcp (hang up, hold, resume, list calls, send DTMF) and reports its calls' ends there.
+//! Each baresip answers (at once, or when told: ringing, early media), sends a tone of its own (its microphone is
+//! a generated WAV file) and records what it receives (`sndfile` `*-dec.wav`): the tests look at those recordings
+//! with a Goertzel detector to tell who heard what and in which order (our prompt, hold music and ringback, the
+//! other party's tone). baresip is driven over ctrl_tcp (accept, hang up, hold, resume, list calls, send DTMF)
+//! and reports its calls' ends there; what it logs tells the rest (DTMF received, re-INVITEs, codecs).
 //!
 //! The engine places calls only: a phone calling it is refused (403), which is checked too.
 //!
@@ -86,11 +87,12 @@ fn labels(pcm: &[i16]) -> Vec<Option<u32>> {
         .map(|b| {
             let p: Vec<f64> = TONES.iter().map(|&f| goertzel_power(b, f)).collect();
             let total: f64 = p.iter().sum();
-            let (i, best) =
-                p.iter().enumerate().fold(
-                    (0, 0.0),
-                    |acc, (i, &x)| if x > acc.1 { (i, x) } else { acc },
-                );
+            let (i, best) = p
+                .iter()
+                .copied()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(&y.1))
+                .unwrap_or((0, 0.0));
             // A sine of amplitude A gives about A²/4; the phones and our player use 8000 (1.6e7).
             (best > 1e6 && best > 0.9 * total).then(|| TONES[i] as u32)
         })
@@ -99,17 +101,6 @@ fn labels(pcm: &[i16]) -> Vec<Option<u32>> {
 
 fn count(labels: &[Option<u32>], hz: f64) -> usize {
     labels.iter().filter(|l| **l == Some(hz as u32)).count()
-}
-
-/// Waits for the leg's next [`LegEvent::PlayFinished`], failing on its end.
-async fn play_finished(leg: &mut Leg) {
-    loop {
-        match within(leg.next_event()).await {
-            Some(LegEvent::PlayFinished) => return,
-            Some(LegEvent::Ended { .. }) | None => panic!("leg ended while playing"),
-            Some(_) => {}
-        }
-    }
 }
 
 /// How many times `needle` occurs in the phone's log.
@@ -153,7 +144,7 @@ async fn bridged_tones(visitor_codecs: &str, agent_codecs: &str) -> (Baresip, Ba
         .unwrap();
     let mut agent = e.call(&ap.uri(), CallOptions::default()).await.unwrap();
     within(agent.answered()).await.unwrap();
-    play_finished(&mut visitor).await;
+    leg_event(&mut visitor, LegEvent::PlayFinished).await;
 
     // Where the bridge starts in each phone's recording.
     let (v0, a0) = (vp.received_samples(), ap.received_samples());
@@ -244,13 +235,8 @@ async fn visitor_hears_prompt_music_then_agent_and_agent_hears_visitor() {
 #[tokio::test]
 async fn pcma_only_visitor_bridged_to_pcmu_only_agent() {
     let (_, ap) = bridged_tones("PCMA", "PCMU").await;
-    let log = ap.log();
-    assert_eq!(
-        log.matches("got re-INVITE").count(),
-        2,
-        "align, then restore"
-    );
-    assert!(!log.contains("Set audio encoder: PCMA"), "{log}");
+    assert_eq!(log_count(&ap, "got re-INVITE"), 2, "align, then restore");
+    assert_eq!(log_count(&ap, "Set audio encoder: PCMA"), 0, "{}", ap.log());
 }
 
 /// The agent's phone answered PCMU but also takes PCMA: the aligning re-INVITE switches it to PCMA, and the
