@@ -10,6 +10,7 @@ command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v iptables >/dev/null || need_pkgs+=(iptables)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need_pkgs+=(dnsmasq-base)
 command -v chromium >/dev/null || need_pkgs+=(chromium)  # tests/web_browser.rs
+command -v baresip >/dev/null || need_pkgs+=(baresip-core)  # tests/baresip_interop.rs
 if ((${#need_pkgs[@]})); then
   echo "== installing ${need_pkgs[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

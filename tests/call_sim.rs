@@ -771,3 +771,74 @@ fn dtmf_info_waits_for_the_previous_final_response() {
         .collect();
     assert!(cseqs.windows(2).all(|w| w[0] <= w[1]), "{cseqs:?}");
 }
+
+/// The peer accepts a re-offer of only PCMA + telephone-event with an answer of just telephone-event (baresip
+/// 1.0 without PCMA does so), which leaves its session without audio: the leg re-offers its previous codec
+/// first, takes the new answer (its new port), and reports the re-offer as failed.
+#[test]
+fn reoffer_answered_without_audio_restores_the_previous_codec() {
+    const TE_ONLY: &str = "v=0\r\no=- 1 2 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+m=audio 30100 RTP/AVP 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    const RESTORED: &str =
+        "v=0\r\no=- 1 3 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+m=audio 30200 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let t0 = Instant::now();
+    let mut n = 0;
+    let peer = ScriptNode::new(addr_b(), move |req: &Request| match req.method {
+        Method::Invite => {
+            n += 1;
+            let sdp = [PEER_SDP, TE_ONLY, RESTORED][(n - 1).min(2)];
+            let mut r = reply(req, 200, "p");
+            r.set_body("application/sdp", Bytes::from_static(sdp.as_bytes()));
+            vec![Message::Response(r)]
+        }
+        _ => Vec::new(),
+    });
+    let mut sim = Sim::new(LegNode::new(t0, None, None), peer);
+    sim.start = t0;
+    sim.now = t0;
+    start(&mut sim);
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.a.leg.phase()
+        == Phase::Answered));
+    let now = sim.now;
+    sim.a
+        .leg
+        .reoffer(&[Codec::pcma(), Codec::telephone_event(101)])
+        .unwrap();
+    sim.a.pump(now);
+    assert!(sim.run_until(Duration::from_secs(10), |s| !s.a.done.is_empty()));
+    assert_eq!(
+        sim.a
+            .done
+            .iter()
+            .map(|d| (d.1, d.2.clone()))
+            .collect::<Vec<_>>(),
+        vec![(Op::Reoffer, Err(rappel::CallError::CodecRefused))]
+    );
+    let invites = requests(&sim, Method::Invite);
+    assert_eq!(invites.len(), 3, "INVITE, re-offer, restoring offer");
+    let m_line = |r: &Request| -> String {
+        let sdp = String::from_utf8_lossy(&r.body).into_owned();
+        sdp.lines()
+            .find(|l| l.starts_with("m="))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        m_line(&invites[1].1).ends_with("RTP/AVP 8 101"),
+        "{:?}",
+        m_line(&invites[1].1)
+    );
+    assert!(
+        m_line(&invites[2].1).ends_with("RTP/AVP 0 8 101"),
+        "PCMU (what was negotiated) first: {:?}",
+        m_line(&invites[2].1)
+    );
+    let neg = sim.a.leg.negotiated().unwrap();
+    assert_eq!(neg.codec.name, Codec::pcmu().name);
+    assert_eq!(
+        neg.remote_rtp,
+        "10.0.0.2:30200".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(sim.a.leg.phase(), Phase::Answered);
+}

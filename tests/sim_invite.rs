@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use rappel::sip::endpoint::{Event, TerminationReason};
-use rappel::sip::message::{Message, Method};
+use rappel::sip::message::{HeaderName, Message, Method};
 use std::time::Duration;
 
 #[test]
@@ -221,6 +221,14 @@ fn cancel_before_answer_gets_487() {
         1,
         "the 487 is ACKed by the transaction"
     );
+    // The Call-ID of a call never answered (no dialog) is still known, as sent: a CDR can carry it.
+    let invite = &sim.packets(|p| p.is_request("INVITE"))[0];
+    let Message::Request(r) = invite.message() else {
+        panic!("not a request")
+    };
+    assert_eq!(sim.a.ep.call_id(call), r.headers.get(&HeaderName::CallId));
+    assert!(sim.a.ep.call_id(call).is_some());
+    assert!(sim.a.ep.dialog(call).is_none());
     assert!(matches!(
         sim.b.find(is_terminated)[0].1,
         Event::Terminated {

@@ -76,7 +76,7 @@ pub struct Cdr {
     pub leg: u64,
     /// The Request-URI we called.
     pub target: String,
-    /// The Call-ID of the (last) INVITE dialog, once known.
+    /// The Call-ID of the (last) INVITE, from when it was sent (answered or not).
     pub call_id: Option<String>,
     /// When the leg was created, in milliseconds since the Unix epoch.
     pub start_unix_ms: u64,

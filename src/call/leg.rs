@@ -214,6 +214,9 @@ enum InfoItem {
 enum Pending {
     Op(Op),
     Refresh,
+    /// Re-offering what was negotiated before: the peer accepted `Op`'s offer with an answer that kept no audio
+    /// codec (see [`LegCore::handle_sip`]).
+    Restore(Op),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -522,7 +525,9 @@ impl LegCore {
         self.reinvite(&codecs, Direction::SendRecv, Pending::Op(Op::Unhold))
     }
 
-    /// Re-offers with only `codecs` (a bridge aligning this leg's codec with the other leg's).
+    /// Re-offers with only `codecs` (a bridge aligning this leg's codec with the other leg's). When the peer
+    /// accepts with an answer that keeps none of their audio codecs, the leg re-offers the codec it had and the
+    /// outcome is [`CallError::CodecRefused`].
     pub fn reoffer(&mut self, codecs: &[Codec]) -> Result<(), CallError> {
         if self.elsewhere {
             return Err(CallError::Unsupported);
@@ -679,9 +684,22 @@ impl LegCore {
             } if *method == Method::Invite || *method == Method::Update => {
                 let Some(p) = self.pending.take() else { return };
                 let ok = status.is_success();
-                if ok {
-                    if let Some(n) = self.read_answer(body) {
-                        self.apply(n);
+                let answer = if ok { self.read_answer(body) } else { None };
+                let usable = answer.is_some();
+                if let Some(n) = answer {
+                    self.apply(n);
+                }
+                if let (true, false, Pending::Op(op)) = (ok, usable, p) {
+                    // Accepted, but the answer kept no audio codec of the offer (baresip answers an offer of
+                    // only PCMA + telephone-event with just telephone-event when it lacks PCMA): the peer's
+                    // session now has no audio. Re-offer what was negotiated before; the operation fails.
+                    if self.negotiated.is_some() {
+                        self.rearm_timer(now);
+                        let (codecs, dir) = (self.offer_codecs(), self.our_direction());
+                        self.pending = Some(Pending::Restore(op));
+                        self.pending_offer = Some((codecs.clone(), dir));
+                        self.send_offer(&codecs, dir, Pending::Restore(op));
+                        return;
                     }
                 }
                 match p {
@@ -689,6 +707,15 @@ impl LegCore {
                         if ok {
                             self.rearm_timer(now);
                         }
+                    }
+                    Pending::Restore(op) => {
+                        if ok {
+                            self.rearm_timer(now);
+                        }
+                        self.commands.push_back(LegCommand::Done {
+                            op,
+                            result: Err(CallError::CodecRefused),
+                        });
                     }
                     Pending::Op(op) => {
                         if ok {
@@ -746,7 +773,7 @@ impl LegCore {
     }
 
     fn fail_pending(&mut self, p: Pending, e: CallError) {
-        if let Pending::Op(op) = p {
+        if let Pending::Op(op) | Pending::Restore(op) = p {
             self.commands
                 .push_back(LegCommand::Done { op, result: Err(e) });
         }

@@ -260,6 +260,10 @@ pub enum CallError {
     /// No such leg (it ended and was forgotten).
     #[error("unknown leg")]
     UnknownLeg,
+    /// The peer accepted our re-INVITE but its answer kept no audio codec of the offer (e.g. only
+    /// telephone-event): the leg re-offered the codec it had before, and the operation did not happen.
+    #[error("the peer kept no offered audio codec")]
+    CodecRefused,
     /// Not possible on this kind of leg (hold or a re-offer on a browser leg, which has no SIP dialog).
     #[error("not supported on this leg")]
     Unsupported,

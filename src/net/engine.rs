@@ -1958,7 +1958,10 @@ impl Task {
                 if let Some(old) = l.core.call() {
                     self.by_call.remove(&old);
                 }
-                l.core.attach(call, None);
+                // The Call-ID at once: a call that is never answered has it in its record too.
+                let cid = self.ep.call_id(call);
+                l.core
+                    .attach(call, cid.map(|c| String::from_utf8_lossy(c).into_owned()));
                 self.by_call.insert(call, id);
                 // Another target is left: a silent one is abandoned after the failover timeout, not Timer B.
                 let more = l.route.failover.as_ref().is_some_and(|f| f.remaining() > 0);

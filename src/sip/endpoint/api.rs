@@ -584,6 +584,17 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The Call-ID of a call we placed, from when its INVITE left: unlike [`Self::dialog`], also for a call that
+    /// is never answered. `None` for a call the peer placed (its dialog has it).
+    pub fn call_id(&self, call: CallHandle) -> Option<&Bytes> {
+        self.calls
+            .get(&call.0)?
+            .invite
+            .as_ref()?
+            .headers
+            .get(&HeaderName::CallId)
+    }
+
     /// The call's dialog (identifiers, route set, remote target, CSeqs) once confirmed.
     pub fn dialog(&self, call: CallHandle) -> Option<&Dialog> {
         self.calls.get(&call.0)?.dialog.as_ref()
