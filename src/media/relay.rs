@@ -198,7 +198,7 @@ pub enum DropReason {
     /// event's last packet, so that the event's packets keep one timestamp in an unbroken stream.
     Dtmf = 6,
     /// An RFC 4733 event for a leg that negotiated no telephone-event payload type: it would reach the peer
-    /// as an unknown payload type. (The event is still reported as [`Event::Dtmf`] on its source leg.)
+    /// as an unknown payload type. (The event is still reported as [`Event::TelephoneEvent`] on its source leg.)
     NoTelephoneEvent = 7,
 }
 
