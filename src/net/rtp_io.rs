@@ -772,6 +772,9 @@ impl State {
                                 {
                                     u.unfix(i);
                                 }
+                                // Queued SQEs naming the sockets' descriptors go in before the sockets close
+                                // (a closed number is soon another socket's).
+                                u.submit();
                             }
                             *slot = None;
                         }
@@ -1115,6 +1118,9 @@ impl State {
         if let Some(old) = l.twin.take() {
             match &mut self.io {
                 Io::Uring(u) => {
+                    // SQEs naming its descriptor (sends queued this round) go to the kernel before it is closed:
+                    // once closed, the number could name another leg's new socket by the time they are submitted.
+                    u.submit();
                     // The ring keeps the socket open (still taking the old peer's datagrams, which arrive as
                     // the leg's RTP) until its receive is cancelled.
                     u.cancel(uring_token(l.tag, id.index(), TWIN));

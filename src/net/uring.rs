@@ -223,18 +223,26 @@ impl Uring {
     }
 
     /// Put `fd` in registered-file slot `slot`; false when the table is too small (use [`Target::Fd`]).
+    ///
+    /// The table changes at once, but a queued SQE looks its fixed file up only when it is submitted: the
+    /// queue is submitted first, so requests queued for the slot's previous file (a re-armed receive, a send)
+    /// still reach that file.
     pub(crate) fn fix(&mut self, slot: u32, fd: RawFd) -> bool {
-        slot < self.fixed_cap
-            && self
-                .ring
-                .submitter()
-                .register_files_update(slot, &[fd])
-                .is_ok()
+        if slot >= self.fixed_cap {
+            return false;
+        }
+        self.submit();
+        self.ring
+            .submitter()
+            .register_files_update(slot, &[fd])
+            .is_ok()
     }
 
-    /// Empty registered-file slot `slot` (the table holds a reference that keeps the socket open).
+    /// Empty registered-file slot `slot` (the table holds a reference that keeps the socket open). Submits the
+    /// queue first, as [`Self::fix`] does.
     pub(crate) fn unfix(&mut self, slot: u32) {
         if slot < self.fixed_cap {
+            self.submit();
             let _ = self.ring.submitter().register_files_update(slot, &[-1]);
         }
     }
