@@ -1102,14 +1102,46 @@ async fn bridge_recording_follows_a_transfer_on_the_agent_side() {
     assert_eq!(v_peer.finish_within(WAIT).await, 0);
 }
 
-/// Behind one-to-one NAT: RTP bound to every interface, SDP naming the public IP (here 127.0.0.2, another
-/// loopback address). The peer's scenario requires `c=IN IP4 127.0.0.2` in the offer, and its RTP, sent there,
-/// reaches the leg.
+/// Behind one-to-one NAT (emulated): RTP bound to 127.0.0.1, SDP naming the public IP 127.0.0.2, and inside a
+/// network namespace with only loopback an iptables DNAT rule forwards 127.0.0.2 to 127.0.0.1. The outer test
+/// runs the inner one under `unshare --net` (needs root, as CI is).
+#[test]
+fn sdp_names_the_public_ip_and_media_arrives_there() {
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "sh", "-c"])
+        .arg(concat!(
+            "ip link set lo up && ",
+            "iptables -t nat -A OUTPUT -d 127.0.0.2 -j DNAT --to-destination 127.0.0.1 && ",
+            r#"RAPPEL_IN_NETNS=1 exec "$0" --exact inner_sdp_names_the_public_ip --ignored --nocapture --test-threads=1"#
+        ))
+        .arg(&exe)
+        .output()
+        .expect("unshare (util-linux) is needed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "inner run failed (needs root for unshare --net and iptables)"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the inner test must have run and passed"
+    );
+}
+
+/// The peer's scenario requires `c=IN IP4 127.0.0.2` in the offer, and its RTP, sent there, reaches the leg.
 #[tokio::test]
-async fn sdp_names_the_public_ip_and_media_arrives_there() {
+#[ignore = "run by sdp_names_the_public_ip_and_media_arrives_there inside a network namespace"]
+async fn inner_sdp_names_the_public_ip() {
+    assert_eq!(
+        std::env::var("RAPPEL_IN_NETNS").as_deref(),
+        Ok("1"),
+        "only inside the namespace the outer test makes"
+    );
     let player = player_checking(&tone_pcmu(), 1500, Some(PUBLIC_C_LINE));
     let e = Engine::builder()
-        .rtp_ip([0, 0, 0, 0].into())
         .rtp_public_ip(Some([127, 0, 0, 2].into()))
         .rtp_ports(41_000, 41_999)
         .start()
@@ -1133,7 +1165,7 @@ async fn sdp_names_the_public_ip_and_media_arrives_there() {
     );
 }
 
-/// The c= line [`sdp_names_the_public_ip_and_media_arrives_there`] requires.
+/// The c= line [`inner_sdp_names_the_public_ip`] requires.
 const PUBLIC_C_LINE: &str = r"c=IN IP4 127\.0\.0\.2";
 
 /// RTP bound to every interface with no public IP to advertise is refused at start (`c=0.0.0.0` means hold).

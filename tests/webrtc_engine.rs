@@ -585,9 +585,9 @@ async fn a_cancelled_request_releases_its_parked_browser_leg_at_once() {
         .expect("engine stops");
 }
 
-/// Behind one-to-one NAT (emulated): the engine binds 127.0.0.1 and advertises 127.0.0.2, and inside a
-/// network namespace an iptables DNAT rule forwards 127.0.0.2 to 127.0.0.1 (replies are translated back, as a
-/// cloud VM's NAT does). The outer test runs the inner one under `unshare --net` (needs root, as CI is).
+/// Behind one-to-one NAT (emulated): the engine binds every interface and advertises 127.0.0.2, and inside a
+/// network namespace that has only loopback an iptables DNAT rule forwards 127.0.0.2 to 127.0.0.1 (replies are
+/// translated back, as a cloud VM's NAT does). The outer test runs the inner one under `unshare --net` (needs root, as CI is).
 #[test]
 fn browser_leg_behind_one_to_one_nat_advertises_the_public_ip() {
     let exe = std::env::current_exe().expect("test binary");
@@ -622,9 +622,17 @@ async fn inner_browser_leg_behind_nat() {
         Ok("1"),
         "only inside the namespace the outer test makes"
     );
-    let engine = engine().await;
+    // Bound to every interface (the namespace has only loopback), as `sip.listen = "0.0.0.0:…"` does.
+    let engine = Engine::builder()
+        .rtp_ip([0, 0, 0, 0].into())
+        .rtp_public_ip(Some([127, 0, 0, 2].into()))
+        .rtp_ports(28000, 28099)
+        .start()
+        .await
+        .unwrap();
     let mut browser = fake_browser().await;
     let opts = BrowserOptions {
+        bind_ip: [0, 0, 0, 0].into(),
         public_ip: Some("127.0.0.2".parse().unwrap()),
         ..BrowserOptions::default()
     };

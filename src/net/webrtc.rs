@@ -267,7 +267,10 @@ pub async fn accept(
         return Err(WebRtcError::TooLarge);
     }
     let law = offered_law(offer).ok_or(WebRtcError::NoG711)?;
-    let glue = UdpSocket::bind(SocketAddr::new(opts.bind_ip, 0)).await?;
+    // The glue and the relay leg talk over loopback when either is bound to every interface: a datagram sent to
+    // 0.0.0.0 arrives from 127.0.0.1, which the relay's strict latching and the glue's source check would refuse.
+    let relay_rtp = SocketAddr::new(local_ip(relay_rtp.ip()), relay_rtp.port());
+    let glue = UdpSocket::bind(SocketAddr::new(local_ip(opts.bind_ip), 0)).await?;
     let glue_addr = glue.local_addr()?;
 
     let mut media = MediaEngine::default();
@@ -373,6 +376,15 @@ pub fn advertise(sdp: &str, ip: IpAddr) -> String {
         out.push_str(line);
     }
     out
+}
+
+/// `ip`, or the loopback address of its family when it is unspecified (`0.0.0.0`, `::`).
+fn local_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
+    }
 }
 
 fn answer_has_telephone_event(answer: &str, pt: u8) -> bool {
