@@ -66,6 +66,7 @@ pub struct EngineBuilder {
     outbound_proxy: Option<Proxy>,
     from: String,
     relay_core: Option<usize>,
+    raise_nofile: bool,
     rng_seed: Option<u64>,
     nameservers: Option<Vec<SocketAddr>>,
     registration: Option<TrunkRegistration>,
@@ -93,6 +94,7 @@ impl EngineBuilder {
             outbound_proxy: None,
             from: "sip:rappel@localhost".to_owned(),
             relay_core: None,
+            raise_nofile: true,
             rng_seed: None,
             nameservers: None,
             registration: None,
@@ -187,6 +189,13 @@ impl EngineBuilder {
         self.relay_core = core;
         self
     }
+    /// Raise the process's soft limit on open descriptors to its hard limit when the relay starts (default
+    /// true; see [`DriverConfig::raise_nofile`]). Turn it off when the embedding process manages its limits
+    /// itself (it is process-wide and inherited by child processes).
+    pub fn raise_nofile(mut self, on: bool) -> Self {
+        self.raise_nofile = on;
+        self
+    }
     /// Seed of the SIP endpoint's RNG (tests); from OS entropy otherwise.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.rng_seed = Some(seed);
@@ -243,6 +252,7 @@ impl EngineBuilder {
                 ..RelayConfig::default()
             },
             core: self.relay_core,
+            raise_nofile: self.raise_nofile,
             ..DriverConfig::default()
         };
         // Calls and the REGISTER go over UDP or TCP, whichever the target's URI or DNS records ask for.

@@ -152,7 +152,9 @@ impl Baresip {
                 .await
                 .is_ok()
             {
-                return true;
+                // Someone listens there: it is our phone only if the phone is still running (another process
+                // may have taken the port, and the phone exited on it).
+                return self.child.try_wait().expect("wait baresip").is_none();
             }
             if self.child.try_wait().expect("wait baresip").is_some() {
                 return false;

@@ -15,9 +15,10 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// The first Chromium (or Chrome) on `PATH`, if any.
+/// The first Chromium (or Chrome) on `PATH`. A browser test without one fails (`scripts/test.sh` installs it),
+/// unless `RAPPEL_SKIP_BROWSER=1` says to skip it: then `None`.
 pub fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"]
+    let found = ["chromium", "chromium-browser", "google-chrome"]
         .iter()
         .find_map(|name| {
             std::env::var_os("PATH").and_then(|paths| {
@@ -25,7 +26,11 @@ pub fn chromium() -> Option<PathBuf> {
                     .map(|p| p.join(name))
                     .find(|p| p.is_file())
             })
-        })
+        });
+    if found.is_none() && std::env::var("RAPPEL_SKIP_BROWSER").as_deref() != Ok("1") {
+        panic!("chromium is not installed: run scripts/test.sh (it installs it), or set RAPPEL_SKIP_BROWSER=1 to skip");
+    }
+    found
 }
 
 /// The browser process; killed (by its own handle) when dropped.
