@@ -19,6 +19,10 @@
 //! timestamp; gaps are silence). When every tap of a recording is gone (the engine removes them from the
 //! relay when the bridge ends), the writer writes up to that moment, finalises the WAV header and reports a
 //! [`RecordingReport`]. With no recording running the thread sleeps until the next one starts.
+//!
+//! The price of one thread: a file system that stalls (a hung network mount) stalls every recording, and
+//! after [`RING_FRAMES`] packets (2.5 s) each recording drops and counts what its ring cannot hold; the calls
+//! themselves are never held up. Put `record_dir` on local storage.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, Write};
