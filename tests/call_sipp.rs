@@ -16,6 +16,9 @@ use std::time::Duration;
 #[path = "support/sipp.rs"]
 mod sipp;
 
+#[path = "support/netns.rs"]
+mod netns;
+
 use sipp::{band_port, local, Sipp};
 
 /// Upper bound for any one wait.
@@ -1107,39 +1110,14 @@ async fn bridge_recording_follows_a_transfer_on_the_agent_side() {
 /// runs the inner one under `unshare --net` (needs root, as CI is).
 #[test]
 fn sdp_names_the_public_ip_and_media_arrives_there() {
-    let exe = std::env::current_exe().expect("test binary");
-    let out = std::process::Command::new("unshare")
-        .args(["--net", "sh", "-c"])
-        .arg(concat!(
-            "ip link set lo up && ",
-            "iptables -t nat -A OUTPUT -d 127.0.0.2 -j DNAT --to-destination 127.0.0.1 && ",
-            r#"RAPPEL_IN_NETNS=1 exec "$0" --exact inner_sdp_names_the_public_ip --ignored --nocapture --test-threads=1"#
-        ))
-        .arg(&exe)
-        .output()
-        .expect("unshare (util-linux) is needed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}\n{stderr}");
-    assert!(
-        out.status.success(),
-        "inner run failed (needs root for unshare --net and iptables)"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the inner test must have run and passed"
-    );
+    netns::run_inner(netns::NAT_127_0_0_2, "inner_sdp_names_the_public_ip");
 }
 
 /// The peer's scenario requires `c=IN IP4 127.0.0.2` in the offer, and its RTP, sent there, reaches the leg.
 #[tokio::test]
 #[ignore = "run by sdp_names_the_public_ip_and_media_arrives_there inside a network namespace"]
 async fn inner_sdp_names_the_public_ip() {
-    assert_eq!(
-        std::env::var("RAPPEL_IN_NETNS").as_deref(),
-        Ok("1"),
-        "only inside the namespace the outer test makes"
-    );
+    netns::assert_inside();
     let player = player_checking(&tone_pcmu(), 1500, Some(PUBLIC_C_LINE));
     let e = Engine::builder()
         .rtp_public_ip(Some([127, 0, 0, 2].into()))

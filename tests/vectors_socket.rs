@@ -8,6 +8,9 @@
 //! Responses go where RFC 3261 §18.2.2 says: the source address (`received`) and the Via's port, 5060 by default,
 //! so the sender listens on 127.0.0.1:5060 and on the few other ports the vectors' Vias name.
 
+#[path = "support/netns.rs"]
+mod netns;
+
 use bytes::Bytes;
 use rappel::net::sip::SipDriver;
 use rappel::net::transport::SipTransportConfig;
@@ -25,24 +28,7 @@ const VIA_PORTS: [u16; 4] = [5060, 5050, 6050, 19823];
 
 #[test]
 fn torture_vectors_over_udp_in_a_loopback_only_namespace() {
-    let exe = std::env::current_exe().expect("test binary");
-    let out = std::process::Command::new("unshare")
-        .args(["--net", "sh", "-c"])
-        .arg(r#"ip link set lo up && RAPPEL_IN_NETNS=1 exec "$0" --exact inner_vectors_over_udp --ignored --nocapture --test-threads=1"#)
-        .arg(&exe)
-        .output()
-        .expect("unshare (util-linux) is needed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}\n{stderr}");
-    assert!(
-        out.status.success(),
-        "inner run failed (needs root for unshare --net)"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the inner test must have run and passed"
-    );
+    netns::run_inner("", "inner_vectors_over_udp");
 }
 
 fn vectors_dir(set: &str) -> PathBuf {

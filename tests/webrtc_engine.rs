@@ -10,6 +10,9 @@
 //!
 //! Cancel: a browser leg parked for a request that is cancelled before dialling it is released at once.
 
+#[path = "support/netns.rs"]
+mod netns;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -590,38 +593,13 @@ async fn a_cancelled_request_releases_its_parked_browser_leg_at_once() {
 /// translated back, as a cloud VM's NAT does). The outer test runs the inner one under `unshare --net` (needs root, as CI is).
 #[test]
 fn browser_leg_behind_one_to_one_nat_advertises_the_public_ip() {
-    let exe = std::env::current_exe().expect("test binary");
-    let out = std::process::Command::new("unshare")
-        .args(["--net", "sh", "-c"])
-        .arg(concat!(
-            "ip link set lo up && ",
-            "iptables -t nat -A OUTPUT -d 127.0.0.2 -j DNAT --to-destination 127.0.0.1 && ",
-            r#"RAPPEL_IN_NETNS=1 exec "$0" --exact inner_browser_leg_behind_nat --ignored --nocapture --test-threads=1"#
-        ))
-        .arg(&exe)
-        .output()
-        .expect("unshare (util-linux) is needed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}\n{stderr}");
-    assert!(
-        out.status.success(),
-        "inner run failed (needs root for unshare --net and iptables)"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the inner test must have run and passed"
-    );
+    netns::run_inner(netns::NAT_127_0_0_2, "inner_browser_leg_behind_nat");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by browser_leg_behind_one_to_one_nat_advertises_the_public_ip inside a network namespace"]
 async fn inner_browser_leg_behind_nat() {
-    assert_eq!(
-        std::env::var("RAPPEL_IN_NETNS").as_deref(),
-        Ok("1"),
-        "only inside the namespace the outer test makes"
-    );
+    netns::assert_inside();
     // Bound to every interface (the namespace has only loopback), as `sip.listen = "0.0.0.0:…"` does.
     let engine = Engine::builder()
         .rtp_ip([0, 0, 0, 0].into())
