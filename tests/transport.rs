@@ -311,3 +311,51 @@ async fn a_write_that_makes_no_headway_drops_the_connection_after_the_write_time
     assert_eq!(s.tcp_connections(), 0, "the connection is gone");
     assert_eq!(s.stalled_tcp_connections(), 1);
 }
+
+#[tokio::test]
+async fn peers_holding_every_inbound_slot_do_not_keep_us_from_opening_a_connection() {
+    let mut c = SipTransportConfig::new("127.0.0.1:0".parse().unwrap());
+    c.max_tcp_connections = 2;
+    let mut s = SipSockets::bind(c).await.expect("bind");
+    let addr = s.local_addrs()[0];
+    // Two peers connect and stay (each sends a request, so both are known to be taken in).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut p = TcpStream::connect(addr).await.unwrap();
+        p.write_all(OPTIONS.as_bytes()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), s.recv())
+            .await
+            .expect("the request")
+            .expect("open");
+        held.push(p);
+    }
+    assert_eq!(s.tcp_connections(), 2);
+    // A third is refused: closed at once.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "refused");
+    // We can still reach a server of our own: outgoing connections have their own cap.
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    s.send(&Transmit {
+        destination: server.local_addr().unwrap(),
+        transport: Transport::Tcp,
+        payload: Bytes::from_static(OPTIONS.as_bytes()),
+    })
+    .await
+    .expect("a connection of ours is not refused");
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(5), server.accept())
+        .await
+        .expect("connected")
+        .unwrap();
+    let mut got = vec![0u8; OPTIONS.len()];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut got))
+        .await
+        .expect("the message")
+        .unwrap();
+    assert_eq!(&got[..], OPTIONS.as_bytes());
+    assert_eq!(s.tcp_connections(), 3);
+}

@@ -22,7 +22,8 @@
 //!
 //! **Bounded memory**: the received queue has a fixed capacity and a datagram that finds it full is dropped (a peer
 //! sending garbage at high rate costs a bounded amount of memory; its retransmissions will come back), receive
-//! buffers are fixed-size, and the number of TCP connections is capped.
+//! buffers are fixed-size, and the number of TCP connections is capped: those accepted and those we open each
+//! have their own cap, so peers holding connections to us never keep us from reaching the trunk.
 
 use crate::sip::message::{Message, ParseLimits, StreamFramer};
 use crate::sip::transaction::{Transmit, Transport};
@@ -54,7 +55,8 @@ pub struct SipTransportConfig {
     pub tcp: bool,
     /// A TCP connection with no traffic for this long is closed.
     pub tcp_idle_timeout: Duration,
-    /// At most this many TCP connections at once; more are refused.
+    /// At most this many TCP connections accepted at once (more are refused), and at most this many opened by us
+    /// (a send needing another fails): the two are counted apart.
     pub max_tcp_connections: usize,
     /// A TCP connection we open that is not up after this long is given up (reported on
     /// [`SipSockets::take_failures`]).
@@ -119,6 +121,8 @@ const FAILURE_QUEUE: usize = 256;
 struct Conn {
     /// Tells this connection apart from a later one to the same address.
     id: u64,
+    /// Accepted from the peer (else opened by us).
+    inbound: bool,
     /// Its queue of messages to write.
     writes: mpsc::Sender<Bytes>,
     /// Dropped with the entry: the connection's task then ends at once, even in the middle of a write.
@@ -139,11 +143,20 @@ impl Conns {
         self.table.lock().map(|c| c.len()).unwrap_or(0)
     }
 
-    /// Files a new connection to `remote` (replacing any other) with `first` queued on it; returns its id, its
-    /// queue's receiver and its close signal.
+    /// The connections accepted (`inbound`) or opened by us; a poisoned table counts as full.
+    fn count(&self, inbound: bool) -> usize {
+        self.table
+            .lock()
+            .map(|c| c.values().filter(|c| c.inbound == inbound).count())
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Files a new connection to `remote` (replacing any other), accepted or ours, with `first` queued on it;
+    /// returns its id, its queue's receiver and its close signal.
     fn insert(
         &self,
         remote: SocketAddr,
+        inbound: bool,
         first: Option<Bytes>,
     ) -> io::Result<(u64, mpsc::Receiver<Bytes>, oneshot::Receiver<()>)> {
         let (wtx, wrx) = mpsc::channel(TCP_SEND_QUEUE);
@@ -155,6 +168,7 @@ impl Conns {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Conn {
             id,
+            inbound,
             writes: wtx,
             _close: ctx,
         };
@@ -350,14 +364,14 @@ impl SipSockets {
 
     /// Opens a connection to `dest` on a task, with `payload` queued for it.
     fn open_tcp(&mut self, dest: SocketAddr, payload: Bytes) -> io::Result<()> {
-        if self.tcp_connections() >= self.config.max_tcp_connections {
+        if self.ctx.conns.count(false) >= self.config.max_tcp_connections {
             return Err(io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 "too many TCP connections",
             ));
         }
         // Queue the message and connect on a task: a peer dropping our SYNs must not hold up the caller.
-        let (id, wrx, close) = self.ctx.conns.insert(dest, Some(payload))?;
+        let (id, wrx, close) = self.ctx.conns.insert(dest, false, Some(payload))?;
         let ctx = self.ctx.clone();
         let limit = self.config.tcp_connect_timeout;
         self.tasks.spawn(async move {
@@ -442,12 +456,12 @@ async fn tcp_acceptor(listener: TcpListener, ctx: ConnCtx, max: usize) {
                 continue;
             }
         };
-        if ctx.conns.len() >= max {
+        if ctx.conns.count(true) >= max {
             tracing::warn!(%remote, "TCP connection refused: too many connections");
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let Ok((id, wrx, close)) = ctx.conns.insert(remote, None) else {
+        let Ok((id, wrx, close)) = ctx.conns.insert(remote, true, None) else {
             continue;
         };
         tasks.spawn(run_connection(stream, remote, id, wrx, close, ctx.clone()));
