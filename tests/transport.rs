@@ -359,3 +359,47 @@ async fn peers_holding_every_inbound_slot_do_not_keep_us_from_opening_a_connecti
     assert_eq!(&got[..], OPTIONS.as_bytes());
     assert_eq!(s.tcp_connections(), 3);
 }
+
+#[tokio::test]
+async fn a_peer_trickling_a_message_is_closed_after_the_message_timeout() {
+    // Idle timeout 2 s, message timeout 500 ms: a peer sending one byte of a request every 100 ms is never idle,
+    // but its message is not complete in time.
+    let mut c = SipTransportConfig::new("127.0.0.1:0".parse().unwrap());
+    c.tcp_idle_timeout = Duration::from_secs(2);
+    c.tcp_message_timeout = Duration::from_millis(500);
+    let mut s = SipSockets::bind(c).await.expect("bind");
+    let mut client = TcpStream::connect(s.local_addrs()[0]).await.unwrap();
+    let start = std::time::Instant::now();
+    client.write_all(&OPTIONS.as_bytes()[..20]).await.unwrap();
+    let mut next = 20;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut buf = [0u8; 16];
+    let closed_after = loop {
+        tokio::select! {
+            r = client.read(&mut buf) => {
+                assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+                break start.elapsed();
+            }
+            _ = tick.tick() => {
+                assert!(start.elapsed() < Duration::from_secs(5), "still open");
+                if next < OPTIONS.len() - 1 {
+                    // Writes may fail once the connection is closed; the read above reports it.
+                    let _ = client.write_all(&OPTIONS.as_bytes()[next..next + 1]).await;
+                    next += 1;
+                }
+            }
+        }
+    };
+    assert!(
+        closed_after >= Duration::from_millis(500) && closed_after < Duration::from_secs(2),
+        "closed after {closed_after:?}, before the idle timeout"
+    );
+    assert!(next < OPTIONS.len() - 1, "the message was never completed");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), s.recv())
+            .await
+            .is_err(),
+        "nothing was delivered"
+    );
+    assert_eq!(s.tcp_connections(), 0);
+}

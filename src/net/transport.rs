@@ -7,7 +7,9 @@
 //!   destination.
 //! - **TCP**: a listener per bound address; connections, accepted or opened by us, are kept in a table keyed by
 //!   the remote address, so the requests and responses of a dialog reuse the connection (RFC 3261 §18). A
-//!   connection with no traffic for [`SipTransportConfig::tcp_idle_timeout`] is closed. Streams are cut into
+//!   connection with no traffic for [`SipTransportConfig::tcp_idle_timeout`] is closed, and so is one whose peer
+//!   begins a message and does not complete it within [`SipTransportConfig::tcp_message_timeout`] (a peer
+//!   trickling bytes would otherwise hold its connection, and its place, forever). Streams are cut into
 //!   messages by [`StreamFramer`], which caps what it buffers; a framing error closes the connection.
 //!   [`SipSockets::send`] never waits for a connection to be set up: a new connection is opened on a spawned
 //!   task (messages queue for it meanwhile), so a peer that drops our SYNs cannot stall the caller's task; a
@@ -55,6 +57,9 @@ pub struct SipTransportConfig {
     pub tcp: bool,
     /// A TCP connection with no traffic for this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// A message begun on a TCP connection that is not complete this long after its first bytes came closes the
+    /// connection.
+    pub tcp_message_timeout: Duration,
     /// At most this many TCP connections accepted at once (more are refused), and at most this many opened by us
     /// (a send needing another fails): the two are counted apart.
     pub max_tcp_connections: usize,
@@ -71,13 +76,14 @@ pub struct SipTransportConfig {
 }
 
 impl SipTransportConfig {
-    /// UDP and TCP on `addr`, 60 s idle timeout, 1,024 connections, 4 s to connect, 10 s to write a message, a
-    /// 4,096-message queue.
+    /// UDP and TCP on `addr`, 60 s idle timeout, 1,024 connections, 4 s to connect, 10 s to write a message and
+    /// 30 s to receive one, a 4,096-message queue.
     pub fn new(addr: SocketAddr) -> Self {
         SipTransportConfig {
             bind: vec![addr],
             tcp: true,
             tcp_idle_timeout: Duration::from_secs(60),
+            tcp_message_timeout: Duration::from_secs(30),
             max_tcp_connections: 1024,
             tcp_connect_timeout: Duration::from_secs(4),
             tcp_write_timeout: Duration::from_secs(10),
@@ -199,6 +205,7 @@ struct ConnCtx {
     received: mpsc::Sender<Received>,
     failures: mpsc::Sender<SendFailure>,
     idle: Duration,
+    message_timeout: Duration,
     write_timeout: Duration,
     limits: ParseLimits,
 }
@@ -236,6 +243,7 @@ impl SipSockets {
             received: tx,
             failures: failures_tx,
             idle: config.tcp_idle_timeout,
+            message_timeout: config.tcp_message_timeout,
             write_timeout: config.tcp_write_timeout,
             limits: config.limits,
         };
@@ -510,15 +518,23 @@ async fn connection(
     let (mut rd, mut wr) = stream.into_split();
     let mut framer = StreamFramer::new(ctx.limits);
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // When the first bytes of the message the framer holds in part came.
+    let mut begun: Option<tokio::time::Instant> = None;
     let ended = loop {
+        let read_for = match begun {
+            Some(t) => ctx
+                .idle
+                .min(ctx.message_timeout.saturating_sub(t.elapsed())),
+            None => ctx.idle,
+        };
         tokio::select! {
             _ = &mut close => break Ended::Dropped,
-            r = tokio::time::timeout(ctx.idle, rd.read_buf(&mut buf)) => {
+            r = tokio::time::timeout(read_for, rd.read_buf(&mut buf)) => {
                 let n = match r {
                     Ok(Ok(n)) if n > 0 => n,
                     Ok(_) => break Ended::Clean, // closed or failed
                     Err(_) => {
-                        tracing::debug!(%remote, "TCP connection idle: closed");
+                        tracing::debug!(%remote, partial = begun.is_some(), "TCP connection idle or too slow: closed");
                         break Ended::Clean;
                     }
                 };
@@ -527,9 +543,11 @@ async fn connection(
                     break Ended::Clean;
                 }
                 let mut framed = Ended::Clean;
+                let mut popped = false;
                 loop {
                     match framer.pop() {
                         Ok(Some(msg)) => {
+                            popped = true;
                             let data = Message::to_bytes(&msg);
                             let r = Received { transport: Transport::Tcp, remote, data };
                             tokio::select! {
@@ -552,6 +570,12 @@ async fn connection(
                 if framed == Ended::Dropped {
                     break Ended::Dropped;
                 }
+                // A message completed: what is left (if anything) is the next one, begun now.
+                begun = match (framer.buffered(), begun) {
+                    (0, _) => None,
+                    (_, Some(t)) if !popped => Some(t),
+                    _ => Some(tokio::time::Instant::now()),
+                };
                 if buf.capacity() < 4096 {
                     buf.reserve(16 * 1024);
                 }
