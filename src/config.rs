@@ -235,9 +235,9 @@ pub struct TrunkConfig {
     /// `[trunk.register]`: register with the trunk.
     #[serde(default)]
     pub register: Option<RegisterSection>,
-    /// When the trunk (or proxy) name resolves to several targets, one that sends no response at all (not even
-    /// 100 Trying) within this many milliseconds is abandoned for the next (default 4000; 0 waits for Timer B,
-    /// 32 s). See [`crate::EngineBuilder::failover_timeout`].
+    /// When the trunk (or proxy, or registrar) name resolves to several targets, one that sends no response at
+    /// all (not even 100 Trying) to an INVITE or REGISTER within this many milliseconds is abandoned for the next
+    /// (default 4000; 0 waits for Timer B or F, 32 s). See [`crate::EngineBuilder::failover_timeout`].
     #[serde(default = "failover_ms")]
     pub failover_timeout_ms: u64,
 }

@@ -1,6 +1,7 @@
 //! The engine's trunk features against outside implementations on loopback: registration with SIPp as registrar
 //! (challenge, refresh before expiry, removal at shutdown, also of a binding left behind by a failed round; through
-//! an outbound proxy with a preloaded Route), calls to host names resolved through dnsmasq per
+//! an outbound proxy with a preloaded Route; a silent registrar target left after Timer F or the shorter failover
+//! timeout), calls to host names resolved through dnsmasq per
 //! RFC 3263 with failover to the next SRV target (silent target: Timer B, or the shorter failover timeout; 503),
 //! TCP targets found by `;transport=tcp` or a `SIP+D2T` NAPTR record, an outbound proxy given by name,
 //! a hang-up while the lookup is still pending, and graceful shutdown in drain mode (the per-call tracing span is
@@ -251,12 +252,13 @@ async fn registration_fails_over_to_the_next_srv_target() {
             realm: None,
         })
         .expires(4);
-    // T1 = 100 ms: Timer F (64·T1) gives up on the silent target after 6.4 s.
+    // T1 = 100 ms and no failover timeout: Timer F (64·T1) gives up on the silent target after 6.4 s.
     let engine = builder()
         .timers(TimerConfig {
             t1: Duration::from_millis(100),
             ..TimerConfig::default()
         })
+        .failover_timeout(None)
         .nameservers(vec![dns.addr])
         .register(reg)
         .start()
@@ -281,6 +283,80 @@ async fn registration_fails_over_to_the_next_srv_target() {
     assert!(
         dead.received().is_empty(),
         "nothing more to the dead target"
+    );
+    assert_eq!(within(sipp.finish()).await, 0);
+}
+
+#[tokio::test]
+async fn a_silent_registrar_target_is_left_after_the_failover_timeout() {
+    // Default timers (T1 500 ms: Timer F would be 32 s, longer than any wait here) and the default 4 s failover
+    // timeout. The REGISTER to the silent first target goes out at 0, 0.5, 1.5 and 3.5 s (the next copy would
+    // leave at 7.5 s); at 4 s the engine leaves that target for the second, SIPp, which registers us.
+    let dead = Silent::bind();
+    let sipp = uas("registrar.xml");
+    let dns = Dns::start(&[
+        format!(
+            "--srv-host=_sip._udp.qreg.test,a.qreg.test,{},10,0",
+            dead.port()
+        ),
+        format!(
+            "--srv-host=_sip._udp.qreg.test,b.qreg.test,{},20,0",
+            sipp.addr.port()
+        ),
+        "--host-record=a.qreg.test,127.0.0.1".into(),
+        "--host-record=b.qreg.test,127.0.0.1".into(),
+    ]);
+    let reg = TrunkRegistration::new("sip:qreg.test", "sip:rappel@qreg.test")
+        .credentials(Credentials {
+            username: "rappel".into(),
+            password: "secret".into(),
+            realm: None,
+        })
+        .expires(4);
+    let started = tokio::time::Instant::now();
+    let engine = builder()
+        .nameservers(vec![dns.addr])
+        .register(reg)
+        .start()
+        .await
+        .unwrap();
+    let mut status = engine.registration().unwrap();
+    let s = within(status.wait_for(|s| s.registrations >= 1))
+        .await
+        .unwrap()
+        .clone();
+    let took = started.elapsed();
+    assert_eq!(
+        s.last_event,
+        Some(RegistrationEvent::Registered { expires: 4 })
+    );
+    assert_eq!(s.failures, 1, "the silent target, once");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_millis(7500),
+        "registered {took:?} after the start"
+    );
+    let got = dead.received_messages();
+    assert_eq!(
+        got.iter()
+            .filter(|m| m.starts_with("REGISTER sip:qreg.test SIP/2.0"))
+            .count(),
+        4,
+        "the copies that fit in the 4 s: {got:?}"
+    );
+    assert_eq!(got.len(), 4, "nothing else: {got:?}");
+    assert_eq!(call_ids(&got).len(), 1, "one REGISTER, retransmitted");
+    // SIPp's scenario wants the refresh (the last target: no deadline, answered anyway), then the removal.
+    within(status.wait_for(|s| s.registrations >= 2))
+        .await
+        .unwrap();
+    within(engine.shutdown(ShutdownMode::HangUp)).await;
+    assert_eq!(
+        status.borrow().last_event,
+        Some(RegistrationEvent::Unregistered { removed: true })
+    );
+    assert!(
+        dead.received().is_empty(),
+        "nothing more to the silent target"
     );
     assert_eq!(within(sipp.finish()).await, 0);
 }

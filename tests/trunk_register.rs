@@ -348,3 +348,91 @@ fn retry_after_is_a_floor_for_the_retry() {
         }
     );
 }
+
+#[test]
+fn a_response_deadline_ends_a_silent_attempt_long_before_timer_f() {
+    // The first REGISTER (CSeq 1) goes unanswered, every copy of it; the agent gives each REGISTER 4 s to draw a
+    // response. The copies go out at 0, 0.5, 1.5 and 3.5 s, the attempt fails at 4 s (Timer F would be 32 s)
+    // and the retry 2 s later is answered.
+    let script = |req: &Request| {
+        if req
+            .headers
+            .get(&HeaderName::CSeq)
+            .unwrap()
+            .starts_with(b"1 ")
+        {
+            return vec![];
+        }
+        let mut r = reply(req, 200, "reg");
+        r.headers
+            .push(HeaderName::Expires, Bytes::from_static(b"600"));
+        vec![Message::Response(r)]
+    };
+    let mut s = Sim::new(
+        RegNode::new(600, Instant::now()),
+        ScriptNode::new(addr_b(), script),
+    );
+    s.a.start = s.start;
+    let now = s.now;
+    s.a.agent
+        .set_response_deadline(Some(Duration::from_secs(4)));
+    s.a.agent.start(now, &mut s.a.ep).unwrap();
+    s.run_to(Duration::from_secs(40));
+    assert_eq!(register_times(&s), vec![0, 500, 1_500, 3_500, 6_000]);
+    let ms = Duration::from_millis;
+    assert_eq!(
+        s.a.events,
+        vec![
+            (
+                ms(4_000),
+                RegistrationEvent::Failed {
+                    status: None,
+                    retry_in: Duration::from_secs(2)
+                }
+            ),
+            (ms(6_040), RegistrationEvent::Registered { expires: 600 }),
+        ]
+    );
+    // Nothing is in flight once registered: no deadline to set.
+    let h = s.a.agent.handle().unwrap();
+    let now = s.now;
+    assert_eq!(
+        s.a.ep.set_register_response_deadline(h, now),
+        Err(rappel::sip::endpoint::EndpointError::NoPendingRequest)
+    );
+    let unknown = rappel::sip::endpoint::RegistrationHandle(u64::MAX);
+    assert_eq!(
+        s.a.ep.set_register_response_deadline(unknown, now),
+        Err(rappel::sip::endpoint::EndpointError::UnknownRegistration(
+            unknown
+        ))
+    );
+    assert_eq!(s.a.ep.live_counts(), (0, 0, 0), "nothing left behind");
+}
+
+#[test]
+fn a_provisional_response_lifts_the_response_deadline() {
+    // The registrar answers the first copy with 100 Trying and nothing more: it is alive, so the 1 s deadline
+    // does not end the attempt (Timer F will).
+    let mut first = true;
+    let script = move |req: &Request| {
+        if std::mem::take(&mut first) {
+            return vec![Message::Response(reply(req, 100, ""))];
+        }
+        vec![]
+    };
+    let mut s = Sim::new(
+        RegNode::new(600, Instant::now()),
+        ScriptNode::new(addr_b(), script),
+    );
+    s.a.start = s.start;
+    let now = s.now;
+    s.a.agent
+        .set_response_deadline(Some(Duration::from_secs(1)));
+    s.a.agent.start(now, &mut s.a.ep).unwrap();
+    s.run_to(Duration::from_secs(10));
+    assert!(s.a.events.is_empty(), "{:?}", s.a.events);
+    assert_eq!(s.a.agent.state(), RegistrationState::Registering);
+    // Proceeding: retransmissions every T2 (4 s) after the 100 (RFC 3261 §17.1.2.2), until Timer F.
+    assert_eq!(register_times(&s), vec![0, 500, 4_500, 8_500]);
+}

@@ -14,7 +14,8 @@
 //! `engine/trunk.rs`: lookups run on spawned tasks and come back as messages, so DNS never blocks signalling.
 //! Each target carries its transport (UDP, or TCP from `;transport=tcp` or the DNS records), and the call keeps
 //! it for every request of its dialog. A target that does not answer at all is abandoned after
-//! [`EngineBuilder::failover_timeout`] (the endpoint's response deadline) when another one is left.
+//! [`EngineBuilder::failover_timeout`] (the endpoint's response deadline) when another one is left; so is a
+//! registrar target.
 
 mod trunk;
 
@@ -167,8 +168,8 @@ impl EngineBuilder {
     /// How long an INVITE to one of several resolved targets may go without any response (not even 100 Trying)
     /// before that target is abandoned for the next one (RFC 3263 §4.3), instead of waiting for Timer B (64·T1,
     /// 32 s): Kamailio's `fr_timer`. A provisional response stops this clock (the ring time then applies). Only
-    /// used while another target is left; `None` (or zero) waits for Timer B. Default 4 s. Calls only: a silent
-    /// registrar target is left after Timer F.
+    /// used while another target is left; `None` (or zero) waits for Timer B. Default 4 s. The same holds for
+    /// each REGISTER to one of several registrar targets (instead of Timer F).
     pub fn failover_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.failover_timeout = timeout.filter(|t| !t.is_zero());
         self
@@ -273,7 +274,7 @@ impl EngineBuilder {
         });
         let (registrar, registration) = match self.registration {
             Some(r) => {
-                let (r, rx) = Registrar::new(r);
+                let (r, rx) = Registrar::new(r, self.failover_timeout);
                 (Some(r), Some(rx))
             }
             None => (None, None),

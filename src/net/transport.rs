@@ -7,16 +7,25 @@
 //!   destination.
 //! - **TCP**: a listener per bound address; connections, accepted or opened by us, are kept in a table keyed by
 //!   the remote address, so the requests and responses of a dialog reuse the connection (RFC 3261 §18). A
-//!   connection with no traffic for [`SipTransportConfig::tcp_idle_timeout`] is closed. Streams are cut into
+//!   connection with no traffic for [`SipTransportConfig::tcp_idle_timeout`] is closed, and so is one whose peer
+//!   begins a message and does not complete it within [`SipTransportConfig::tcp_message_timeout`] (a peer
+//!   trickling bytes would otherwise hold its connection, and its place, forever). Streams are cut into
 //!   messages by [`StreamFramer`], which caps what it buffers; a framing error closes the connection.
 //!   [`SipSockets::send`] never waits for a connection to be set up: a new connection is opened on a spawned
 //!   task (messages queue for it meanwhile), so a peer that drops our SYNs cannot stall the caller's task; a
 //!   connection that fails or takes longer than [`SipTransportConfig::tcp_connect_timeout`] is reported on
 //!   [`SipSockets::take_failures`].
+//! - **A TCP peer that stops reading** never holds up [`SipSockets::send`] either: each connection has a queue of
+//!   [`TCP_SEND_QUEUE`] messages, and a message that finds it full is refused and the connection dropped at once
+//!   (reset), its queued messages reported lost on [`SipSockets::take_failures`]. A write that makes no headway for
+//!   [`SipTransportConfig::tcp_write_timeout`] drops the connection the same way, so a stalled connection never
+//!   keeps its task, its socket and its place among [`SipTransportConfig::max_tcp_connections`]. Both are counted
+//!   ([`SipSockets::stalled_tcp_connections`]).
 //!
 //! **Bounded memory**: the received queue has a fixed capacity and a datagram that finds it full is dropped (a peer
 //! sending garbage at high rate costs a bounded amount of memory; its retransmissions will come back), receive
-//! buffers are fixed-size, and the number of TCP connections is capped.
+//! buffers are fixed-size, and the number of TCP connections is capped: those accepted and those we open each
+//! have their own cap, so peers holding connections to us never keep us from reaching the trunk.
 
 use crate::sip::message::{Message, ParseLimits, StreamFramer};
 use crate::sip::transaction::{Transmit, Transport};
@@ -24,15 +33,19 @@ use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 /// Largest UDP datagram read (RFC 3261 §18.1.1 allows up to 65,535 octets).
 const UDP_BUF: usize = 65_535;
+
+/// Messages waiting to be written on one TCP connection; one more drops the connection (see the module docs).
+pub const TCP_SEND_QUEUE: usize = 64;
 
 /// Where and how the SIP transports listen.
 #[derive(Debug, Clone)]
@@ -44,11 +57,18 @@ pub struct SipTransportConfig {
     pub tcp: bool,
     /// A TCP connection with no traffic for this long is closed.
     pub tcp_idle_timeout: Duration,
-    /// At most this many TCP connections at once; more are refused.
+    /// A message begun on a TCP connection that is not complete this long after its first bytes came closes the
+    /// connection.
+    pub tcp_message_timeout: Duration,
+    /// At most this many TCP connections accepted at once (more are refused), and at most this many opened by us
+    /// (a send needing another fails): the two are counted apart.
     pub max_tcp_connections: usize,
     /// A TCP connection we open that is not up after this long is given up (reported on
     /// [`SipSockets::take_failures`]).
     pub tcp_connect_timeout: Duration,
+    /// A message not written out within this long (the peer stopped reading) drops its TCP connection (reported
+    /// on [`SipSockets::take_failures`]).
+    pub tcp_write_timeout: Duration,
     /// Capacity of the received-message queue.
     pub queue: usize,
     /// Size limits for stream framing.
@@ -56,14 +76,17 @@ pub struct SipTransportConfig {
 }
 
 impl SipTransportConfig {
-    /// UDP and TCP on `addr`, 60 s idle timeout, 1,024 connections, 4 s to connect, a 4,096-message queue.
+    /// UDP and TCP on `addr`, 60 s idle timeout, 1,024 connections, 4 s to connect, 10 s to write a message and
+    /// 30 s to receive one, a 4,096-message queue.
     pub fn new(addr: SocketAddr) -> Self {
         SipTransportConfig {
             bind: vec![addr],
             tcp: true,
             tcp_idle_timeout: Duration::from_secs(60),
+            tcp_message_timeout: Duration::from_secs(30),
             max_tcp_connections: 1024,
             tcp_connect_timeout: Duration::from_secs(4),
+            tcp_write_timeout: Duration::from_secs(10),
             queue: 4096,
             limits: ParseLimits::default(),
         }
@@ -82,33 +105,130 @@ pub struct Received {
 }
 
 /// A message that could not be delivered after [`SipSockets::send`] returned: a TCP connection we opened failed
-/// (refused, unreachable, or not up within [`SipTransportConfig::tcp_connect_timeout`]). What was queued for it
-/// is lost; the driver fails the transactions sending there (RFC 3261 §17.1.4).
+/// (refused, unreachable, or not up within [`SipTransportConfig::tcp_connect_timeout`]), or a connection was
+/// dropped with messages still queued (its peer stopped reading, closed or reset it). What was queued for it is
+/// lost; the driver fails the transactions sending there (RFC 3261 §17.1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendFailure {
     /// The transport.
     pub transport: Transport,
     /// Where the messages were going.
     pub destination: SocketAddr,
-    /// Why (`TimedOut` for the connect timeout).
+    /// Why: `TimedOut` for the connect or write timeout, `WouldBlock` for a full send queue, else the socket's
+    /// error.
     pub kind: io::ErrorKind,
 }
 
 /// Capacity of the [`SendFailure`] queue; beyond it failures are dropped (the transactions then time out).
 const FAILURE_QUEUE: usize = 256;
 
-type ConnTable = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
+/// A TCP connection in the table.
+#[derive(Debug)]
+struct Conn {
+    /// Tells this connection apart from a later one to the same address.
+    id: u64,
+    /// Accepted from the peer (else opened by us).
+    inbound: bool,
+    /// Its queue of messages to write.
+    writes: mpsc::Sender<Bytes>,
+    /// Dropped with the entry: the connection's task then ends at once, even in the middle of a write.
+    _close: oneshot::Sender<()>,
+}
+
+/// The TCP connections by remote address, shared by the sender, the acceptors and the connection tasks.
+#[derive(Debug, Default)]
+struct Conns {
+    table: Mutex<HashMap<SocketAddr, Conn>>,
+    next_id: AtomicU64,
+    /// Connections dropped because their peer stopped reading.
+    stalled: AtomicU64,
+}
+
+impl Conns {
+    fn len(&self) -> usize {
+        self.table.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// The connections accepted (`inbound`) or opened by us; a poisoned table counts as full.
+    fn count(&self, inbound: bool) -> usize {
+        self.table
+            .lock()
+            .map(|c| c.values().filter(|c| c.inbound == inbound).count())
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Files a new connection to `remote` (replacing any other), accepted or ours, with `first` queued on it;
+    /// returns its id, its queue's receiver and its close signal.
+    fn insert(
+        &self,
+        remote: SocketAddr,
+        inbound: bool,
+        first: Option<Bytes>,
+    ) -> io::Result<(u64, mpsc::Receiver<Bytes>, oneshot::Receiver<()>)> {
+        let (wtx, wrx) = mpsc::channel(TCP_SEND_QUEUE);
+        if let Some(m) = first {
+            wtx.try_send(m)
+                .map_err(|_| io::Error::other("new connection queue"))?;
+        }
+        let (ctx, crx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Conn {
+            id,
+            inbound,
+            writes: wtx,
+            _close: ctx,
+        };
+        self.table
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .insert(remote, conn);
+        Ok((id, wrx, crx))
+    }
+
+    /// Removes connection `id` to `remote` if it is still the one filed there.
+    fn remove(&self, remote: SocketAddr, id: u64) {
+        if let Ok(mut c) = self.table.lock() {
+            if c.get(&remote).is_some_and(|c| c.id == id) {
+                c.remove(&remote);
+            }
+        }
+    }
+}
+
+type ConnTable = Arc<Conns>;
+
+/// What a connection's task needs besides its socket.
+#[derive(Debug, Clone)]
+struct ConnCtx {
+    conns: ConnTable,
+    /// Where framed messages go.
+    received: mpsc::Sender<Received>,
+    failures: mpsc::Sender<SendFailure>,
+    idle: Duration,
+    message_timeout: Duration,
+    write_timeout: Duration,
+    limits: ParseLimits,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Closed with nothing lost: end of stream, idle, a framing error.
+    Clean,
+    /// Dropped from the table by the sender (its queue was full); the sender reported it.
+    Dropped,
+    /// A write failed or made no headway in time, or messages were still queued: they are lost.
+    Lost(io::ErrorKind),
+}
 
 /// The bound SIP sockets and their reader tasks. Dropping it stops every task and closes every socket.
 #[derive(Debug)]
 pub struct SipSockets {
     udp: Vec<Arc<UdpSocket>>,
     local: Vec<SocketAddr>,
-    conns: ConnTable,
     rx: mpsc::Receiver<Received>,
-    tx: mpsc::Sender<Received>,
     failures: Option<mpsc::Receiver<SendFailure>>,
-    failures_tx: mpsc::Sender<SendFailure>,
+    ctx: ConnCtx,
     config: SipTransportConfig,
     tasks: JoinSet<()>,
 }
@@ -117,7 +237,16 @@ impl SipSockets {
     /// Binds every configured address and starts the readers.
     pub async fn bind(config: SipTransportConfig) -> io::Result<SipSockets> {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let conns: ConnTable = Arc::default();
+        let (failures_tx, failures) = mpsc::channel(FAILURE_QUEUE);
+        let ctx = ConnCtx {
+            conns: Arc::default(),
+            received: tx,
+            failures: failures_tx,
+            idle: config.tcp_idle_timeout,
+            message_timeout: config.tcp_message_timeout,
+            write_timeout: config.tcp_write_timeout,
+            limits: config.limits,
+        };
         let mut tasks = JoinSet::new();
         let mut udp = Vec::new();
         let mut local = Vec::new();
@@ -126,26 +255,22 @@ impl SipSockets {
             let sock = Arc::new(sock);
             let bound = sock.local_addr()?;
             local.push(bound);
-            tasks.spawn(udp_reader(sock.clone(), tx.clone()));
+            tasks.spawn(udp_reader(sock.clone(), ctx.received.clone()));
             udp.push(sock);
             if let Some(listener) = listener {
                 tasks.spawn(tcp_acceptor(
                     listener,
-                    conns.clone(),
-                    tx.clone(),
-                    config.clone(),
+                    ctx.clone(),
+                    config.max_tcp_connections,
                 ));
             }
         }
-        let (failures_tx, failures) = mpsc::channel(FAILURE_QUEUE);
         Ok(SipSockets {
             udp,
             local,
-            conns,
             rx,
-            tx,
             failures: Some(failures),
-            failures_tx,
+            ctx,
             config,
             tasks,
         })
@@ -162,18 +287,26 @@ impl SipSockets {
     }
 
     /// The queue of messages that could not be delivered after [`Self::send`] returned (TCP connections that did
-    /// not come up), for a `select!` next to [`Self::recv`]. Given once (`None` afterwards); failures nobody takes
-    /// are dropped once 256 of them wait.
+    /// not come up or were dropped with messages queued), for a `select!` next to [`Self::recv`]. Given once
+    /// (`None` afterwards); failures nobody takes are dropped once 256 of them wait.
     pub fn take_failures(&mut self) -> Option<mpsc::Receiver<SendFailure>> {
         self.failures.take()
     }
 
     /// Number of open TCP connections (including those being set up).
     pub fn tcp_connections(&self) -> usize {
-        self.conns.lock().map(|c| c.len()).unwrap_or(0)
+        self.ctx.conns.len()
     }
 
-    /// Sends one message. Over TCP, reuses the connection to the destination or opens one.
+    /// How many TCP connections were dropped because their peer stopped reading: a send found the connection's
+    /// queue full, or a write made no headway within [`SipTransportConfig::tcp_write_timeout`].
+    pub fn stalled_tcp_connections(&self) -> u64 {
+        self.ctx.conns.stalled.load(Ordering::Relaxed)
+    }
+
+    /// Sends one message. Over TCP, reuses the connection to the destination or opens one; this never waits for
+    /// a TCP peer (see the module docs): a message the connection's queue cannot take is refused with
+    /// `WouldBlock` and the connection dropped.
     pub async fn send(&mut self, t: &Transmit) -> io::Result<()> {
         match t.transport {
             Transport::Udp => {
@@ -188,7 +321,7 @@ impl SipSockets {
                     })?;
                 sock.send_to(&t.payload, t.destination).await.map(|_| ())
             }
-            Transport::Tcp => self.send_tcp(t.destination, t.payload.clone()).await,
+            Transport::Tcp => self.send_tcp(t.destination, t.payload.clone()),
             _ => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "transport not supported",
@@ -196,35 +329,58 @@ impl SipSockets {
         }
     }
 
-    async fn send_tcp(&mut self, dest: SocketAddr, payload: Bytes) -> io::Result<()> {
-        let existing = self
-            .conns
-            .lock()
-            .map_err(|_| io::Error::other("poisoned"))?
-            .get(&dest)
-            .cloned();
-        if let Some(w) = existing {
-            if w.send(payload.clone()).await.is_ok() {
-                return Ok(());
+    fn send_tcp(&mut self, dest: SocketAddr, payload: Bytes) -> io::Result<()> {
+        let payload = {
+            let mut table = self
+                .ctx
+                .conns
+                .table
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?;
+            let Some(conn) = table.get(&dest) else {
+                drop(table);
+                return self.open_tcp(dest, payload);
+            };
+            match conn.writes.try_send(payload) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The peer stopped reading: waiting here would stall every call of the caller's task. Drop
+                    // the connection (its task ends now) and the messages queued for it.
+                    table.remove(&dest);
+                    drop(table);
+                    self.ctx.conns.stalled.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%dest, "TCP peer not reading: connection dropped");
+                    let _ = self.ctx.failures.try_send(SendFailure {
+                        transport: Transport::Tcp,
+                        destination: dest,
+                        kind: io::ErrorKind::WouldBlock,
+                    });
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "TCP send queue full: connection dropped",
+                    ));
+                }
+                // The connection ended (its entry is about to go): a new one.
+                Err(mpsc::error::TrySendError::Closed(p)) => {
+                    table.remove(&dest);
+                    p
+                }
             }
-        }
-        if self.tcp_connections() >= self.config.max_tcp_connections {
+        };
+        self.open_tcp(dest, payload)
+    }
+
+    /// Opens a connection to `dest` on a task, with `payload` queued for it.
+    fn open_tcp(&mut self, dest: SocketAddr, payload: Bytes) -> io::Result<()> {
+        if self.ctx.conns.count(false) >= self.config.max_tcp_connections {
             return Err(io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 "too many TCP connections",
             ));
         }
         // Queue the message and connect on a task: a peer dropping our SYNs must not hold up the caller.
-        let (wtx, wrx) = mpsc::channel::<Bytes>(64);
-        wtx.try_send(payload)
-            .map_err(|_| io::Error::other("new connection queue"))?;
-        self.conns
-            .lock()
-            .map_err(|_| io::Error::other("poisoned"))?
-            .insert(dest, wtx.clone());
-        let conns = self.conns.clone();
-        let (tx, failures) = (self.tx.clone(), self.failures_tx.clone());
-        let (idle, limits) = (self.config.tcp_idle_timeout, self.config.limits);
+        let (id, wrx, close) = self.ctx.conns.insert(dest, false, Some(payload))?;
+        let ctx = self.ctx.clone();
         let limit = self.config.tcp_connect_timeout;
         self.tasks.spawn(async move {
             let connected = match tokio::time::timeout(limit, TcpStream::connect(dest)).await {
@@ -232,26 +388,17 @@ impl SipSockets {
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(io::ErrorKind::TimedOut.into()),
             };
-            let failed = match connected {
-                Ok(stream) => {
-                    connection(stream, dest, wrx, tx, idle, limits).await;
-                    None
+            match connected {
+                Ok(stream) => run_connection(stream, dest, id, wrx, close, ctx).await,
+                Err(e) => {
+                    tracing::debug!(%dest, error = %e, "TCP connection failed");
+                    ctx.conns.remove(dest, id);
+                    let _ = ctx.failures.try_send(SendFailure {
+                        transport: Transport::Tcp,
+                        destination: dest,
+                        kind: e.kind(),
+                    });
                 }
-                Err(e) => Some(e),
-            };
-            if let Ok(mut c) = conns.lock() {
-                // Only this connection's entry: another one may have taken the address meanwhile.
-                if c.get(&dest).is_some_and(|w| w.same_channel(&wtx)) {
-                    c.remove(&dest);
-                }
-            }
-            if let Some(e) = failed {
-                tracing::debug!(%dest, error = %e, "TCP connection failed");
-                let _ = failures.try_send(SendFailure {
-                    transport: Transport::Tcp,
-                    destination: dest,
-                    kind: e.kind(),
-                });
             }
         });
         // Reap finished connection tasks so the set does not grow.
@@ -304,113 +451,170 @@ async fn udp_reader(sock: Arc<UdpSocket>, tx: mpsc::Sender<Received>) {
     }
 }
 
-async fn tcp_acceptor(
-    listener: TcpListener,
-    conns: ConnTable,
-    tx: mpsc::Sender<Received>,
-    config: SipTransportConfig,
-) {
+async fn tcp_acceptor(listener: TcpListener, ctx: ConnCtx, max: usize) {
     let mut tasks = JoinSet::new();
     loop {
-        let Ok((stream, remote)) = listener.accept().await else {
-            continue;
+        let (stream, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: the error would come back at once, so pause instead
+                // of spinning on it.
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
-        let full = conns
-            .lock()
-            .map(|c| c.len() >= config.max_tcp_connections)
-            .unwrap_or(true);
-        if full {
+        if ctx.conns.count(true) >= max {
             tracing::warn!(%remote, "TCP connection refused: too many connections");
             continue;
         }
         let _ = stream.set_nodelay(true);
-        if register(stream, remote, &conns, tx.clone(), &config, &mut tasks).is_err() {
+        let Ok((id, wrx, close)) = ctx.conns.insert(remote, true, None) else {
             continue;
-        }
+        };
+        tasks.spawn(run_connection(stream, remote, id, wrx, close, ctx.clone()));
         // Reap finished connection tasks so the set does not grow.
         while tasks.try_join_next().is_some() {}
     }
 }
 
-/// Puts a connection in the table and spawns its reader and writer. Returns the writer's queue.
-fn register(
+/// The pause after a failed `accept`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Runs connection `id` until it ends, then takes it out of the table and reports what it lost.
+async fn run_connection(
     stream: TcpStream,
     remote: SocketAddr,
-    conns: &ConnTable,
-    tx: mpsc::Sender<Received>,
-    config: &SipTransportConfig,
-    tasks: &mut JoinSet<()>,
-) -> io::Result<mpsc::Sender<Bytes>> {
-    let (wtx, wrx) = mpsc::channel::<Bytes>(64);
-    conns
-        .lock()
-        .map_err(|_| io::Error::other("poisoned"))?
-        .insert(remote, wtx.clone());
-    let conns = conns.clone();
-    let idle = config.tcp_idle_timeout;
-    let limits = config.limits;
-    tasks.spawn(async move {
-        connection(stream, remote, wrx, tx, idle, limits).await;
-        if let Ok(mut c) = conns.lock() {
-            c.remove(&remote);
+    id: u64,
+    writes: mpsc::Receiver<Bytes>,
+    close: oneshot::Receiver<()>,
+    ctx: ConnCtx,
+) {
+    let ended = connection(stream, remote, writes, close, &ctx).await;
+    ctx.conns.remove(remote, id);
+    if let Ended::Lost(kind) = ended {
+        if kind == io::ErrorKind::TimedOut {
+            ctx.conns.stalled.fetch_add(1, Ordering::Relaxed);
         }
-    });
-    Ok(wtx)
+        tracing::debug!(%remote, ?kind, "TCP connection lost with messages unsent");
+        let _ = ctx.failures.try_send(SendFailure {
+            transport: Transport::Tcp,
+            destination: remote,
+            kind,
+        });
+    }
 }
 
-/// Runs one TCP connection until it closes, fails framing, or stays idle too long.
+/// Runs one TCP connection until it closes, fails framing, stays idle too long, cannot write, or is dropped from
+/// the table (`close`). A connection that ends stalled is reset rather than closed, so the kernel keeps nothing
+/// queued for a peer that does not read.
 async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
     mut writes: mpsc::Receiver<Bytes>,
-    tx: mpsc::Sender<Received>,
-    idle: Duration,
-    limits: ParseLimits,
-) {
+    mut close: oneshot::Receiver<()>,
+    ctx: &ConnCtx,
+) -> Ended {
     let (mut rd, mut wr) = stream.into_split();
-    let mut framer = StreamFramer::new(limits);
+    let mut framer = StreamFramer::new(ctx.limits);
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    loop {
+    // When the first bytes of the message the framer holds in part came.
+    let mut begun: Option<tokio::time::Instant> = None;
+    let ended = loop {
+        let read_for = match begun {
+            Some(t) => ctx
+                .idle
+                .min(ctx.message_timeout.saturating_sub(t.elapsed())),
+            None => ctx.idle,
+        };
         tokio::select! {
-            r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => {
+            _ = &mut close => break Ended::Dropped,
+            r = tokio::time::timeout(read_for, rd.read_buf(&mut buf)) => {
                 let n = match r {
                     Ok(Ok(n)) if n > 0 => n,
-                    Ok(_) => return, // closed or failed
+                    Ok(_) => break Ended::Clean, // closed or failed
                     Err(_) => {
-                        tracing::debug!(%remote, "TCP connection idle: closed");
-                        return;
+                        tracing::debug!(%remote, partial = begun.is_some(), "TCP connection idle or too slow: closed");
+                        break Ended::Clean;
                     }
                 };
                 let chunk = buf.split_to(n);
                 if framer.push(&chunk).is_err() {
-                    return;
+                    break Ended::Clean;
                 }
+                let mut framed = Ended::Clean;
+                let mut popped = false;
                 loop {
                     match framer.pop() {
                         Ok(Some(msg)) => {
+                            popped = true;
                             let data = Message::to_bytes(&msg);
                             let r = Received { transport: Transport::Tcp, remote, data };
-                            if tx.send(r).await.is_err() {
-                                return;
+                            tokio::select! {
+                                sent = ctx.received.send(r) => if sent.is_err() {
+                                    return Ended::Clean;
+                                },
+                                _ = &mut close => {
+                                    framed = Ended::Dropped;
+                                    break;
+                                }
                             }
                         }
                         Ok(None) => break,
                         Err(e) => {
                             tracing::debug!(%remote, error = %e, "TCP framing error: connection closed");
-                            return;
+                            return lost_if_queued(&mut writes);
                         }
                     }
                 }
+                if framed == Ended::Dropped {
+                    break Ended::Dropped;
+                }
+                // A message completed: what is left (if anything) is the next one, begun now.
+                begun = match (framer.buffered(), begun) {
+                    (0, _) => None,
+                    (_, Some(t)) if !popped => Some(t),
+                    _ => Some(tokio::time::Instant::now()),
+                };
                 if buf.capacity() < 4096 {
                     buf.reserve(16 * 1024);
                 }
             }
             w = writes.recv() => {
-                let Some(bytes) = w else { return };
-                if wr.write_all(&bytes).await.is_err() {
-                    return;
+                let Some(bytes) = w else { break Ended::Clean };
+                tokio::select! {
+                    r = tokio::time::timeout(ctx.write_timeout, wr.write_all(&bytes)) => match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break Ended::Lost(e.kind()),
+                        Err(_) => {
+                            tracing::warn!(%remote, "TCP peer not reading: connection dropped");
+                            break Ended::Lost(io::ErrorKind::TimedOut);
+                        }
+                    },
+                    _ = &mut close => break Ended::Dropped,
                 }
             }
         }
+    };
+    let ended = match ended {
+        Ended::Clean => lost_if_queued(&mut writes),
+        e => e,
+    };
+    if matches!(ended, Ended::Dropped | Ended::Lost(io::ErrorKind::TimedOut)) {
+        // Reset: what the kernel still holds for this peer is discarded with the connection.
+        if let Ok(stream) = rd.reunite(wr) {
+            let _ = stream.set_zero_linger();
+        }
+    }
+    ended
+}
+
+/// [`Ended::Lost`] when messages are still queued on a connection that ended, else [`Ended::Clean`].
+fn lost_if_queued(writes: &mut mpsc::Receiver<Bytes>) -> Ended {
+    writes.close();
+    if writes.try_recv().is_ok() {
+        Ended::Lost(io::ErrorKind::ConnectionAborted)
+    } else {
+        Ended::Clean
     }
 }

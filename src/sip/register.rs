@@ -6,6 +6,10 @@
 //! binding (`Expires: 0`) on shutdown. 401/407 challenges are answered inside the endpoint from the request's
 //! credentials; a challenge it cannot answer arrives here as a failure.
 //!
+//! Each REGISTER it sends may be given a response deadline ([`RegistrationAgent::set_response_deadline`]): a
+//! registrar that sends nothing back at all within it counts as a failure with no status, like Timer F but sooner,
+//! so the owner can fail over to the registrar's next server (RFC 3263 §4.3).
+//!
 //! Like the endpoint, it never reads the clock: the owner feeds it the endpoint's events
 //! ([`RegistrationAgent::handle_event`]) and calls [`RegistrationAgent::handle_timeout`] at
 //! [`RegistrationAgent::poll_timeout`].
@@ -131,6 +135,8 @@ pub struct RegistrationAgent {
     in_a_row_423: u32,
     /// Shutdown was asked while a REGISTER was in flight: remove the binding when it completes.
     stop_after: bool,
+    /// Each REGISTER sent is given up when nothing at all came back this long after it.
+    response_deadline: Option<Duration>,
     events: VecDeque<RegistrationEvent>,
 }
 
@@ -146,8 +152,17 @@ impl RegistrationAgent {
             failures: 0,
             in_a_row_423: 0,
             stop_after: false,
+            response_deadline: None,
             events: VecDeque::new(),
         }
+    }
+
+    /// Gives each REGISTER sent from now on `d` to draw a response, any response (a 100 Trying is enough): if
+    /// none came by then, the attempt fails with no status ([`RegistrationEvent::Failed`] `{ status: None, .. }`)
+    /// without waiting for Timer F ([`Endpoint::set_register_response_deadline`]). `None` (the default) waits for
+    /// Timer F. Meant for a registrar that is one of several servers: the owner then tries the next one.
+    pub fn set_response_deadline(&mut self, d: Option<Duration>) {
+        self.response_deadline = d;
     }
 
     /// Sends the first REGISTER.
@@ -157,9 +172,19 @@ impl RegistrationAgent {
         }
         let mut req = self.request.clone();
         req.expires = self.expires;
-        self.handle = Some(ep.register(now, req)?);
+        let h = ep.register(now, req)?;
+        self.handle = Some(h);
         self.state = RegistrationState::Registering;
+        self.arm_deadline(now, ep, h);
         Ok(())
+    }
+
+    /// Puts the response deadline, if any, on the REGISTER just sent.
+    fn arm_deadline(&self, now: Instant, ep: &mut Endpoint, h: RegistrationHandle) {
+        if let Some(d) = self.response_deadline {
+            // Only fails when nothing is in flight, which cannot be right after a send.
+            let _ = ep.set_register_response_deadline(h, now + d);
+        }
     }
 
     /// The endpoint's handle for this registration, once started.
@@ -202,6 +227,7 @@ impl RegistrationAgent {
         let Some(h) = self.handle else { return };
         match ep.refresh_register(now, h, expires) {
             Ok(()) => {
+                self.arm_deadline(now, ep, h);
                 self.state = if expires == 0 {
                     RegistrationState::Unregistering
                 } else {

@@ -8,7 +8,9 @@
 //! [`Target`] names its transport: UDP, or TCP when the URI says `;transport=tcp` or the records lead there
 //! (NAPTR `SIP+D2T`, SRV `_sip._tcp`); the INVITE or REGISTER then goes over TCP.
 //!
-//! The registration is the sans-IO [`RegistrationAgent`] driven by the engine task ([`Registrar`]): its state
+//! The registration is the sans-IO [`RegistrationAgent`] driven by the engine task ([`Registrar`]). While another
+//! resolved target is left, each REGISTER gets the engine's failover timeout as its response deadline (as INVITEs
+//! do): a registrar target that sends nothing back is left after it, not after Timer F. Its state
 //! and each of its events are published on a `watch` channel ([`RegistrationStatus`]). Through an outbound proxy
 //! given as a URI, the REGISTER carries the same preloaded `Route: <proxy;lr>` as INVITEs.
 
@@ -239,6 +241,9 @@ pub(super) struct Registrar {
     rounds: u32,
     /// Shutdown was asked: do not start, and remove the binding.
     stopping: bool,
+    /// A REGISTER to a target with another one left after it is given up when nothing came back this long after it
+    /// ([`crate::EngineBuilder::failover_timeout`]).
+    failover_timeout: Option<Duration>,
     /// The outbound proxy's preloaded Route ([`preloaded_route`]), put on every REGISTER.
     route: Option<Bytes>,
     /// Until when the current agent's binding holds (its last 2xx), if it ever got one.
@@ -249,8 +254,12 @@ pub(super) struct Registrar {
 }
 
 impl Registrar {
-    /// A registrar for `config`, and the receiver of its status.
-    pub(super) fn new(config: TrunkRegistration) -> (Self, watch::Receiver<RegistrationStatus>) {
+    /// A registrar for `config` that leaves a silent target after `failover_timeout` when another one is left
+    /// (`None`: after Timer F), and the receiver of its status.
+    pub(super) fn new(
+        config: TrunkRegistration,
+        failover_timeout: Option<Duration>,
+    ) -> (Self, watch::Receiver<RegistrationStatus>) {
         let (status, rx) = watch::channel(RegistrationStatus::new());
         (
             Self {
@@ -262,6 +271,7 @@ impl Registrar {
                 resolving: false,
                 rounds: 0,
                 stopping: false,
+                failover_timeout,
                 route: None,
                 bound_until: None,
                 stale: None,
@@ -354,6 +364,10 @@ impl Registrar {
                 .collect(),
         };
         let mut agent = RegistrationAgent::new(req, self.config.policy);
+        // Another target is left: a silent one is abandoned after the failover timeout, not Timer F.
+        if self.failover.as_ref().is_some_and(|f| f.remaining() > 0) {
+            agent.set_response_deadline(self.failover_timeout);
+        }
         if let Err(e) = agent.start(now, ep) {
             tracing::warn!(error = %e, "REGISTER not sent");
             self.stopping = true;
@@ -589,14 +603,23 @@ mod tests {
 
     impl RegWire {
         /// Registers `sip:rappel@reg.test` (asking 10 s, refresh 1 s after a grant) at `targets`, with T1 = 25 ms
-        /// (Timer F 1.6 s).
+        /// (Timer F 1.6 s) and no failover timeout.
         fn new(targets: Vec<Target>) -> Self {
+            Self::with(targets, std::time::Duration::from_millis(25), None)
+        }
+
+        /// Like [`Self::new`] with this T1 and failover timeout.
+        fn with(
+            targets: Vec<Target>,
+            t1: std::time::Duration,
+            failover_timeout: Option<std::time::Duration>,
+        ) -> Self {
             let mut cfg = crate::sip::endpoint::EndpointConfig::new(SocketAddr::from((
                 [192, 0, 2, 100],
                 5060,
             )));
             cfg.timers(crate::sip::transaction::TimerConfig {
-                t1: std::time::Duration::from_millis(25),
+                t1,
                 ..Default::default()
             });
             let mut ep = Endpoint::new(cfg);
@@ -608,7 +631,7 @@ mod tests {
             let config = TrunkRegistration::new("sip:reg.test", "sip:rappel@reg.test")
                 .expires(10)
                 .policy(policy);
-            let (mut reg, status) = Registrar::new(config);
+            let (mut reg, status) = Registrar::new(config, failover_timeout);
             let now = Instant::now();
             reg.resolved(now, &mut ep, Ok(targets));
             Self {
@@ -653,6 +676,34 @@ mod tests {
             let bytes = crate::sip::message::Message::from(r).to_bytes();
             self.ep.handle(self.now, from, Transport::Udp, bytes);
             self.pump();
+        }
+
+        /// Advances the clock to `until` like [`Self::run_to`], and returns the REGISTERs sent on the way: (ms
+        /// since `since`, destination, Call-ID).
+        fn run_log(&mut self, since: Instant, until: Instant) -> Vec<(u64, SocketAddr, Bytes)> {
+            let mut log = Vec::new();
+            let mut note = |w: &mut Self| {
+                let at = u64::try_from((w.now - since).as_millis()).unwrap_or(u64::MAX);
+                for (dest, r) in w.sent() {
+                    log.push((at, dest, header(&r, HeaderName::CallId)));
+                }
+            };
+            note(self);
+            loop {
+                let next = [self.ep.poll_timeout(), self.reg.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match next {
+                    Some(t) if t <= until => {
+                        self.run_to(t);
+                        note(self);
+                    }
+                    _ => break,
+                }
+            }
+            self.now = until;
+            log
         }
 
         /// Advances the clock to `until`, firing every timer due on the way.
@@ -772,6 +823,78 @@ mod tests {
             w.status.borrow().last_event,
             Some(RegistrationEvent::Unregistered { removed: false })
         );
+    }
+
+    #[test]
+    fn a_silent_target_is_left_at_the_failover_timeout_and_the_last_one_waits_for_timer_f() {
+        // Default timers (T1 500 ms, Timer F 32 s), failover timeout 4 s; a and b never answer. a's REGISTER goes
+        // out at 0, 0.5, 1.5 and 3.5 s and is given up at 4 s (not 32 s); b, the last target, gets no deadline:
+        // Timer F ends the round 32 s later.
+        let (a, b) = (
+            SocketAddr::from(([192, 0, 2, 1], 5060)),
+            SocketAddr::from(([192, 0, 2, 2], 5060)),
+        );
+        let s = std::time::Duration::from_secs;
+        let mut w = RegWire::with(
+            vec![udp(a), udp(b)],
+            std::time::Duration::from_millis(500),
+            Some(s(4)),
+        );
+        let start = w.now;
+        let log = w.run_log(start, start + s(37));
+        let to = |d: SocketAddr| -> Vec<u64> {
+            log.iter()
+                .filter(|(_, x, _)| *x == d)
+                .map(|(t, _, _)| *t)
+                .collect()
+        };
+        assert_eq!(to(a), [0, 500, 1500, 3500], "nothing to a after 4 s");
+        assert_eq!(
+            to(b),
+            [4000, 4500, 5500, 7500, 11_500, 15_500, 19_500, 23_500, 27_500, 31_500, 35_500]
+        );
+        let ids: std::collections::HashSet<&Bytes> = log.iter().map(|(_, _, c)| c).collect();
+        assert_eq!(ids.len(), 2, "one registration per target");
+        let st = w.status.borrow().clone();
+        assert_eq!((st.registrations, st.failures), (0, 2));
+        assert!(
+            matches!(st.state, RegistrationState::Retrying { at } if at == start + s(36) + s(30)),
+            "the round ended at 36 s (4 s + Timer F): {st:?}"
+        );
+    }
+
+    #[test]
+    fn a_provisional_response_keeps_the_target_until_timer_f() {
+        // a answers 100 Trying and nothing more: it is alive, the failover timeout no longer applies, and b is
+        // tried only when Timer F ends a's REGISTER (32 s).
+        let (a, b) = (
+            SocketAddr::from(([192, 0, 2, 1], 5060)),
+            SocketAddr::from(([192, 0, 2, 2], 5060)),
+        );
+        let s = std::time::Duration::from_secs;
+        let mut w = RegWire::with(
+            vec![udp(a), udp(b)],
+            std::time::Duration::from_millis(500),
+            Some(s(4)),
+        );
+        let start = w.now;
+        let first = w.sent();
+        assert_eq!(first.len(), 1);
+        w.run_to(start + std::time::Duration::from_millis(100));
+        w.answer(a, &first[0].1, 100);
+        let log = w.run_log(start, start + s(31));
+        assert!(log.iter().all(|(_, d, _)| *d == a), "{log:?}");
+        assert_eq!(w.status.borrow().failures, 0);
+        let log = w.run_log(start, start + s(33));
+        assert_eq!(
+            log.iter()
+                .filter(|(_, d, _)| *d == b)
+                .map(|(t, _, _)| *t)
+                .next(),
+            Some(32_000),
+            "b at Timer F: {log:?}"
+        );
+        assert_eq!(w.status.borrow().failures, 1);
     }
 
     #[test]

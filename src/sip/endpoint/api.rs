@@ -223,6 +223,33 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Gives the REGISTER of `reg` now in flight until `at` to draw a response, any response (a 100 Trying is
+    /// enough): if none has come by then, it is no longer retransmitted (its client transaction is dropped) and
+    /// [`Event::RegistrationTimeout`] is reported at `at` instead of after Timer F (64·T1, 32 s), so the TU can try
+    /// the registrar's next server (RFC 3263 §4.3). A response removes the deadline, and the REGISTER re-sent with
+    /// credentials after a challenge has none. A REGISTER that already drew a response is left alone.
+    /// Errors: an unknown registration, or [`EndpointError::NoPendingRequest`] when no REGISTER is in flight.
+    pub fn set_register_response_deadline(
+        &mut self,
+        reg: RegistrationHandle,
+        at: Instant,
+    ) -> Result<(), EndpointError> {
+        let tx = self
+            .regs
+            .get(&reg.0)
+            .ok_or(EndpointError::UnknownRegistration(reg))?
+            .tx
+            .ok_or(EndpointError::NoPendingRequest)?;
+        let e = self
+            .clients
+            .get_mut(&tx)
+            .ok_or(EndpointError::NoPendingRequest)?;
+        if !e.answered {
+            e.silent_deadline = Some(at);
+        }
+        Ok(())
+    }
+
     /// Forgets a registration (send `refresh_register(.., 0)` first to remove the binding).
     pub fn drop_registration(&mut self, reg: RegistrationHandle) {
         self.regs.remove(&reg.0);

@@ -39,7 +39,9 @@
 //! A UAC call may be given a response deadline ([`Endpoint::set_response_deadline`]): when its INVITE has had no
 //! response at all (not even 100 Trying) by then, the INVITE is no longer retransmitted and the call ends with
 //! [`TerminationReason::Timeout`] long before Timer B, so the call layer can fail over to the next target (what
-//! Kamailio's `fr_timer` does).
+//! Kamailio's `fr_timer` does). A REGISTER in flight may be given one the same way
+//! ([`Endpoint::set_register_response_deadline`]): it then reports [`Event::RegistrationTimeout`] at the deadline
+//! instead of after Timer F.
 //!
 //! A send failure reported by the driver ([`Endpoint::handle_transport_error`]) fails the transactions sending
 //! there at once (RFC 3261 §17.1.4); an initial INVITE then ends with [`TerminationReason::TransportError`], so the
@@ -443,6 +445,11 @@ struct ClientEntry {
     owner: Owner,
     request: Request,
     key: (String, Method),
+    /// A response (any) matched this transaction.
+    answered: bool,
+    /// Give the transaction up, as if it timed out, when no response at all has come by then
+    /// ([`Endpoint::set_register_response_deadline`]).
+    silent_deadline: Option<Instant>,
 }
 
 /// RFC 3261 §17.2.3 server transaction key, or the RFC 2543 fallback when the branch lacks the cookie.
@@ -472,7 +479,10 @@ struct ServerEntry {
 
 impl Deadline for ClientEntry {
     fn deadline(&self) -> Option<Instant> {
-        self.tx.poll_timeout()
+        match (self.tx.poll_timeout(), self.silent_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -847,6 +857,8 @@ impl Endpoint {
                 owner,
                 request,
                 key,
+                answered: false,
+                silent_deadline: None,
             },
         );
         self.drain_client(now, id);
@@ -877,6 +889,18 @@ impl Endpoint {
                 }
             }
         }
+    }
+
+    /// Drops client transaction `id` (no more retransmissions) and tells its owner it timed out: nothing at all
+    /// came back by its response deadline.
+    fn abandon_client(&mut self, now: Instant, id: TxId) {
+        let Some(e) = self.clients.remove(&id) else {
+            return;
+        };
+        if self.client_index.get(&e.key) == Some(&id) {
+            self.client_index.remove(&e.key);
+        }
+        self.on_client_timeout(now, e.owner, e.request.method);
     }
 
     fn drain_server(&mut self, id: TxId) {
@@ -1057,6 +1081,14 @@ impl Endpoint {
     /// client transactions first, then server transactions, then calls, each in creation order.
     pub fn handle_timeout(&mut self, now: Instant) {
         for id in self.clients.due(now) {
+            let silent = self
+                .clients
+                .get(&id)
+                .is_some_and(|e| e.silent_deadline.is_some_and(|t| t <= now));
+            if silent {
+                self.abandon_client(now, id);
+                continue;
+            }
             if let Some(e) = self.clients.get_mut(&id) {
                 e.tx.handle_timeout(now);
             }

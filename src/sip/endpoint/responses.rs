@@ -22,6 +22,9 @@ impl Endpoint {
         let Some(e) = self.clients.get_mut(&id) else {
             return;
         };
+        // The next hop is alive: no response deadline any more.
+        e.answered = true;
+        e.silent_deadline = None;
         let code = resp.status.as_u16();
         let disp = e.tx.handle_response(now, code);
         let owner = e.owner;
