@@ -403,3 +403,45 @@ async fn a_peer_trickling_a_message_is_closed_after_the_message_timeout() {
     );
     assert_eq!(s.tcp_connections(), 0);
 }
+
+#[tokio::test]
+async fn a_tcp_peer_filling_its_queue_does_not_crowd_out_udp() {
+    // Queues of 8. A TCP peer sends 200 requests at once: its connection fills the TCP queue and waits. A
+    // datagram sent meanwhile still finds room and comes out among the first messages taken.
+    let mut s = bind(Duration::from_secs(60), 8).await;
+    let addr = s.local_addrs()[0];
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(OPTIONS.repeat(200).as_bytes())
+        .await
+        .unwrap();
+    // The first message out proves the connection's reader runs (it then refills the queue at once).
+    let first = tokio::time::timeout(Duration::from_secs(5), s.recv())
+        .await
+        .expect("a message")
+        .expect("open");
+    assert_eq!(first.transport, Transport::Tcp);
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.send_to(b"OPTIONS over UDP", addr).await.unwrap();
+    // Let the readers run (a yielded task waits for the runtime to poll its sockets): the datagram is read while
+    // the TCP connection's reader waits on its full queue.
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    let mut taken = 1;
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(5), s.recv())
+            .await
+            .expect("the datagram was dropped")
+            .expect("open");
+        taken += 1;
+        if r.transport == Transport::Udp {
+            assert_eq!(&r.data[..], b"OPTIONS over UDP");
+            break;
+        }
+    }
+    assert!(
+        taken < 200,
+        "the datagram came out while TCP messages were still waiting ({taken})"
+    );
+}

@@ -1,7 +1,10 @@
 //! SIP transports over tokio: UDP and TCP, IPv4 and IPv6.
 //!
-//! This module only moves bytes. Received datagrams and framed stream messages go into one bounded queue
-//! ([`SipSockets::recv`]); [`SipSockets::send`] writes a [`Transmit`] on the transport it names.
+//! This module only moves bytes. Received datagrams and framed stream messages go into two bounded queues, one
+//! per transport, that [`SipSockets::recv`] takes from at random when both hold messages: a TCP connection
+//! waiting on a full queue takes each freed slot first, so with one shared queue TCP peers sending as fast as the
+//! caller reads would crowd every datagram out. [`SipSockets::send`] writes a [`Transmit`] on the transport it
+//! names.
 //!
 //! - **UDP**: one socket per bound address; a datagram goes out of the socket whose address family matches the
 //!   destination.
@@ -22,8 +25,9 @@
 //!   keeps its task, its socket and its place among [`SipTransportConfig::max_tcp_connections`]. Both are counted
 //!   ([`SipSockets::stalled_tcp_connections`]).
 //!
-//! **Bounded memory**: the received queue has a fixed capacity and a datagram that finds it full is dropped (a peer
-//! sending garbage at high rate costs a bounded amount of memory; its retransmissions will come back), receive
+//! **Bounded memory**: the received queues have a fixed capacity; a datagram that finds its queue full is dropped
+//! (a peer sending garbage at high rate costs a bounded amount of memory; its retransmissions will come back),
+//! while a TCP connection waits (its peer is held back by flow control). Receive
 //! buffers are fixed-size, and the number of TCP connections is capped: those accepted and those we open each
 //! have their own cap, so peers holding connections to us never keep us from reaching the trunk.
 
@@ -69,7 +73,7 @@ pub struct SipTransportConfig {
     /// A message not written out within this long (the peer stopped reading) drops its TCP connection (reported
     /// on [`SipSockets::take_failures`]).
     pub tcp_write_timeout: Duration,
-    /// Capacity of the received-message queue.
+    /// Capacity of each received-message queue (one for UDP, one for TCP).
     pub queue: usize,
     /// Size limits for stream framing.
     pub limits: ParseLimits,
@@ -201,7 +205,7 @@ type ConnTable = Arc<Conns>;
 #[derive(Debug, Clone)]
 struct ConnCtx {
     conns: ConnTable,
-    /// Where framed messages go.
+    /// Where framed TCP messages go.
     received: mpsc::Sender<Received>,
     failures: mpsc::Sender<SendFailure>,
     idle: Duration,
@@ -226,7 +230,10 @@ enum Ended {
 pub struct SipSockets {
     udp: Vec<Arc<UdpSocket>>,
     local: Vec<SocketAddr>,
-    rx: mpsc::Receiver<Received>,
+    /// Datagrams received.
+    udp_rx: mpsc::Receiver<Received>,
+    /// Framed TCP messages received.
+    tcp_rx: mpsc::Receiver<Received>,
     failures: Option<mpsc::Receiver<SendFailure>>,
     ctx: ConnCtx,
     config: SipTransportConfig,
@@ -236,7 +243,8 @@ pub struct SipSockets {
 impl SipSockets {
     /// Binds every configured address and starts the readers.
     pub async fn bind(config: SipTransportConfig) -> io::Result<SipSockets> {
-        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let (udp_tx, udp_rx) = mpsc::channel(config.queue.max(1));
+        let (tx, tcp_rx) = mpsc::channel(config.queue.max(1));
         let (failures_tx, failures) = mpsc::channel(FAILURE_QUEUE);
         let ctx = ConnCtx {
             conns: Arc::default(),
@@ -255,7 +263,7 @@ impl SipSockets {
             let sock = Arc::new(sock);
             let bound = sock.local_addr()?;
             local.push(bound);
-            tasks.spawn(udp_reader(sock.clone(), ctx.received.clone()));
+            tasks.spawn(udp_reader(sock.clone(), udp_tx.clone()));
             udp.push(sock);
             if let Some(listener) = listener {
                 tasks.spawn(tcp_acceptor(
@@ -268,7 +276,8 @@ impl SipSockets {
         Ok(SipSockets {
             udp,
             local,
-            rx,
+            udp_rx,
+            tcp_rx,
             failures: Some(failures),
             ctx,
             config,
@@ -281,9 +290,14 @@ impl SipSockets {
         &self.local
     }
 
-    /// The next received message; `None` once every reader has stopped.
+    /// The next received message, from either queue (picked at random when both hold one); `None` once every
+    /// reader has stopped. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Received> {
-        self.rx.recv().await
+        tokio::select! {
+            Some(r) = self.udp_rx.recv() => Some(r),
+            Some(r) = self.tcp_rx.recv() => Some(r),
+            else => None,
+        }
     }
 
     /// The queue of messages that could not be delivered after [`Self::send`] returned (TCP connections that did
