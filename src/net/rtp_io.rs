@@ -61,7 +61,10 @@
 //! traffic. [`Event::Unlatched`] (the peer's address changed, e.g. re-INVITE) closes the twin before the next
 //! round's receives, so the leg can latch to its new peer; the driver passes both events on only after acting on
 //! them, and a control call ([`RelayDriver::with_relay`], e.g. `set_remote`) answers only after the twin was
-//! closed. The cost is one more descriptor per latched leg. On a connected socket an ICMP error from the peer
+//! closed. The cost is one more descriptor per latched leg. Known limits: packets already queued on the leg's
+//! socket when the twin opens may be relayed after the twin's first packets (a burst from the peer at the
+//! moment of latching can come out reordered once; a steady 20 ms stream has nothing queued then), and a twin
+//! that cannot be bound is not retried (the leg relays through its own socket, counted the same). On a connected socket an ICMP error from the peer
 //! is reported once to the next receive; both backends go on draining the socket after it. Set
 //! `connect_latched: false` to relay through the leg's socket alone.
 
